@@ -1,0 +1,3 @@
+from bids_dnn.cli import run
+
+run()

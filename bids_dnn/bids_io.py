@@ -1,0 +1,305 @@
+"""BIDS inputs through pybids: the raw dataset, fMRIPrep derivatives, filters, labels.
+
+Typed queries return paths and entities; nothing here loads voxel arrays or writes files.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from bids_dnn.errors import (
+    BidsValidationError,
+    InputMissingError,
+    NothingSelectedError,
+    UsageError,
+)
+
+
+def normalize_label(value: str, prefix: str = "sub") -> str:
+    """``sub-01`` -> ``01``; ``01`` stays ``01``.
+
+    Raises
+    ------
+    UsageError
+        When the label is empty or not alphanumeric after removing the prefix.
+    """
+    text = str(value).strip()
+    if text.startswith(f"{prefix}-"):
+        text = text[len(prefix) + 1:]
+    if not text or not text.isalnum():
+        raise UsageError(f"invalid {prefix} label {value!r}", f"labels are alphanumeric, e.g. '01' or '{prefix}-01'")
+    return text
+
+
+def expand_labels(values: Iterable[str] | None, prefix: str = "sub") -> list[str] | None:
+    """Normalise labels given on the command line; a value naming a file is read (one per line)."""
+    if not values:
+        return None
+    labels: list[str] = []
+    for value in values:
+        path = Path(value)
+        if not value.startswith(f"{prefix}-") and path.is_file():
+            labels.extend(tok for line in path.read_text().splitlines() for tok in line.split())
+        else:
+            labels.append(value)
+    out = [normalize_label(v, prefix) for v in labels]
+    return list(dict.fromkeys(out))
+
+
+def check_dataset(bids_dir: Path) -> dict[str, Any]:
+    """Minimal BIDS validation: the folder exists and has a valid ``dataset_description.json``.
+
+    Returns
+    -------
+    dict
+        The parsed dataset description.
+    """
+    bids_dir = Path(bids_dir)
+    if not bids_dir.is_dir():
+        raise InputMissingError(f"BIDS folder not found: {bids_dir}", "check the first argument")
+    desc_path = bids_dir / "dataset_description.json"
+    if not desc_path.is_file():
+        raise BidsValidationError(
+            f"{bids_dir} has no dataset_description.json, so it is not a BIDS dataset",
+            "add one (Name, BIDSVersion) or use --skip-bids-validation",
+        )
+    try:
+        desc = json.loads(desc_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BidsValidationError(f"dataset_description.json is not valid JSON ({exc})",
+                                  "fix the file or use --skip-bids-validation") from None
+    if not isinstance(desc, dict) or "Name" not in desc or "BIDSVersion" not in desc:
+        raise BidsValidationError("dataset_description.json must define 'Name' and 'BIDSVersion'",
+                                  "add them or use --skip-bids-validation")
+    return desc
+
+
+def check_paths(bids_dir: Path, out_dir: Path, work_dir: Path | None) -> None:
+    """Refuse an output or work folder equal to or inside the input dataset."""
+    bids_root = Path(bids_dir).resolve()
+    for name, path in (("output", out_dir), ("work", work_dir)):
+        if path is None:
+            continue
+        resolved = Path(path).resolve()
+        if resolved == bids_root or bids_root in resolved.parents:
+            raise UsageError(f"the {name} folder {path} is inside the input dataset {bids_dir}",
+                             f"choose a {name} folder outside BIDS_DIR; bids_dnn never writes into its input")
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """The files of one functional run."""
+
+    subject: str
+    session: str | None
+    task: str
+    run: str | None
+    events: Path
+    bold: Path | None = None
+    mask: Path | None = None
+    confounds: Path | None = None
+    t_r: float | None = None
+
+    @property
+    def key(self) -> str:
+        parts = [f"sub-{self.subject}"]
+        if self.session:
+            parts.append(f"ses-{self.session}")
+        if self.run:
+            parts.append(f"run-{self.run}")
+        return "_".join(parts)
+
+
+@dataclass
+class DatasetIndex:
+    """pybids layouts of the raw dataset and its fMRIPrep derivatives, with filters.
+
+    Parameters
+    ----------
+    bids_dir : Path
+        Raw BIDS dataset.
+    derivatives : dict of str to Path
+        Named derivative folders (``fmriprep``, ``stimuli``, ...).
+    filters : dict
+        ``--bids-filter-file`` content: per query type (``bold``, ``events``) a dict of entities.
+    database_dir : Path, optional
+        pybids database folder, so large datasets are indexed once.
+    """
+
+    bids_dir: Path
+    derivatives: dict[str, Path] = field(default_factory=dict)
+    filters: dict[str, dict[str, Any]] = field(default_factory=dict)
+    database_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        from bids import BIDSLayout
+
+        kwargs: dict[str, Any] = {"validate": False}
+        if self.database_dir is not None:
+            kwargs["database_path"] = str(self.database_dir / "raw")
+        self.raw = BIDSLayout(str(self.bids_dir), **kwargs)
+        self._derivative_layouts: dict[str, Any] = {}
+
+    def derivative(self, name: str) -> Any:
+        """The pybids layout of derivatives ``name`` (found under BIDS_DIR/derivatives/ if not given)."""
+        if name in self._derivative_layouts:
+            return self._derivative_layouts[name]
+        from bids import BIDSLayout
+
+        path = self.derivatives.get(name) or (Path(self.bids_dir) / "derivatives" / name)
+        if not Path(path).is_dir():
+            raise InputMissingError(
+                f"derivatives '{name}' not found (looked for {path})",
+                f"pass -d {name}=PATH to point at the {name} outputs",
+            )
+        kwargs: dict[str, Any] = {"validate": False, "is_derivative": True}
+        if self.database_dir is not None:
+            kwargs["database_path"] = str(self.database_dir / name)
+        try:
+            layout = BIDSLayout(str(path), **kwargs)
+        except Exception as exc:  # pybids raises several types for a bad description
+            raise BidsValidationError(f"cannot index derivatives '{name}' at {path}: {exc}",
+                                      "it needs a dataset_description.json with DatasetType 'derivative'") from None
+        self._derivative_layouts[name] = layout
+        return layout
+
+    # ------------------------------------------------------------------------------
+    def subjects(self) -> list[str]:
+        return sorted(self.raw.get_subjects())
+
+    def tasks(self) -> list[str]:
+        return sorted(self.raw.get_tasks())
+
+    def choose_task(self, task: str | None) -> str:
+        """The task to analyse: the one given, or the only task with events."""
+        tasks = sorted({f.entities["task"] for f in self.raw.get(suffix="events", extension=".tsv")
+                        if "task" in f.entities})
+        if task is not None:
+            if task not in tasks:
+                raise NothingSelectedError(f"task '{task}' has no events files",
+                                           f"available tasks: {', '.join(tasks) or 'none'}")
+            return task
+        if not tasks:
+            raise NothingSelectedError("the dataset has no *_events.tsv files", "events must name the stimuli")
+        if len(tasks) > 1:
+            raise UsageError(f"the dataset has several tasks ({', '.join(tasks)})", "choose one with --task")
+        return tasks[0]
+
+    def select_subjects(self, labels: list[str] | None) -> list[str]:
+        """Subjects to process; an unknown label or an empty selection is an error (exit 18)."""
+        available = self.subjects()
+        if not labels:
+            if not available:
+                raise NothingSelectedError("the dataset has no sub-* folders")
+            return available
+        missing = [lab for lab in labels if lab not in available]
+        if missing:
+            raise NothingSelectedError(
+                f"participant label(s) not found: {', '.join('sub-' + m for m in missing)}",
+                f"available: {', '.join('sub-' + a for a in available) or 'none'}",
+            )
+        return labels
+
+    def _filter(self, kind: str) -> dict[str, Any]:
+        return dict(self.filters.get(kind, {}))
+
+    def events(self, task: str, subjects: list[str] | None = None,
+               sessions: list[str] | None = None) -> list[RunInputs]:
+        """Events files of ``task`` (all subjects when ``subjects`` is None), sorted."""
+        query: dict[str, Any] = {"suffix": "events", "extension": ".tsv", "task": task,
+                                 "datatype": "func", **self._filter("events")}
+        if subjects:
+            query["subject"] = subjects
+        if sessions:
+            query["session"] = sessions
+        runs = []
+        for f in self.raw.get(**query):
+            ent = f.entities
+            runs.append(RunInputs(subject=ent["subject"], session=_label(ent.get("session")), task=task,
+                                  run=_label(ent.get("run")), events=Path(f.path)))
+        return sorted(runs, key=lambda r: (r.subject, r.session or "", r.run or ""))
+
+    def fmriprep_run(self, run: RunInputs, space: str, resolution: str | None,
+                     derivatives: str = "fmriprep") -> RunInputs:
+        """Attach preprocessed BOLD, brain mask, confounds and TR to ``run``."""
+        layout = self.derivative(derivatives)
+        base: dict[str, Any] = {"subject": run.subject, "task": run.task, "extension": [".nii.gz", ".nii"],
+                                **self._filter("bold")}
+        base["session"] = run.session if run.session else None
+        base["run"] = _run_query(run.run)
+        spaced = {**base, "space": space}
+        if resolution is not None:
+            spaced["res"] = resolution
+        bold = self._one(layout, {**spaced, "desc": "preproc", "suffix": "bold"}, run, "preprocessed BOLD")
+        mask = self._one(layout, {**spaced, "desc": "brain", "suffix": "mask"}, run, "brain mask")
+        conf_query = {**base, "desc": "confounds", "suffix": ["timeseries", "regressors"], "extension": ".tsv"}
+        confounds = layout.get(**conf_query)
+        t_r = _repetition_time(layout, bold)
+        return RunInputs(subject=run.subject, session=run.session, task=run.task, run=run.run, events=run.events,
+                         bold=bold, mask=mask, confounds=Path(confounds[0].path) if confounds else None, t_r=t_r)
+
+    @staticmethod
+    def _one(layout: Any, query: dict[str, Any], run: RunInputs, what: str) -> Path:
+        files = [Path(f.path) for f in layout.get(**{k: v for k, v in query.items() if v is not None or k in ("session", "run")})]
+        if not files:
+            raise InputMissingError(
+                f"no {what} for {run.key} task-{run.task} space-{query.get('space')}"
+                + (f" res-{query['res']}" if query.get("res") else ""),
+                "check brain.space / brain.resolution in the spec and the fMRIPrep outputs",
+            )
+        if len(files) > 1:
+            names = ", ".join(f.name for f in files[:4])
+            raise UsageError(f"several {what} files match {run.key}: {names}",
+                             "narrow the choice with brain.resolution or --bids-filter-file")
+        return files[0]
+
+
+def _label(value: Any) -> str | None:
+    if value is None:
+        return None
+    return f"{int(value):02d}" if isinstance(value, int) else str(value)
+
+
+def _run_query(run: str | None) -> Any:
+    if run is None:
+        return None
+    try:
+        return int(run)
+    except ValueError:
+        return run
+
+
+def _repetition_time(layout: Any, bold: Path) -> float:
+    """RepetitionTime from the sidecar (through BIDS inheritance), else the NIfTI header."""
+    try:
+        metadata = layout.get_metadata(str(bold))
+        if metadata.get("RepetitionTime"):
+            return float(metadata["RepetitionTime"])
+    except Exception:  # noqa: BLE001 - fall back to the header
+        pass
+    import nibabel as nib
+
+    zooms = nib.load(str(bold)).header.get_zooms()
+    if len(zooms) < 4 or not zooms[3] or zooms[3] <= 0:
+        raise InputMissingError(f"no RepetitionTime for {bold.name}", "add it to the BOLD JSON sidecar")
+    return float(zooms[3])
+
+
+def load_filter_file(path: str | Path | None) -> dict[str, dict[str, Any]]:
+    """Read a ``--bids-filter-file`` (JSON: query type -> entity filters)."""
+    if path is None:
+        return {}
+    path = Path(path)
+    if not path.is_file():
+        raise InputMissingError(f"BIDS filter file not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--bids-filter-file {path} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise UsageError("--bids-filter-file must map query types (e.g. 'bold') to entity filters",
+                         'e.g. {"bold": {"session": "01"}}')
+    return data

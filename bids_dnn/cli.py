@@ -1,0 +1,303 @@
+"""Command line: the BIDS App contract plus user sub-commands.
+
+``bids_dnn BIDS_DIR OUT_DIR {participant,group} [options]`` runs an analysis level;
+``bids_dnn spec schema|check FILE``, ``bids_dnn demo DIR`` and ``bids_dnn models list|fetch``
+are helpers. ``main(argv) -> int`` is testable without a subprocess; nothing heavy (torch,
+nilearn, pybids) is imported until a command needs it, so ``--help`` and ``--version`` are fast.
+
+Exit codes (BIDS Apps): 0 ok, 64 usage, 65 invalid spec, 16 BIDS validation failed,
+17 unknown level, 18 filters selected nothing, 66 required input missing, 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from bids_dnn import __version__
+from bids_dnn.errors import (
+    EXIT_OK,
+    EXIT_OTHER,
+    EXIT_UNKNOWN_LEVEL,
+    EXIT_USAGE,
+    BidsDnnError,
+    UsageError,
+)
+
+LEVELS = ("participant", "group")
+SUBCOMMANDS = ("spec", "demo", "models")
+MEMORY_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2,
+                "g": 1024**3, "gb": 1024**3, "t": 1024**4, "tb": 1024**4}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting with code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}", f"see '{self.prog} --help'")
+
+
+def parse_memory(text: str) -> int:
+    """``'8GB'`` -> bytes. A unit is required for values below 1 MiB to catch typos."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
+    if not match or match[2].lower() not in MEMORY_UNITS:
+        raise argparse.ArgumentTypeError(f"invalid memory size {text!r}; use e.g. 8GB, 512MB")
+    value = float(match[1]) * MEMORY_UNITS[match[2].lower()]
+    if value < 1024**2:
+        raise argparse.ArgumentTypeError(f"memory size {text!r} is below 1 MB; give a unit, e.g. 8GB")
+    return int(value)
+
+
+def _derivative(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        path = Path(text)
+        return path.name, text
+    name, _, path = text.partition("=")
+    if not name or not path:
+        raise argparse.ArgumentTypeError(f"invalid derivatives {text!r}; use NAME=PATH")
+    return name, path
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The BIDS App parser (testable without running anything)."""
+    parser = _Parser(
+        prog="bids_dnn",
+        description="Compare deep neural networks with fMRI data in BIDS: features, RDMs, ROI RSA, "
+                    "statistics and reports. Helpers: 'bids_dnn spec schema|check FILE', "
+                    "'bids_dnn demo DIR', 'bids_dnn models list|fetch NAME'.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("bids_dir", type=Path, help="the raw BIDS dataset (read only)")
+    parser.add_argument("output_dir", type=Path, help="the derivatives folder to write")
+    parser.add_argument("analysis_level", help="'participant' or 'group'")
+    parser.add_argument("--version", action="version", version=f"bids_dnn {__version__}")
+    sel = parser.add_argument_group("selection")
+    sel.add_argument("--participant-label", "--participant_label", nargs="+", metavar="LABEL",
+                     help="participants to process ('01' or 'sub-01'), or a file with one label per line")
+    sel.add_argument("--session-label", "--session_label", nargs="+", metavar="LABEL")
+    sel.add_argument("--task", help="task to analyse (default: the only task with events)")
+    sel.add_argument("--bids-filter-file", type=Path, metavar="FILE",
+                     help="JSON with per-query entity filters, e.g. {\"bold\": {\"session\": \"01\"}}")
+    sel.add_argument("--skip-bids-validation", action="store_true")
+    sel.add_argument("-d", "--derivatives", nargs="+", type=_derivative, default=[], metavar="NAME=PATH",
+                     help="derivatives folders (fmriprep, stimuli, betas); default: BIDS_DIR/derivatives/NAME")
+    sel.add_argument("--bids-database-dir", type=Path, metavar="DIR", help="pybids index cache folder")
+    ana = parser.add_argument_group("analysis")
+    ana.add_argument("--spec", type=Path, metavar="FILE", help="analysis spec (YAML or JSON)")
+    ana.add_argument("--random-seed", type=_seed, help="overrides statistics.seed of the spec")
+    ana.add_argument("--reports-only", action="store_true", help="rebuild the HTML reports from existing outputs")
+    ana.add_argument("--force", action="store_true", help="recompute outputs that already exist")
+    res = parser.add_argument_group("resources")
+    res.add_argument("-w", "--work-dir", type=Path, metavar="DIR")
+    res.add_argument("--nprocs", type=_positive_int, default=None)
+    res.add_argument("--omp-nthreads", type=_positive_int, default=None)
+    res.add_argument("--mem", type=parse_memory, default=None, metavar="SIZE", help="memory budget, e.g. 8GB")
+    res.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    out = parser.add_argument_group("output")
+    out.add_argument("--no-progress", action="store_true", help="no progress bars")
+    out.add_argument("-v", "--verbose", action="count", default=0, help="-v: tracebacks, -vv: debug")
+    return parser
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Validated command-line options of an analysis level."""
+
+    bids_dir: Path
+    output_dir: Path
+    level: str
+    participant_labels: list[str] | None
+    session_labels: list[str] | None
+    task: str | None
+    spec_path: Path | None
+    derivatives: dict[str, Path]
+    bids_filter_file: Path | None
+    skip_bids_validation: bool
+    database_dir: Path | None
+    work_dir: Path | None
+    nprocs: int | None
+    omp_nthreads: int | None
+    mem_bytes: int | None
+    device: str
+    random_seed: int | None
+    reports_only: bool
+    force: bool
+    show_progress: bool
+    verbosity: int
+    argv: list[str] = field(default_factory=list)
+
+
+def options_from_args(args: argparse.Namespace, argv: Sequence[str]) -> RunOptions:
+    from bids_dnn.bids_io import expand_labels
+
+    return RunOptions(
+        bids_dir=args.bids_dir, output_dir=args.output_dir, level=args.analysis_level,
+        participant_labels=expand_labels(args.participant_label, "sub"),
+        session_labels=expand_labels(args.session_label, "ses"), task=args.task, spec_path=args.spec,
+        derivatives={name: Path(path) for name, path in args.derivatives},
+        bids_filter_file=args.bids_filter_file, skip_bids_validation=args.skip_bids_validation,
+        database_dir=args.bids_database_dir, work_dir=args.work_dir, nprocs=args.nprocs,
+        omp_nthreads=args.omp_nthreads, mem_bytes=args.mem, device=args.device, random_seed=args.random_seed,
+        reports_only=args.reports_only, force=args.force, show_progress=not args.no_progress,
+        verbosity=args.verbose, argv=list(argv),
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Sub-commands
+# ---------------------------------------------------------------------------------------
+
+
+def _cmd_spec(argv: Sequence[str]) -> int:
+    parser = _Parser(prog="bids_dnn spec", description="Analysis spec helpers.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("schema", help="print the JSON schema of the spec")
+    check = sub.add_parser("check", help="validate a spec file and print the resolved spec")
+    check.add_argument("file", type=Path)
+    args = parser.parse_args(list(argv))
+    from bids_dnn import spec as spec_module
+
+    if args.action == "schema":
+        sys.stdout.write(json.dumps(spec_module.spec_json_schema(), indent=2) + "\n")
+        return EXIT_OK
+    resolved = spec_module.load_spec(args.file)
+    import yaml
+
+    sys.stdout.write(f"# {args.file}: valid (spec hash {spec_module.spec_hash(resolved)})\n")
+    sys.stdout.write(yaml.safe_dump(spec_module.spec_to_dict(resolved), sort_keys=False))
+    return EXIT_OK
+
+
+def _cmd_demo(argv: Sequence[str]) -> int:
+    parser = _Parser(prog="bids_dnn demo",
+                     description="Write the synthetic demo BIDS dataset with planted ground truth.")
+    parser.add_argument("directory", type=Path)
+    parser.add_argument("--subjects", type=_positive_int, default=4)
+    parser.add_argument("--runs", type=_positive_int, default=3)
+    parser.add_argument("--seed", type=_seed, default=0)
+    parser.add_argument("--force", action="store_true", help="overwrite an existing demo dataset")
+    args = parser.parse_args(list(argv))
+    from bids_dnn.console import logger, setup_logging
+    from bids_dnn.demo import make_demo_dataset
+
+    setup_logging(0, show_progress=False)
+    path = make_demo_dataset(args.directory, n_subjects=args.subjects, n_runs=args.runs,
+                             seed=args.seed, overwrite=args.force)
+    logger.info("demo dataset written to %s (spec: %s)", path, path / "code" / "spec.yaml")
+    return EXIT_OK
+
+
+def _cmd_models(argv: Sequence[str]) -> int:
+    parser = _Parser(prog="bids_dnn models", description="List models and pre-fetch weights.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("list", help="models and whether their default weights are cached")
+    fetch = sub.add_parser("fetch", help="download weights into TORCH_HOME (for container images)")
+    fetch.add_argument("names", nargs="+")
+    fetch.add_argument("--weights", default="DEFAULT")
+    args = parser.parse_args(list(argv))
+    from bids_dnn import models
+
+    if args.action == "list":
+        for row in models.model_catalog():
+            sys.stdout.write(f"{row['name']}\t{row['weights']}\t{'cached' if row['cached'] else 'not cached'}\n")
+        return EXIT_OK
+    for path in models.fetch_weights(args.names, weights=args.weights):
+        sys.stdout.write(f"{path}\n")
+    return EXIT_OK
+
+
+SUBCOMMAND_HANDLERS = {"spec": _cmd_spec, "demo": _cmd_demo, "models": _cmd_models}
+
+
+# ---------------------------------------------------------------------------------------
+# Entry points
+# ---------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code (never raises for user errors)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbosity = sum(a.count("v") for a in argv if re.fullmatch(r"-v+", a)) + argv.count("--verbose")
+    try:
+        if argv and argv[0] in SUBCOMMAND_HANDLERS:
+            return SUBCOMMAND_HANDLERS[argv[0]](argv[1:])
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exc:  # --help / --version
+            return int(exc.code or 0)
+        if args.analysis_level not in LEVELS:
+            from bids_dnn.errors import UnknownLevelError
+
+            raise UnknownLevelError(f"unknown analysis level {args.analysis_level!r}",
+                                    "use 'participant' or 'group'")
+        options = options_from_args(args, argv)
+        from bids_dnn.console import setup_logging
+
+        setup_logging(options.verbosity, options.show_progress)
+        if options.level == "participant":
+            from bids_dnn.participant import run_participant_level
+
+            run_participant_level(options)
+        else:
+            from bids_dnn.group import run_group_level
+
+            run_group_level(options)
+        return EXIT_OK
+    except SystemExit as exc:  # argparse --help inside sub-commands
+        return int(exc.code or 0) if isinstance(exc.code, int) else EXIT_OK
+    except BidsDnnError as exc:
+        _report_error(exc, verbosity)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _report_error(BidsDnnError("interrupted"), verbosity)
+        return EXIT_OTHER
+    except Exception as exc:  # noqa: BLE001 - last resort: one line, traceback with -v
+        _report_error(exc, verbosity)
+        return EXIT_OTHER
+
+
+def _report_error(exc: BaseException, verbosity: int) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    console = Console(stderr=True, highlight=False)
+    if verbosity > 0 and sys.exc_info()[0] is not None:
+        console.print_exception(show_locals=False)
+    if isinstance(exc, BidsDnnError):
+        console.print(f"[bold red]error:[/] {escape(exc.message)}", markup=True, soft_wrap=True)
+        if exc.hint:
+            console.print(f"[yellow]hint:[/] {escape(exc.hint)}", markup=True, soft_wrap=True)
+    else:
+        console.print(f"[bold red]error:[/] unexpected {exc.__class__.__name__}: {escape(str(exc))}", markup=True, soft_wrap=True)
+        if verbosity == 0:
+            console.print("run again with -v for the traceback", soft_wrap=True)
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

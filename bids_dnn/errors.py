@@ -1,0 +1,85 @@
+"""Error classes that carry a user-facing hint and a BIDS-Apps exit code.
+
+Every error a user can cause is raised as one of these; ``cli.main`` turns it into one
+readable message and the exit code below (no traceback unless ``-v``).
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_OTHER = 1
+EXIT_BIDS_INVALID = 16
+EXIT_UNKNOWN_LEVEL = 17
+EXIT_NOTHING_SELECTED = 18
+EXIT_USAGE = 64
+EXIT_INVALID_SPEC = 65
+EXIT_INPUT_MISSING = 66
+
+
+class BidsDnnError(Exception):
+    """Base class: a problem the user can fix, with an exit code.
+
+    Parameters
+    ----------
+    message : str
+        One sentence saying what is wrong.
+    hint : str, optional
+        How to fix it.
+    """
+
+    exit_code: int = EXIT_OTHER
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message} ({self.hint})"
+
+
+class UsageError(BidsDnnError):
+    """Bad command-line usage (wrong option values, output inside the input, ...)."""
+
+    exit_code = EXIT_USAGE
+
+
+class SpecError(BidsDnnError):
+    """The analysis spec is invalid; ``problems`` holds one line per problem."""
+
+    exit_code = EXIT_INVALID_SPEC
+
+    def __init__(self, problems: list[str], source: str = "spec") -> None:
+        self.problems = list(problems)
+        message = f"invalid analysis spec ({source}):\n" + "\n".join(f"  {p}" for p in problems)
+        super().__init__(message)
+
+
+class BidsValidationError(BidsDnnError):
+    """The input dataset is not valid BIDS (as far as this tool needs it)."""
+
+    exit_code = EXIT_BIDS_INVALID
+
+
+class UnknownLevelError(BidsDnnError):
+    """Analysis level other than participant / group."""
+
+    exit_code = EXIT_UNKNOWN_LEVEL
+
+
+class NothingSelectedError(BidsDnnError):
+    """The participant / session / task filters selected no data."""
+
+    exit_code = EXIT_NOTHING_SELECTED
+
+
+class InputMissingError(BidsDnnError):
+    """A required input (file, derivative, weights) is missing or unreadable."""
+
+    exit_code = EXIT_INPUT_MISSING
+
+
+class AnalysisError(BidsDnnError):
+    """Anything else that stops the analysis (exit 1)."""
+
+    exit_code = EXIT_OTHER

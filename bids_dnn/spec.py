@@ -1,0 +1,499 @@
+"""The analysis spec: what to compute, validated before any computation.
+
+A spec is a YAML or JSON file. Every section has defaults, so a minimal spec is a few lines
+(see ``examples/minimal.yaml``). Models are frozen and forbid unknown keys; a bad spec is
+reported as one line per problem naming the field path, e.g.
+``analyses.searchlight.radius_mm: must be greater than 0 (got -3)``, with a "did you mean"
+for misspelled keys. ``bids_dnn spec schema`` prints the JSON schema generated from here:
+this module is the single source of truth for spec fields.
+
+This module imports neither torch nor any analysis code.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from bids_dnn.errors import InputMissingError, SpecError
+
+SCHEMA_VERSION = 1
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+BrainRdmMeasure = Literal[
+    "auto", "crossnobis", "correlation", "cosine", "euclidean", "sqeuclidean", "mahalanobis"
+]
+ModelRdmMeasure = Literal["correlation", "cosine", "euclidean", "sqeuclidean"]
+ComparisonMeasure = Literal[
+    "spearman", "pearson", "kendall_tau_a", "rho_a", "cosine", "corr_cov", "cosine_cov"
+]
+
+
+class _Strict(BaseModel):
+    """Base of every spec section: immutable, unknown keys are errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class VideoOptions(_Strict):
+    """How video stimuli are turned into model input."""
+
+    fps: float = Field(2.0, gt=0, description="Frames sampled per second of video.")
+    aggregate: Literal["mean", "clip"] = Field(
+        "mean",
+        description="'mean': activations averaged over sampled frames (image models); "
+        "'clip': frames passed together as one clip (video models).",
+    )
+
+
+class StimuliSpec(_Strict):
+    """Where the ordered stimulus set comes from."""
+
+    source: Literal["stim_file", "stimuli_tsv", "trial_type"] = Field(
+        "stim_file",
+        description="'stim_file': the events column naming files under stimuli/; "
+        "'stimuli_tsv': BEP044-style stimuli/stimuli.tsv with stim_id in events; "
+        "'trial_type': map each trial_type to a file with trial_type_map.",
+    )
+    trial_type_map: dict[str, str] | None = Field(
+        None, description="trial_type -> stimulus file (relative to stimuli/), for source: trial_type."
+    )
+    category_column: str | None = Field(
+        None,
+        description="Events or stimuli.tsv column giving each stimulus' category "
+        "(default: 'category' when present, else trial_type).",
+    )
+    ignore_trial_types: list[str] = Field(
+        default_factory=list, description="trial_type values that are not stimuli (e.g. fixation)."
+    )
+    video: VideoOptions = Field(default_factory=VideoOptions)
+
+    @model_validator(mode="after")
+    def _map_needed(self) -> "StimuliSpec":
+        if self.source == "trial_type" and not self.trial_type_map:
+            raise ValueError("source 'trial_type' needs trial_type_map (trial_type -> file)")
+        return self
+
+
+class TransformSpec(_Strict):
+    """Image preprocessing: aspect-preserving resize, centre crop, normalisation."""
+
+    resize: int = Field(256, gt=0, description="Shorter side after resizing, in pixels.")
+    crop: int = Field(224, gt=0, description="Centre crop size, in pixels.")
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    @model_validator(mode="after")
+    def _crop_fits(self) -> "TransformSpec":
+        if self.crop > self.resize:
+            raise ValueError(f"crop ({self.crop}) must not exceed resize ({self.resize})")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std values must be greater than 0")
+        return self
+
+
+class ReductionSpec(_Strict):
+    """Optional dimensionality reduction of stored features (fitted on all stimuli)."""
+
+    method: Literal["srp", "pca"] = "srp"
+    n_components: int = Field(4096, gt=0)
+    seed: int = 0
+
+
+class ModelSpec(_Strict):
+    """One network whose activations are extracted."""
+
+    name: str = Field(..., min_length=1, description="Model name, e.g. 'alexnet', 'resnet50'.")
+    source: Literal["torchvision", "timm", "open_clip", "torchscript", "custom"] = "torchvision"
+    label: str | None = Field(
+        None,
+        description="Label used in output names (model-<label>); default: the name, sanitised.",
+    )
+    weights: str = Field(
+        "DEFAULT",
+        description="Weights name ('DEFAULT', an enum member such as 'IMAGENET1K_V1'), "
+        "or 'random' for a seeded random initialisation (no download).",
+    )
+    init_seed: int = Field(0, description="Seed of the random initialisation (weights: random).")
+    layers: Union[str, list[str]] = Field(
+        "top_level",
+        description="A preset ('top_level', 'all_relu', 'all_conv', 'all_linear', 'leaves'), "
+        "or a list of node names and globs (e.g. 'layer*.relu').",
+    )
+    torchscript: str | None = Field(None, description="TorchScript file (source: torchscript).")
+    entry_point: str | None = Field(
+        None, description="'module:callable' returning an nn.Module (source: custom)."
+    )
+    transform: TransformSpec | None = Field(
+        None, description="Preprocessing; default: the weights' own transforms, else ImageNet."
+    )
+    token_policy: Literal["cls", "mean", "all"] = Field(
+        "cls",
+        description="Transformer layers (batch, tokens, dim): 'cls' first token, "
+        "'mean' average over tokens, 'all' every token flattened.",
+    )
+    dtype: Literal["float32", "float16"] = Field("float32", description="Stored feature dtype.")
+    batch_size: int = Field(16, gt=0)
+    reduction: ReductionSpec | None = None
+
+    @field_validator("layers")
+    @classmethod
+    def _layers_not_empty(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and not value:
+            raise ValueError("must name at least one layer or a preset")
+        if isinstance(value, list) and any(not v for v in value):
+            raise ValueError("layer names must not be empty")
+        return value
+
+    @model_validator(mode="after")
+    def _source_inputs(self) -> "ModelSpec":
+        if self.source == "torchscript" and not self.torchscript:
+            raise ValueError("source 'torchscript' needs a 'torchscript' file path")
+        if self.source == "custom" and not self.entry_point:
+            raise ValueError("source 'custom' needs 'entry_point' ('module:callable')")
+        if self.entry_point and not re.fullmatch(r"[\w.]+:[\w.]+", self.entry_point):
+            raise ValueError(f"entry_point must look like 'module:callable' (got {self.entry_point!r})")
+        return self
+
+    @property
+    def output_label(self) -> str:
+        """The alphanumeric label used in file names."""
+        return sanitize_label(self.label or self.name)
+
+
+class GLMSpec(_Strict):
+    """First-level GLM options (nilearn)."""
+
+    method: Literal["lsa", "lss"] = Field(
+        "lsa", description="'lsa': one regressor per stimulus; 'lss': one model per trial."
+    )
+    hrf: Literal["spm", "glover", "spm + derivative", "glover + derivative"] = "spm"
+    high_pass_hz: float = Field(0.008, ge=0, description="Cosine drift cut-off in Hz.")
+    drift_model: Literal["cosine", "polynomial", "none"] = "cosine"
+    noise_model: Literal["ar1", "ols"] = "ar1"
+    confounds: list[str] = Field(
+        default_factory=lambda: ["motion_6", "white_matter", "csf"],
+        description="fMRIPrep confound columns or groups: motion_6, motion_24, white_matter, "
+        "csf, global_signal, a_comp_cor_5, cosine, or exact column names.",
+    )
+    scrub_fd: float | None = Field(
+        None, gt=0, description="Censor volumes with framewise displacement above this (mm)."
+    )
+    drop_non_steady_state: bool = True
+    output: Literal["effect", "t"] = Field("effect", description="Patterns from betas or t values.")
+
+
+class BrainSpec(_Strict):
+    """Where brain response patterns come from."""
+
+    input: Literal["fmriprep", "betas"] = Field(
+        "fmriprep", description="'fmriprep': fit a GLM to preprocessed BOLD; 'betas': ready-made maps."
+    )
+    derivatives: str = Field("fmriprep", description="Name of the derivatives folder to use.")
+    space: str = "MNI152NLin2009cAsym"
+    resolution: str | None = Field(None, description="res- entity, if the data have one.")
+    glm: GLMSpec = Field(default_factory=GLMSpec)
+    noise_normalization: Literal["none", "univariate", "multivariate"] = "multivariate"
+    noise_estimator: Literal["shrinkage_diag", "shrinkage_eye", "diag"] = "shrinkage_diag"
+
+
+class RoiSpec(_Strict):
+    """Regions of interest: binary masks, or an atlas plus labels."""
+
+    masks: str | None = Field(
+        None, description="Folder with *_label-<roi>_mask.nii.gz (per subject or template space)."
+    )
+    atlas: str | None = Field(
+        None, description="Atlas image (dseg or probabilistic) with a .tsv of index / name."
+    )
+    labels: list[str] | None = Field(None, description="Subset of ROI names to use.")
+    threshold: float | None = Field(
+        None, gt=0, le=1, description="Threshold for a probabilistic (4D) atlas."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "RoiSpec":
+        if bool(self.masks) == bool(self.atlas):
+            raise ValueError("give exactly one of 'masks' or 'atlas'")
+        return self
+
+
+class RdmSpec(_Strict):
+    """Dissimilarity measures for brain and model RDMs."""
+
+    brain: BrainRdmMeasure = Field(
+        "auto", description="'auto': crossnobis with >= 2 runs, else correlation."
+    )
+    model: ModelRdmMeasure = "correlation"
+
+
+class RsaSpec(_Strict):
+    enabled: bool = True
+    comparison: ComparisonMeasure = "spearman"
+    permutations: int = Field(10000, ge=0, description="Stimulus-label permutations (0: none).")
+
+
+class WeightedRsaSpec(_Strict):
+    enabled: bool = False
+    cv: Literal["subjects", "stimuli"] = "subjects"
+
+
+class EncodingSpec(_Strict):
+    enabled: bool = False
+    alphas: list[float] = Field(
+        default_factory=lambda: [10.0**e for e in range(-2, 9)],
+        description="Ridge penalties; a list or 'logspace(start, stop, num)'.",
+    )
+    cv: Literal["leave_one_run_out", "kfold"] = "leave_one_run_out"
+    n_folds: int = Field(5, ge=2)
+    pca: int | None = Field(None, gt=0)
+
+    @field_validator("alphas", mode="before")
+    @classmethod
+    def _parse_logspace(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            match = re.fullmatch(r"\s*logspace\(\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*,\s*(\d+)\s*\)\s*", value)
+            if not match:
+                raise ValueError("must be a list of numbers or 'logspace(start, stop, num)'")
+            start, stop, num = float(match[1]), float(match[2]), int(match[3])
+            if num < 1:
+                raise ValueError("logspace needs num >= 1")
+            step = (stop - start) / (num - 1) if num > 1 else 0.0
+            return [10 ** (start + i * step) for i in range(num)]
+        return value
+
+    @field_validator("alphas")
+    @classmethod
+    def _positive(cls, value: list[float]) -> list[float]:
+        if not value:
+            raise ValueError("must contain at least one value")
+        if any(not (a > 0 and math.isfinite(a)) for a in value):
+            raise ValueError("every alpha must be a finite number greater than 0")
+        return value
+
+
+class SearchlightSpec(_Strict):
+    enabled: bool = False
+    radius_mm: float = Field(6.0, gt=0)
+    comparison: ComparisonMeasure = "spearman"
+    min_voxels: int = Field(10, ge=1)
+
+
+class AnalysesSpec(_Strict):
+    rsa: RsaSpec = Field(default_factory=RsaSpec)
+    weighted_rsa: WeightedRsaSpec = Field(default_factory=WeightedRsaSpec)
+    encoding: EncodingSpec = Field(default_factory=EncodingSpec)
+    searchlight: SearchlightSpec = Field(default_factory=SearchlightSpec)
+
+
+class StatisticsSpec(_Strict):
+    group_test: Literal["ttest", "wilcoxon"] = "ttest"
+    alternative: Literal["greater", "two-sided"] = Field(
+        "greater", description="Alternative hypothesis of tests against zero."
+    )
+    correction: Literal["fdr_bh", "bonferroni", "none"] = "fdr_bh"
+    alpha: float = Field(0.05, gt=0, lt=1)
+    bootstrap: int = Field(1000, ge=0, description="Subject-bootstrap resamples for CIs.")
+    ci: float = Field(0.95, gt=0, lt=1)
+    seed: int = Field(42, ge=0, description="Seed of every random step (overridden by --random-seed).")
+
+
+class OutputsSpec(_Strict):
+    report: bool = True
+    save_betas: bool = True
+
+
+class AnalysisSpec(_Strict):
+    """The whole analysis. Every field has a default except what the data cannot imply."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    stimuli: StimuliSpec = Field(default_factory=StimuliSpec)
+    models: list[ModelSpec] = Field(
+        default_factory=lambda: [ModelSpec(name="alexnet")], min_length=1
+    )
+    brain: BrainSpec = Field(default_factory=BrainSpec)
+    rois: RoiSpec | None = None
+    rdm: RdmSpec = Field(default_factory=RdmSpec)
+    analyses: AnalysesSpec = Field(default_factory=AnalysesSpec)
+    statistics: StatisticsSpec = Field(default_factory=StatisticsSpec)
+    outputs: OutputsSpec = Field(default_factory=OutputsSpec)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "AnalysisSpec":
+        labels = [m.output_label for m in self.models]
+        duplicates = sorted({lab for lab in labels if labels.count(lab) > 1})
+        if duplicates:
+            raise ValueError(
+                f"models: labels must be unique (duplicate: {', '.join(duplicates)}); "
+                "give each model a distinct 'label'"
+            )
+        needs_rois = self.analyses.rsa.enabled or self.analyses.weighted_rsa.enabled
+        if needs_rois and self.rois is None:
+            raise ValueError(
+                "rois: required for analyses.rsa (add 'rois: {atlas: ...}' or 'rois: {masks: ...}', "
+                "or set analyses.rsa.enabled: false)"
+            )
+        return self
+
+    def with_seed(self, seed: int | None) -> "AnalysisSpec":
+        """Return a copy whose statistics seed is ``seed`` (if given)."""
+        if seed is None:
+            return self
+        stats = self.statistics.model_copy(update={"seed": seed})
+        return self.model_copy(update={"statistics": stats})
+
+
+def sanitize_label(text: str) -> str:
+    """Make a BIDS-safe alphanumeric label (``features.3`` -> ``features3``)."""
+    label = re.sub(r"[^A-Za-z0-9]", "", text)
+    return label or "x"
+
+
+# ---------------------------------------------------------------------------------------
+# Loading and error formatting
+# ---------------------------------------------------------------------------------------
+
+
+def _field_names_at(loc: tuple[Any, ...]) -> list[str]:
+    """Field names accepted at ``loc`` (the location of an unknown key)."""
+    model: Any = AnalysisSpec
+    for part in loc[:-1]:
+        if isinstance(part, int) or model is None:
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        model = _model_in(field.annotation)
+    return list(model.model_fields) if model is not None else []
+
+
+def _model_in(annotation: Any) -> Any:
+    """The BaseModel class inside an annotation like ``X | None`` or ``list[X]``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif str(part).startswith(("function-", "literal[", "union[")) or part in (
+            "list[str]",
+            "str",
+            "list[float]",
+        ):
+            continue
+        else:
+            text += ("." if text else "") + str(part)
+    return text or "(top level)"
+
+
+def _format_error(error: dict[str, Any]) -> str:
+    loc = tuple(error.get("loc", ()))
+    path = _format_loc(loc)
+    kind = error.get("type", "")
+    value = error.get("input")
+    if kind == "extra_forbidden":
+        options = _field_names_at(loc)
+        close = difflib.get_close_matches(str(loc[-1]), options, n=1, cutoff=0.5)
+        hint = f"; did you mean '{close[0]}'?" if close else (
+            f"; valid fields: {', '.join(options)}" if options else ""
+        )
+        return f"{path}: unknown field{hint}"
+    message = str(error.get("msg", "invalid value"))
+    message = re.sub(r"^Value error, ", "", message)
+    message = re.sub(r"^Input should be", "must be", message)
+    message = re.sub(r"^Field required", "required field is missing", message)
+    expected = re.findall(r"'([^']*)'", message)
+    if kind not in ("missing", "extra_forbidden", "value_error") and not isinstance(value, (dict, list)):
+        message += f" (got {value!r})"
+    if kind == "literal_error" and isinstance(value, str):
+        close = difflib.get_close_matches(value, expected, n=1, cutoff=0.5)
+        if close:
+            message += f"; did you mean '{close[0]}'?"
+    if path == "(top level)" and re.match(r"^[\w.\[\]]+: ", message):
+        return message
+    return f"{path}: {message}"
+
+
+def validation_problems(exc: ValidationError) -> list[str]:
+    """One readable line per problem of a pydantic ``ValidationError``."""
+    lines = [_format_error(e) for e in exc.errors()]
+    return list(dict.fromkeys(lines))
+
+
+def parse_spec(data: Any, source: str = "spec") -> AnalysisSpec:
+    """Validate a mapping (already parsed from YAML/JSON) into an :class:`AnalysisSpec`.
+
+    Raises
+    ------
+    SpecError
+        With one line per problem (exit code 65).
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SpecError([f"(top level): must be a mapping of sections (got {type(data).__name__})"], source)
+    try:
+        return AnalysisSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(validation_problems(exc), source) from None
+
+
+def load_spec(path: str | Path | None) -> AnalysisSpec:
+    """Read and validate a YAML or JSON spec file (``None``: all defaults).
+
+    YAML is read with ``yaml.safe_load``: a spec can never execute code.
+    """
+    if path is None:
+        return AnalysisSpec()
+    path = Path(path)
+    if not path.is_file():
+        raise InputMissingError(f"spec file not found: {path}", "check the --spec path")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError([f"(file): cannot read {path.name} as UTF-8 text ({exc.__class__.__name__})"], str(path)) from None
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text) if text.strip() else {}
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as exc:  # noqa: BLE001 - any parser error is a spec error
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise SpecError([f"(file): not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {first_line}"], str(path)) from None
+    return parse_spec(data, source=str(path))
+
+
+def spec_json_schema() -> dict[str, Any]:
+    """The JSON schema of :class:`AnalysisSpec` (printed by ``bids_dnn spec schema``)."""
+    return AnalysisSpec.model_json_schema()
+
+
+def spec_to_dict(spec: AnalysisSpec) -> dict[str, Any]:
+    """The fully resolved spec as plain JSON-compatible data."""
+    return spec.model_dump(mode="json")
+
+
+def spec_hash(spec: AnalysisSpec) -> str:
+    """A short stable hash of the resolved spec (for provenance and cache keys)."""
+    import hashlib
+
+    blob = json.dumps(spec_to_dict(spec), sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
