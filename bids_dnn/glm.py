@@ -1,24 +1,17 @@
 """First-level GLM per run (nilearn): confound selection, censoring, LSA and LSS patterns.
 
-This module works on arrays and tables only: a run's BOLD data as an ``(n_time, n_vox)``
-array, its events and fMRIPrep confounds as :class:`pandas.DataFrame`. It knows nothing
-about BIDS layouts, writes no files and prints nothing; problems the user should know about
-are returned as strings in :attr:`RunGLM.warnings`, problems that stop the fit are raised
-as :mod:`bids_dnn.errors` exceptions.
+Arrays and tables in, arrays and tables out: a run's BOLD data as ``(n_time, n_vox)``, events
+and fMRIPrep confounds as DataFrames. No BIDS layouts, no files, no printing: user-facing
+problems are strings in :attr:`RunGLM.warnings`; fatal ones are :mod:`bids_dnn.errors`.
 
-Design matrices are built with :func:`nilearn.glm.first_level.make_first_level_design_matrix`
-on the full run (so the HRF convolution sees the true timing) and censored volumes are then
-dropped from both the data and the design (a sample mask, as nilearn's ``FirstLevelModel``
-does). Models are fitted vectorised over voxels with :func:`nilearn.glm.first_level.run_glm`,
-a chunk of voxels at a time so memory stays bounded for whole-brain runs.
+The design is built with nilearn's ``make_first_level_design_matrix`` on the full run (true
+HRF timing); censored volumes are then dropped from data and design (a sample mask, as in
+nilearn's ``FirstLevelModel``). Fits use nilearn's ``run_glm``, vectorised over a chunk of
+voxels at a time. One pattern per condition (events column ``condition``):
 
-Two ways to get one pattern per condition (the events column ``condition``):
-
-- ``lsa`` (least squares all): one regressor per condition; repeats of a condition within a
-  run are modelled by that one regressor.
-- ``lss`` (least squares separate; Mumford et al., 2012, NeuroImage 59:2636): one model per
-  trial, with the trial as one regressor and all other trials grouped by condition; the
-  trial estimates of a condition are then averaged into one pattern.
+- ``lsa``: one regressor per condition (repeats of a stimulus in a run share it);
+- ``lss`` (Mumford et al., 2012, NeuroImage 59:2636): one model per trial, the trial as one
+  regressor and all other trials grouped by condition; trial estimates averaged per condition.
 """
 
 from __future__ import annotations
@@ -26,7 +19,7 @@ from __future__ import annotations
 import fnmatch
 import warnings as _warnings
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -51,21 +44,8 @@ _MOTION_6 = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
 
 @dataclass(frozen=True)
 class ConfoundGroup:
-    """A named set of fMRIPrep confound columns.
-
-    Attributes
-    ----------
-    columns : tuple of str
-        Exact column names (all must be present).
-    pattern : str or None
-        A glob matched against the column names instead of ``columns``.
-    required : bool
-        For a pattern: whether at least one column must match. fMRIPrep writes
-        ``non_steady_state_outlier*`` columns only when there are outliers, so that group
-        may be empty.
-    description : str
-        One line for documentation and error messages.
-    """
+    """A named set of fMRIPrep confound columns: exact ``columns`` (all required) or a glob
+    ``pattern`` (at least one match unless ``required`` is False)."""
 
     columns: tuple[str, ...] = ()
     pattern: str | None = None
@@ -108,12 +88,7 @@ CONFOUND_GROUPS: dict[str, ConfoundGroup] = {
 """Confound groups accepted in ``GLMSpec.confounds`` besides exact column names and globs."""
 
 # Columns whose first value is n/a by construction in fMRIPrep (no previous volume).
-_FIRST_ROW_NAN_PATTERNS = ("*derivative1*", "framewise_displacement", "dvars", "std_dvars", "rmsd")
-
-
-def _available_text(columns: Sequence[str], limit: int = 40) -> str:
-    shown = ", ".join(columns[:limit])
-    return shown + (f", ... ({len(columns) - limit} more)" if len(columns) > limit else "")
+_FIRST_ROW_NAN = ("*derivative1*", "framewise_displacement", "dvars", "std_dvars", "rmsd")
 
 
 def select_confounds(
@@ -138,7 +113,7 @@ def select_confounds(
         row's n/a of derivative-type columns (``*derivative1*``, framewise displacement,
         DVARS) set to 0, fMRIPrep's convention.
     warnings : list of str
-        Notes for the user (e.g. n/a values that were filled).
+        Notes for the user: constant columns, optional groups that matched nothing.
 
     Raises
     ------
@@ -149,12 +124,15 @@ def select_confounds(
         When a selected column is not numeric or has n/a values beyond the first row.
     """
     available = [str(c) for c in confounds.columns]
+    notes: list[str] = []
     selected: list[str] = []
     missing: list[str] = []
     for name in names:
         if name in CONFOUND_GROUPS:
             found, absent = CONFOUND_GROUPS[name].resolve(available)
             missing += [f"{a} (group '{name}')" for a in absent]
+            if not found and not absent:
+                notes.append(f"confound group '{name}' matched no column in {source}")
         elif name in available:
             found = [name]
         elif any(ch in name for ch in "*?["):
@@ -166,29 +144,29 @@ def select_confounds(
     if missing:
         raise InputMissingError(
             f"{source}: confound column(s) not found: {', '.join(missing)}. "
-            f"Available columns: {_available_text(available)}",
+            f"Available columns: {', '.join(available[:40])}"
+            + (f", ... ({len(available) - 40} more)" if len(available) > 40 else ""),
             "choose confounds present in the fMRIPrep confounds file (brain.glm.confounds); "
             f"groups: {', '.join(CONFOUND_GROUPS)}",
         )
     out = confounds.loc[:, selected].copy()
-    notes: list[str] = []
     non_numeric = [c for c in selected if not pd.api.types.is_numeric_dtype(out[c])]
     if non_numeric:
         raise AnalysisError(f"{source}: confound column(s) are not numeric: {', '.join(non_numeric)}")
     out = out.astype(float)
-    if len(out):
-        first_nan = [
-            c
-            for c in selected
-            if np.isnan(out[c].iloc[0]) and any(fnmatch.fnmatchcase(c, p) for p in _FIRST_ROW_NAN_PATTERNS)
-        ]
-        if first_nan:
-            out.iloc[0, [out.columns.get_loc(c) for c in first_nan]] = 0.0
+    for j, col in enumerate(selected):
+        if len(out) and np.isnan(out.iat[0, j]) and any(fnmatch.fnmatchcase(col, p) for p in _FIRST_ROW_NAN):
+            out.iat[0, j] = 0.0
     still_nan = [c for c in selected if out[c].isna().any()]
     if still_nan:
         raise AnalysisError(
             f"{source}: confound column(s) contain n/a values: {', '.join(still_nan)}",
             "remove these columns from brain.glm.confounds",
+        )
+    constant = [c for c in selected if len(out) and np.ptp(out[c].to_numpy()) == 0]
+    if constant:
+        notes.append(
+            f"confound column(s) constant in {source} (no effect beyond the intercept): {', '.join(constant)}"
         )
     return out, notes
 
@@ -206,22 +184,18 @@ def sample_mask_from_confounds(
     confounds : pandas.DataFrame, shape (n_time, n_columns)
         fMRIPrep confounds table.
     drop_non_steady_state : bool
-        Drop volumes flagged by a ``non_steady_state_outlier*`` column (absent columns: none).
+        Drop volumes flagged by a ``non_steady_state_outlier*`` column (none if absent).
     fd_threshold : float, optional
-        Drop volumes whose ``framewise_displacement`` exceeds this (mm). Only the volume
-        itself is censored (no neighbours); the first volume's n/a counts as 0.
+        Drop volumes whose ``framewise_displacement`` exceeds this (mm); only the volume
+        itself (no neighbours); the first volume's n/a counts as 0.
     source : str
         Name of the table for error messages.
 
     Returns
     -------
     keep : numpy.ndarray of bool, shape (n_time,)
-        True for volumes that enter the GLM.
-
-    Raises
-    ------
-    InputMissingError
-        ``fd_threshold`` given but the table has no ``framewise_displacement`` column.
+        True for volumes that enter the GLM. Raises InputMissingError when ``fd_threshold``
+        is given but there is no ``framewise_displacement`` column.
     """
     keep = np.ones(len(confounds), dtype=bool)
     if drop_non_steady_state:
@@ -299,16 +273,10 @@ def _check_events(
     ev = events.loc[:, ["onset", "duration", "condition"]].copy()
     for col in ("onset", "duration"):
         values = pd.to_numeric(ev[col], errors="coerce")
-        bad = values.isna() & ev[col].notna()
-        if bad.any():
-            raise BidsValidationError(
-                f"{source}: events column '{col}' has non-numeric values "
-                f"(rows {', '.join(map(str, np.flatnonzero(bad.to_numpy())[:10]))})"
-            )
         if values.isna().any():
+            rows = np.flatnonzero(values.isna().to_numpy())[:10]
             raise BidsValidationError(
-                f"{source}: events column '{col}' has n/a values "
-                f"(rows {', '.join(map(str, np.flatnonzero(values.isna().to_numpy())[:10]))})"
+                f"{source}: events column '{col}' has n/a or non-numeric values (rows {', '.join(map(str, rows))})"
             )
         ev[col] = values.astype(float)
     negative = ev["duration"] < 0
@@ -429,173 +397,122 @@ def fit_run_glm(
     bold : numpy.ndarray, shape (n_time, n_vox)
         The run's BOLD time series (e.g. brain-masked fMRIPrep output).
     events : pandas.DataFrame, shape (n_events, >= 3)
-        Columns ``onset`` and ``duration`` (seconds) and ``condition`` (stimulus id; the
-        caller maps trial types / stimulus files to it and drops non-stimulus rows).
+        ``onset``, ``duration`` (s) and ``condition`` (stimulus id; the caller maps trial
+        types / stimulus files to it and drops non-stimulus rows).
     t_r : float
-        Repetition time in seconds.
+        Repetition time (s).
     options : GLMSpec
-        ``method`` (lsa/lss), ``hrf``, ``drift_model``, ``high_pass_hz``, ``noise_model``,
-        ``confounds``, ``scrub_fd``, ``drop_non_steady_state``, ``output``.
+        method, hrf, drift_model, high_pass_hz, noise_model, confounds, scrub_fd,
+        drop_non_steady_state, output.
     confounds : pandas.DataFrame, shape (n_time, n_columns), optional
-        The full fMRIPrep confounds table; ``options.confounds`` are selected from it with
-        :func:`select_confounds`, and the censoring mask comes from
-        :func:`sample_mask_from_confounds`.
+        The full fMRIPrep confounds table: ``options.confounds`` are taken from it with
+        :func:`select_confounds`, the censoring with :func:`sample_mask_from_confounds`.
     frame_times : numpy.ndarray, shape (n_time,), optional
-        Acquisition time of each volume (default ``arange(n_time) * t_r``, i.e. slice-time
-        reference 0).
+        Acquisition times (default ``arange(n_time) * t_r``: slice-time reference 0).
     source : str
-        Name of the run used in error messages.
+        Name of the run for error messages.
     chunk_size : int
-        Number of voxels fitted at once.
+        Voxels fitted at once (bounds memory).
 
     Returns
     -------
     RunGLM
-        ``betas`` of shape (n_cond, n_vox), whitened ``residuals`` of shape
-        (n_time_kept, n_vox), the design, dof and warnings.
+        betas (n_cond, n_vox), whitened residuals (n_time_kept, n_vox), design, dof, warnings.
 
     Raises
     ------
     BidsValidationError
-        Malformed events (missing columns, n/a or negative durations).
+        Malformed events (missing columns, n/a values, negative durations).
     InputMissingError
-        Requested confound columns absent from ``confounds``.
+        Requested confound columns are absent.
     AnalysisError
-        Inconsistent shapes, no events within the scan, too few volumes left.
+        Inconsistent shapes, no events within the scan, no degrees of freedom left.
 
     Notes
     -----
-    Volumes removed by the sample mask are dropped from data and design after building the
-    design on the full run; with ``noise_model='ar1'`` the AR(1) model then treats the kept
-    volumes as consecutive (as nilearn does). Voxels with NaN or constant values over the kept
-    volumes are not fitted (NaN betas) and counted in ``warnings``.
+    Censored volumes are dropped after building the design on the full run; AR(1) then
+    treats the kept volumes as consecutive (as nilearn does). Voxels with NaN or constant
+    values over the kept volumes are not fitted (NaN betas) and counted in ``warnings``.
+    With ``lss`` (one model per trial, cost grows with the number of trials) a condition's
+    pattern is the mean of its trials' estimates (t values with ``output='t'``), while
+    ``residuals``, ``design`` and ``dof`` come from the condition-level (LSA) model.
     """
     bold = np.asarray(bold)
     if bold.ndim != 2:
         raise AnalysisError(f"{source}: BOLD data must be 2D (n_time, n_vox), got shape {bold.shape}")
     n_time, n_vox = bold.shape
-    if not (t_r > 0):
-        raise AnalysisError(f"{source}: repetition time must be > 0 (got {t_r})")
-    if frame_times is None:
-        frame_times = np.arange(n_time) * float(t_r)
-    frame_times = np.asarray(frame_times, dtype=float)
+    if not (t_r > 0) or n_time < 2:
+        raise AnalysisError(f"{source}: need t_r > 0 and >= 2 volumes (got t_r={t_r}, {n_time} volumes)")
+    frame_times = np.arange(n_time) * float(t_r) if frame_times is None else np.asarray(frame_times, float)
     if frame_times.shape != (n_time,):
         raise AnalysisError(f"{source}: {frame_times.size} frame times for {n_time} volumes")
     notes: list[str] = []
-
-    # Confounds and censoring.
-    keep = np.ones(n_time, dtype=bool)
-    regs: pd.DataFrame | None = None
-    if confounds is not None:
-        if len(confounds) != n_time:
-            raise AnalysisError(
-                f"{source}: the confounds table has {len(confounds)} rows but the BOLD run has {n_time} volumes"
-            )
-        regs, more = select_confounds(confounds, list(options.confounds), source=source)
-        notes += more
-        regs = regs.reset_index(drop=True) if regs.shape[1] else None
-        keep = sample_mask_from_confounds(
-            confounds, options.drop_non_steady_state, options.scrub_fd, source=source
-        )
-    elif options.confounds or options.scrub_fd is not None:
-        notes.append("no confounds table given: fitted without confound regressors or scrubbing")
-    n_dropped = int((~keep).sum())
-    if n_dropped:
-        notes.append(f"{n_dropped} of {n_time} volumes censored (non-steady-state or scrub_fd)")
-    drift_model = None if options.drift_model == "none" else options.drift_model
-    if drift_model == "cosine" and options.high_pass_hz == 0:
-        drift_model = None
-    if drift_model == "cosine" and regs is not None and any(c.startswith("cosine") for c in regs.columns):
-        drift_model = None
-        notes.append("fMRIPrep cosine regressors in confounds replace nilearn's cosine drift model")
-
-    scan_end = float(frame_times[-1] + t_r) if n_time else 0.0
-    ev, more = _check_events(events, scan_end, source)
+    regs, keep, drift_model = _confounds_and_censoring(confounds, options, n_time, source, notes)
+    ev, more = _check_events(events, float(frame_times[-1] + t_r), source)
     notes += more
     conditions = sorted(ev["condition"].unique())
     internal = {c: f"cond_{i:05d}" for i, c in enumerate(conditions)}
     ev["trial_type"] = ev["condition"].map(internal)
     n_trials = {c: int(n) for c, n in ev["condition"].value_counts().sort_index().items()}
 
-    design_full = _design(frame_times, ev, options, drift_model, regs, notes)
-    design = design_full.loc[keep]
+    design = _design(frame_times, ev, options, drift_model, regs, notes).loc[keep]
     X = design.to_numpy(dtype=float)
-    if X.shape[0] <= 1:
-        raise AnalysisError(f"{source}: only {X.shape[0]} volume(s) left after censoring")
-    col_norm = np.linalg.norm(X, axis=0)
-    empty = [c for c in conditions if col_norm[design.columns.get_loc(internal[c])] <= 1e-8 * col_norm.max()]
+    norms = np.linalg.norm(X, axis=0)
+    empty = [c for c in conditions if norms[design.columns.get_loc(internal[c])] <= 1e-8 * norms.max()]
     if empty:
-        notes.append(
-            f"{len(empty)} condition(s) have no signal in the kept volumes; their betas are NaN: "
-            + ", ".join(empty[:10])
-        )
+        notes.append(f"{len(empty)} condition(s) without signal in the kept volumes (betas NaN): {', '.join(empty[:10])}")
     rank = int(np.linalg.matrix_rank(X))
     dof = X.shape[0] - rank
     if dof < 1:
         raise AnalysisError(
-            f"{source}: the design has {X.shape[1]} regressors (rank {rank}) for {X.shape[0]} volumes: "
-            "no degrees of freedom left",
+            f"{source}: {X.shape[1]} regressors (rank {rank}) for {X.shape[0]} volumes leave no degrees of freedom",
             "use fewer confounds or conditions per run",
         )
     if rank < X.shape[1] - len(empty):
-        notes.append(
-            f"the design matrix is rank deficient (rank {rank} of {X.shape[1]} columns): "
-            "estimates of collinear regressors are not unique"
-        )
+        notes.append(f"the design is rank deficient (rank {rank} of {X.shape[1]} columns): collinear estimates are not unique")
 
-    # Voxels to fit.
     Y_all = bold[keep]
     finite = np.isfinite(Y_all).all(axis=0)
     constant = finite & (np.ptp(np.where(np.isfinite(Y_all), Y_all, 0.0), axis=0) == 0)
     fitted = finite & ~constant
-    if (~finite).any() or constant.any():
+    if not fitted.all():
         notes.append(
             f"{int((~fitted).sum())} of {n_vox} voxels excluded from the fit (betas NaN): "
             f"{int((~finite).sum())} with NaN/inf values, {int(constant.sum())} constant"
         )
-    vox = np.flatnonzero(fitted)
 
-    # Fit.
-    keep_cols = [c for c in conditions if c not in empty]
-    cond_cols = [design.columns.get_loc(internal[c]) for c in keep_cols]
+    cond_rows = [k for k, c in enumerate(conditions) if c not in empty]
+    cond_cols = [design.columns.get_loc(internal[conditions[k]]) for k in cond_rows]
     t_values = options.output == "t"
     betas = np.full((len(conditions), n_vox), np.nan)
     residuals = np.full((X.shape[0], n_vox), np.nan, dtype=np.float32)
-    cond_rows = [conditions.index(c) for c in keep_cols]
     if options.method == "lss":
-        trial_ev = ev.copy()
-        trial_ev["trial_type"] = [f"trial_{i:05d}" for i in range(len(ev))]
+        trial_ev = ev.assign(trial_type=[f"trial_{i:05d}" for i in range(len(ev))])
         trial_design = _design(frame_times, trial_ev, options, drift_model, regs, notes).loc[keep]
-        norms = np.linalg.norm(trial_design.to_numpy(dtype=float), axis=0)
-        dead = sum(norms[trial_design.columns.get_loc(t)] <= 1e-8 * norms.max() for t in trial_ev["trial_type"])
-        if dead:
-            notes.append(f"{int(dead)} trial(s) have no signal in the kept volumes and give no LSS estimate")
-        lss_sum = np.zeros((len(conditions), n_vox))
-        lss_n = np.zeros((len(conditions), n_vox))
-    chunk_size = max(int(chunk_size), 1)
-    for start in range(0, len(vox), chunk_size):
-        idx = vox[start : start + chunk_size]
+        lss = _lss_designs(trial_design, ev, conditions, notes)
+        lss_sum, lss_n = np.zeros_like(betas), np.zeros_like(betas)
+    vox = np.flatnonzero(fitted)
+    for start in range(0, len(vox), max(int(chunk_size), 1)):
+        idx = vox[start : start + max(int(chunk_size), 1)]
         Y = np.asarray(Y_all[:, idx], dtype=np.float64)
-        est, resid = _fit_columns(Y, X, options.noise_model, cond_cols, t_values)
-        residuals[:, idx] = resid
+        est, residuals[:, idx] = _fit_columns(Y, X, options.noise_model, cond_cols, t_values)
         if options.method == "lsa":
             betas[np.ix_(cond_rows, idx)] = est
-        else:
-            for row, est_trial in _lss_chunk(Y, trial_design, ev, conditions, options, t_values):
-                ok = np.isfinite(est_trial)
-                lss_sum[row, idx] += np.where(ok, est_trial, 0.0)
-                lss_n[row, idx] += ok
+            continue
+        for row, X_trial in lss:
+            est_trial = _fit_columns(Y, X_trial, options.noise_model, [0], t_values)[0][0]
+            ok = np.isfinite(est_trial)
+            lss_sum[row, idx] += np.where(ok, est_trial, 0.0)
+            lss_n[row, idx] += ok
     if options.method == "lss":
-        with np.errstate(invalid="ignore", divide="ignore"):
-            betas = np.where(lss_n > 0, lss_sum / np.maximum(lss_n, 1), np.nan)
+        betas = np.where(lss_n > 0, lss_sum / np.maximum(lss_n, 1), np.nan)
 
     names = {v: k for k, v in internal.items()}
-    out_design = design.rename(columns=lambda c: names.get(c, c))
     return RunGLM(
         conditions=list(conditions),
         betas=betas,
         residuals=residuals,
-        design=out_design,
+        design=design.rename(columns=lambda c: names.get(c, c)),
         dof=int(dof),
         warnings=notes,
         sample_mask=keep,
@@ -604,42 +521,65 @@ def fit_run_glm(
     )
 
 
-def _lss_chunk(
-    Y: np.ndarray,
-    trial_design: pd.DataFrame,
-    ev: pd.DataFrame,
-    conditions: list[str],
-    options: GLMSpec,
-    t_values: bool,
-):
-    """Yield ``(condition_row, estimates (n_vox,))`` for every trial (LSS, one model per trial).
+def _confounds_and_censoring(
+    confounds: pd.DataFrame | None, options: GLMSpec, n_time: int, source: str, notes: list[str]
+) -> tuple[pd.DataFrame | None, np.ndarray, str | None]:
+    """Selected confound regressors, kept-volume mask and the nilearn drift model to use."""
+    keep = np.ones(n_time, dtype=bool)
+    regs = None
+    if confounds is not None:
+        if len(confounds) != n_time:
+            raise AnalysisError(f"{source}: the confounds table has {len(confounds)} rows for {n_time} volumes")
+        regs, more = select_confounds(confounds, list(options.confounds), source=source)
+        notes += more
+        regs = regs.reset_index(drop=True) if regs.shape[1] else None
+        keep = sample_mask_from_confounds(confounds, options.drop_non_steady_state, options.scrub_fd, source)
+    elif options.confounds or options.scrub_fd is not None:
+        notes.append("no confounds table given: fitted without confound regressors or scrubbing")
+    if not keep.all():
+        notes.append(f"{int((~keep).sum())} of {n_time} volumes censored (non-steady-state or scrub_fd)")
+    if keep.sum() < 2:
+        raise AnalysisError(f"{source}: only {int(keep.sum())} volume(s) left after censoring")
+    drift = None if options.drift_model == "none" else options.drift_model
+    if drift == "cosine" and options.high_pass_hz == 0:
+        drift = None
+    if drift == "cosine" and regs is not None and any(c.startswith("cosine") for c in regs.columns):
+        drift = None
+        notes.append("fMRIPrep cosine regressors in confounds replace nilearn's cosine drift model")
+    return regs, keep, drift
 
-    The trial-wise design is built once; because convolution is linear, the regressor of
-    "all other trials of condition c" is the sum of those trials' columns (the same as
-    modelling them as one condition). Derivative columns are grouped the same way.
+
+def _lss_designs(
+    trial_design: pd.DataFrame, ev: pd.DataFrame, conditions: list[str], notes: list[str]
+) -> list[tuple[int, np.ndarray]]:
+    """``(condition row, design)`` of every trial's LSS model; the trial is column 0.
+
+    The trial-wise design is built once: convolution is linear, so the regressor of "the
+    other trials of condition c" is the sum of those trials' columns (derivatives likewise).
+    Trials without signal in the kept volumes get no model.
     """
     names = list(trial_design.columns)
-    trial_names = [f"trial_{i:05d}" for i in range(len(ev))]
-    own = {t: [names.index(c) for c in names if c == t or c.startswith(t + "_")] for t in trial_names}
-    trial_cols = {j for cols in own.values() for j in cols}
-    nuisance = [j for j in range(len(names)) if j not in trial_cols]
     D = trial_design.to_numpy(dtype=float)
     scale = np.linalg.norm(D, axis=0).max()
+    own: list[list[int]] = [[] for _ in range(len(ev))]
+    nuisance = []
+    for j, name in enumerate(names):
+        if name.startswith("trial_"):
+            own[int(name[6:11])].append(j)
+        else:
+            nuisance.append(j)
     cond_of = ev["condition"].to_numpy()
-    n_basis = max(len(cols) for cols in own.values())
-    for i, trial in enumerate(trial_names):
-        this = D[:, own[trial]]
-        if np.linalg.norm(this[:, 0]) <= 1e-8 * scale:
-            continue  # no signal in the kept volumes: the trial gives no estimate
-        blocks = [this]
+    totals = {c: sum(D[:, own[i]] for i in np.flatnonzero(cond_of == c)) for c in conditions}
+    out, dead = [], 0
+    for i, cols in enumerate(own):
+        if np.linalg.norm(D[:, cols[0]]) <= 1e-8 * scale:
+            dead += 1
+            continue
+        blocks = [D[:, cols]]
         for cond in conditions:
-            others = [t for j, t in enumerate(trial_names) if j != i and cond_of[j] == cond]
-            if not others:
-                continue
-            group = sum(D[:, own[t]] for t in others)
-            for b in range(n_basis):
-                if np.linalg.norm(group[:, b]) > 1e-8 * scale:
-                    blocks.append(group[:, [b]])
-        X = np.column_stack(blocks + [D[:, nuisance]])
-        est, _ = _fit_columns(Y, X, options.noise_model, [0], t_values)
-        yield conditions.index(cond_of[i]), est[0]
+            group = totals[cond] - (D[:, cols] if cond_of[i] == cond else 0.0)
+            blocks += [group[:, [b]] for b in range(group.shape[1]) if np.linalg.norm(group[:, b]) > 1e-8 * scale]
+        out.append((conditions.index(cond_of[i]), np.column_stack(blocks + [D[:, nuisance]])))
+    if dead:
+        notes.append(f"{dead} trial(s) without signal in the kept volumes give no LSS estimate")
+    return out

@@ -100,14 +100,6 @@ class TransformSpec(_Strict):
         return self
 
 
-class ReductionSpec(_Strict):
-    """Optional dimensionality reduction of stored features (fitted on all stimuli)."""
-
-    method: Literal["srp", "pca"] = "srp"
-    n_components: int = Field(4096, gt=0)
-    seed: int = 0
-
-
 class ModelSpec(_Strict):
     """One network whose activations are extracted."""
 
@@ -142,7 +134,6 @@ class ModelSpec(_Strict):
     )
     dtype: Literal["float32", "float16"] = Field("float32", description="Stored feature dtype.")
     batch_size: int = Field(16, gt=0)
-    reduction: ReductionSpec | None = None
 
     @field_validator("layers")
     @classmethod

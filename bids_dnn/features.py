@@ -1,0 +1,484 @@
+"""The feature store: one HDF5 file per model and stimulus set, written atomically.
+
+Layout of a feature file::
+
+    /                 attrs: content_key, format_version, dtype, n_stimuli, layer_order,
+                             bids_dnn_version, model / weights / preprocessing provenance, ...
+    /stim_ids         (n_stimuli,) UTF-8 strings, the row order of every layer
+    /layers/<name>    (n_stimuli, n_units) float32 or float16, chunked by rows, attrs
+                      original_name, original_shape (the layer output without batch dim)
+
+Layer names are the network's module names; ``/`` and ``%`` are percent-escaped in dataset
+names (``original_name`` keeps the real one). Attributes that are not strings or numbers are
+stored as JSON text and listed in the ``json_attrs`` attribute, so they read back as the
+same lists and dicts.
+
+:func:`ensure_features` is the only way the pipeline creates a file: under a file lock it
+reuses a file whose ``content_key`` matches, else writes a temporary file next to it and
+renames it into place, so a partial file is never visible and a changed key never reuses a
+stale file. This module does not import torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import h5py
+import numpy as np
+from filelock import FileLock, Timeout
+
+from bids_dnn import __version__
+from bids_dnn.errors import AnalysisError, InputMissingError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "FeatureSet",
+    "FeatureWriter",
+    "REDUCTIONS",
+    "canonical_json",
+    "ensure_features",
+    "feature_content_key",
+    "provenance_attrs",
+    "read_features",
+    "reduce_features",
+    "stimulus_set_sha256",
+    "stored_content_key",
+    "write_feature_file",
+]
+
+FORMAT_VERSION = 1
+LAYER_GROUP = "layers"
+STIM_IDS = "stim_ids"
+DTYPES = ("float32", "float16")
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
+_CHUNK_BYTES = 1 << 20
+
+
+def canonical_json(value: Any) -> str:
+    """Deterministic JSON: sorted keys, no spaces, ASCII, no NaN."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def stimulus_set_sha256(stimulus_sha256s: Sequence[str]) -> str:
+    """SHA-256 of the ordered list of stimulus file hashes (the stimulus set identity)."""
+    return hashlib.sha256("\n".join(stimulus_sha256s).encode()).hexdigest()
+
+
+def feature_content_key(stimulus_sha256s: list[str], model_identity: dict[str, Any], layers: list[str],
+                        dtype: str, reduction: dict[str, Any] | None) -> str:
+    """SHA-256 hex over everything that determines a feature file's content.
+
+    Parameters
+    ----------
+    stimulus_sha256s : list of str, length n_stimuli
+        Hash of each stimulus file, in row order.
+    model_identity : dict
+        e.g. :meth:`bids_dnn.models.LoadedModel.identity` plus the token policy.
+    layers : list of str
+        Requested layer names, in order.
+    dtype : {"float32", "float16"}
+    reduction : dict or None
+        Reduction settings (method, n_components, seed), if any.
+    """
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "stimuli": list(stimulus_sha256s),
+        "model": model_identity,
+        "layers": list(layers),
+        "dtype": dtype,
+        "reduction": reduction,
+    }
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+
+
+def provenance_attrs(model_identity: Mapping[str, Any], *, token_policy: str,
+                     library_versions: Mapping[str, str], stimulus_sha256s: Sequence[str]) -> dict[str, Any]:
+    """The standard root attributes of a feature file (names used by readers and reports).
+
+    Parameters
+    ----------
+    model_identity : mapping
+        :meth:`bids_dnn.models.LoadedModel.identity`.
+    token_policy : str
+    library_versions : mapping
+        e.g. ``{"torch": "2.4.0", "torchvision": "0.19.0", "h5py": "3.11.0"}``.
+    stimulus_sha256s : sequence of str
+        Hash of each stimulus file, in row order.
+    """
+    return {
+        "model_name": str(model_identity.get("name", "")),
+        "model_source": str(model_identity.get("source", "")),
+        "weights_name": str(model_identity.get("weights_name", "")),
+        "weights_sha256": model_identity.get("weights_sha256"),
+        "init_seed": model_identity.get("init_seed"),
+        "task": str(model_identity.get("task", "image")),
+        "preprocessing": dict(model_identity.get("preprocessing") or {}),
+        "token_policy": token_policy,
+        "library_versions": dict(library_versions),
+        "stimulus_set_sha256": stimulus_set_sha256(stimulus_sha256s),
+    }
+
+
+def encode_layer_name(name: str) -> str:
+    """Dataset name of a layer: ``%`` -> ``%25``, ``/`` -> ``%2F`` (reversible)."""
+    return name.replace("%", "%25").replace("/", "%2F")
+
+
+def decode_layer_name(name: str) -> str:
+    """Inverse of :func:`encode_layer_name`."""
+    return name.replace("%2F", "/").replace("%25", "%")
+
+
+def _attr_value(value: Any) -> tuple[Any, bool]:
+    """An HDF5-storable attribute value, and whether it was JSON-encoded."""
+    if isinstance(value, (str, bool, int, float, np.integer, np.floating)):
+        return value, False
+    return canonical_json(value), True
+
+
+def _read_attrs(node: h5py.HLObject) -> dict[str, Any]:
+    raw = {key: node.attrs[key] for key in node.attrs}
+    encoded = set(json.loads(raw.pop("json_attrs", "[]")))
+    attrs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if isinstance(value, bytes):
+            value = value.decode()
+        if isinstance(value, np.generic):
+            value = value.item()
+        attrs[key] = json.loads(value) if key in encoded else value
+    return attrs
+
+
+class FeatureWriter:
+    """Fills an open HDF5 file batch by batch (created by :func:`ensure_features`).
+
+    Parameters
+    ----------
+    h5 : h5py.File
+        Open for writing (a temporary file).
+    stim_ids : sequence of str, length n_stimuli
+        Row order of every layer.
+    key : str
+        Content key, stored as the ``content_key`` attribute.
+    dtype : {"float32", "float16"}
+        Stored dtype; float16 values beyond +-65504 are an error.
+    attrs : mapping, optional
+        Root attributes (provenance); more can be added with :meth:`set_attrs`.
+    compression : {None, "lzf"}
+        HDF5 filter (no gzip: it is slow to write).
+    """
+
+    def __init__(self, h5: h5py.File, stim_ids: Sequence[str], *, key: str, dtype: str = "float32",
+                 attrs: Mapping[str, Any] | None = None, compression: str | None = None) -> None:
+        if dtype not in DTYPES:
+            raise AnalysisError(f"feature dtype must be one of {', '.join(DTYPES)} (got {dtype!r})")
+        if compression not in (None, "lzf"):
+            raise AnalysisError(f"compression must be None or 'lzf' (got {compression!r})")
+        if len(set(stim_ids)) != len(stim_ids):
+            raise AnalysisError("stim_ids must be unique")
+        self.h5 = h5
+        self.stim_ids = [str(s) for s in stim_ids]
+        self.dtype = dtype
+        self.compression = compression
+        self._written: dict[str, np.ndarray] = {}
+        self._shapes: dict[str, tuple[int, ...]] = {}
+        self._json_keys: set[str] = set()
+        h5.create_dataset(STIM_IDS, data=np.array(self.stim_ids, dtype=object),
+                          dtype=h5py.string_dtype("utf-8"))
+        h5.create_group(LAYER_GROUP, track_order=True)
+        self.set_attrs({**(attrs or {}), "content_key": key, "format_version": FORMAT_VERSION,
+                        "dtype": dtype, "n_stimuli": self.n_stimuli, "bids_dnn_version": __version__})
+
+    @property
+    def n_stimuli(self) -> int:
+        return len(self.stim_ids)
+
+    @property
+    def layers(self) -> list[str]:
+        """Layers written so far, in order of first appearance."""
+        return list(self._written)
+
+    def set_attrs(self, attrs: Mapping[str, Any]) -> None:
+        """Add or replace root attributes (non-scalar values are stored as JSON)."""
+        for key, value in attrs.items():
+            stored, is_json = _attr_value(value)
+            self.h5.attrs[key] = stored
+            if is_json:
+                self._json_keys.add(key)
+            else:
+                self._json_keys.discard(key)
+        self.h5.attrs["json_attrs"] = canonical_json(sorted(self._json_keys))
+
+    def _dataset(self, name: str, n_units: int) -> h5py.Dataset:
+        group = self.h5[LAYER_GROUP]
+        encoded = encode_layer_name(name)
+        if encoded in group:
+            return group[encoded]
+        itemsize = np.dtype(self.dtype).itemsize
+        rows = max(1, min(self.n_stimuli, _CHUNK_BYTES // max(1, n_units * itemsize)))
+        dataset = group.create_dataset(encoded, shape=(self.n_stimuli, n_units), dtype=self.dtype,
+                                       chunks=(rows, n_units), compression=self.compression)
+        dataset.attrs["original_name"] = name
+        dataset.attrs["original_shape"] = np.asarray([n_units], dtype=np.int64)
+        self._written[name] = np.zeros(self.n_stimuli, dtype=bool)
+        return dataset
+
+    def write_batch(self, start: int, arrays: Mapping[str, np.ndarray]) -> None:
+        """Write rows ``start .. start + n`` of each layer (arrays of shape (n, n_units))."""
+        for name, array in arrays.items():
+            array = np.asarray(array)
+            if array.ndim != 2 or start < 0 or start + array.shape[0] > self.n_stimuli:
+                raise AnalysisError(f"layer {name!r}: rows {start}..{start + len(array)} of shape "
+                                    f"{array.shape} do not fit {self.n_stimuli} stimuli")
+            dataset = self._dataset(name, array.shape[1])
+            if dataset.shape[1] != array.shape[1]:
+                raise AnalysisError(f"layer {name!r}: {array.shape[1]} units, expected {dataset.shape[1]}")
+            if self.dtype == "float16" and array.size and np.nanmax(np.abs(array)) > _FLOAT16_MAX:
+                raise AnalysisError(f"layer {name!r} has values beyond the float16 range "
+                                    f"(max |x| = {np.nanmax(np.abs(array)):.4g})", hint="use dtype: float32")
+            dataset[start:start + array.shape[0]] = array.astype(self.dtype, copy=False)
+            self._written[name][start:start + array.shape[0]] = True
+
+    def set_layer_shapes(self, shapes: Mapping[str, Sequence[int]]) -> None:
+        """Record each layer's original output shape (without batch dimension)."""
+        self._shapes.update({name: tuple(int(s) for s in shape) for name, shape in shapes.items()})
+
+    def finalize(self) -> None:
+        """Check that every row of every layer was written; store shapes and layer order."""
+        if not self._written:
+            raise AnalysisError("no layer was written to the feature file")
+        for name, done in self._written.items():
+            if not done.all():
+                raise AnalysisError(f"layer {name!r}: {int((~done).sum())} of {self.n_stimuli} "
+                                    "stimuli were never written")
+            dataset = self.h5[LAYER_GROUP][encode_layer_name(name)]
+            if name in self._shapes:
+                dataset.attrs["original_shape"] = np.asarray(self._shapes[name], dtype=np.int64)
+        self.set_attrs({"layer_order": self.layers})
+
+
+@dataclass
+class FeatureSet:
+    """Features read back from a file.
+
+    Attributes
+    ----------
+    stim_ids : list of str, length n_stimuli
+    layers : dict of str to ndarray (n_stimuli, n_units) float32
+    attrs : dict
+        Root attributes (JSON values decoded).
+    layer_shapes : dict of str to tuple of int
+        Original output shape of each layer, without batch dimension.
+    """
+
+    stim_ids: list[str]
+    layers: dict[str, np.ndarray]
+    attrs: dict[str, Any]
+    layer_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+
+def stored_content_key(path: Path) -> str | None:
+    """The ``content_key`` of a feature file; None when absent or unreadable."""
+    try:
+        with h5py.File(path, "r") as h5:
+            key = h5.attrs.get("content_key")
+            complete = "layer_order" in h5.attrs
+    except (OSError, KeyError, ValueError):
+        return None
+    if isinstance(key, bytes):
+        key = key.decode()
+    return str(key) if key is not None and complete else None
+
+
+def read_features(path: Path, layers: Sequence[str] | None = None) -> FeatureSet:
+    """Read a feature file (all layers, or ``layers`` in the given order) as float32.
+
+    Raises
+    ------
+    InputMissingError
+        No such file, or not a readable feature file.
+    AnalysisError
+        A requested layer is not in the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputMissingError(f"feature file not found: {path}")
+    try:
+        with h5py.File(path, "r") as h5:
+            attrs = _read_attrs(h5)
+            stim_ids = [s.decode() if isinstance(s, bytes) else str(s) for s in h5[STIM_IDS][()]]
+            stored = list(attrs.get("layer_order") or
+                          [decode_layer_name(n) for n in h5[LAYER_GROUP]])
+            wanted = list(layers) if layers is not None else stored
+            missing = [name for name in wanted if name not in stored]
+            if missing:
+                raise AnalysisError(f"{path.name} has no layer(s) {', '.join(missing)}; "
+                                    f"it has {', '.join(stored)}")
+            arrays, shapes = {}, {}
+            for name in wanted:
+                dataset = h5[LAYER_GROUP][encode_layer_name(name)]
+                arrays[name] = dataset[()].astype(np.float32, copy=False)
+                shapes[name] = tuple(int(s) for s in dataset.attrs["original_shape"])
+    except (OSError, KeyError) as exc:
+        raise InputMissingError(f"{path} is not a readable feature file ({exc.__class__.__name__}: {exc})",
+                                hint="delete it; it will be recomputed") from None
+    return FeatureSet(stim_ids, arrays, attrs, shapes)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomically(path: Path, key: str, stim_ids: Sequence[str],
+                      compute: Callable[[FeatureWriter], None], **writer_options: Any) -> None:
+    """Write into ``.<name>.tmp-<pid>`` next to ``path``, fsync, rename onto ``path``."""
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a killed process
+        stale.unlink(missing_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with h5py.File(tmp, "w", track_order=True) as h5:
+            writer = FeatureWriter(h5, stim_ids, key=key, **writer_options)
+            compute(writer)
+            writer.finalize()
+        _fsync(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if hasattr(os, "O_DIRECTORY"):  # make the rename durable
+        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _locked(path: Path, timeout: float) -> FileLock:
+    return FileLock(str(path) + ".lock", timeout=timeout)
+
+
+def ensure_features(path: Path, key: str, compute: Callable[[FeatureWriter], None], *,
+                    stim_ids: Sequence[str], dtype: str = "float32",
+                    attrs: Mapping[str, Any] | None = None, compression: str | None = None,
+                    timeout: float = 6 * 3600.0) -> Path:
+    """Return ``path``, computing it with ``compute(writer)`` unless it holds ``key``.
+
+    Parameters
+    ----------
+    path : Path
+        The feature file.
+    key : str
+        Content key (:func:`feature_content_key`).
+    compute : callable(FeatureWriter)
+        Writes every layer (e.g. ``extract_features(..., on_batch=writer.write_batch)``,
+        then ``writer.set_layer_shapes(shapes)``). Not called when the file is reused.
+    stim_ids : sequence of str, length n_stimuli
+    dtype, attrs, compression
+        Passed to :class:`FeatureWriter`.
+    timeout : float
+        Seconds to wait for another process computing the same file.
+
+    Raises
+    ------
+    AnalysisError
+        The lock could not be taken in time, or the written data are incomplete.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with _locked(path, timeout):
+            if path.is_file() and stored_content_key(path) == key:
+                return path
+            _write_atomically(path, key, stim_ids, compute, dtype=dtype, attrs=attrs,
+                              compression=compression)
+    except Timeout:
+        raise AnalysisError(f"waited {timeout:.0f} s for another process writing {path.name}",
+                            hint=f"if no other run is active, delete {path}.lock") from None
+    return path
+
+
+def write_feature_file(path: Path, key: str, stim_ids: Sequence[str], layers: Mapping[str, np.ndarray], *,
+                       layer_shapes: Mapping[str, Sequence[int]] | None = None, dtype: str = "float32",
+                       attrs: Mapping[str, Any] | None = None, compression: str | None = None,
+                       timeout: float = 600.0) -> Path:
+    """Write in-memory features (n_stimuli, n_units) per layer atomically, replacing ``path``."""
+    def compute(writer: FeatureWriter) -> None:
+        writer.write_batch(0, layers)
+        writer.set_layer_shapes(layer_shapes or {})
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with _locked(path, timeout):
+            _write_atomically(path, key, stim_ids, compute, dtype=dtype, attrs=attrs,
+                              compression=compression)
+    except Timeout:
+        raise AnalysisError(f"waited {timeout:.0f} s for another process writing {path.name}") from None
+    return path
+
+
+# ---------------------------------------------------------------------------------------
+# Optional dimensionality reduction
+# ---------------------------------------------------------------------------------------
+
+
+def _srp(array: np.ndarray, n_components: int, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
+    from sklearn.random_projection import SparseRandomProjection
+
+    projection = SparseRandomProjection(n_components=n_components, random_state=seed, dense_output=True)
+    reduced = projection.fit_transform(array)
+    return reduced, {"density": float(projection.density_)}
+
+
+def _pca(array: np.ndarray, n_components: int, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
+    from sklearn.decomposition import PCA
+
+    n_components = min(n_components, *array.shape)
+    pca = PCA(n_components=n_components, random_state=seed, svd_solver="auto")
+    reduced = pca.fit_transform(array)
+    return reduced, {"n_components": n_components,
+                     "explained_variance_ratio_sum": float(pca.explained_variance_ratio_.sum())}
+
+
+#: method -> function(array, n_components, seed) -> (reduced array, extra params)
+REDUCTIONS: dict[str, Callable[[np.ndarray, int, int], tuple[np.ndarray, dict[str, Any]]]] = {
+    "srp": _srp,
+    "pca": _pca,
+}
+
+
+def reduce_features(array: np.ndarray, method: str = "srp", n_components: int = 4096,
+                    seed: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
+    """Reduce (n_stimuli, n_units) features to at most ``n_components`` columns.
+
+    ``srp``: sparse random projection (Johnson-Lindenstrauss; preserves distances in
+    expectation); ``pca``: principal components fitted on all stimuli (n_components is
+    capped at min(n_stimuli, n_units)). A layer with at most ``n_components`` units is
+    returned unchanged (``applied: False``).
+
+    Returns
+    -------
+    reduced : ndarray (n_stimuli, n_components_used) float32
+    params : dict
+        method, n_components, seed, n_units_in, applied, plus method-specific values; to be
+        stored as dataset attributes by the caller.
+    """
+    if method not in REDUCTIONS:
+        raise AnalysisError(f"unknown reduction {method!r}; valid: {', '.join(REDUCTIONS)}")
+    array = np.asarray(array, dtype=np.float32)
+    params: dict[str, Any] = {"method": method, "n_components": int(n_components), "seed": int(seed),
+                              "n_units_in": int(array.shape[1])}
+    if array.shape[1] <= n_components:
+        return array.copy(), {**params, "n_components": int(array.shape[1]), "applied": False}
+    reduced, extra = REDUCTIONS[method](array, n_components, seed)
+    reduced = np.asarray(reduced, dtype=np.float32)
+    return reduced, {**params, **extra, "n_components": int(reduced.shape[1]), "applied": True}

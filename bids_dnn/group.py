@@ -1,0 +1,187 @@
+"""Group level: reads only participant derivatives, writes group tables and the group report.
+
+Per ROI x model x layer: mean, SEM, one-sample t-test and Wilcoxon signed-rank test across
+subjects, subject-bootstrap confidence intervals, FDR / Bonferroni across the family
+(ROI x layer within a model), lower / upper noise ceilings, a leave-one-subject-out
+cross-validated best layer, and pairwise layer comparisons.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+import numpy as np
+import pandas as pd
+
+from bids_dnn import derivatives as drv
+from bids_dnn.cli import RunOptions
+from bids_dnn.console import logger
+from bids_dnn.errors import InputMissingError
+from bids_dnn.participant import Context, prepare, read_relmat, write_provenance
+from bids_dnn.spec import spec_hash
+
+SUMMARY_COLUMNS = {
+    "roi": "Region of interest.", "model": "Model label.", "layer": "Layer name.",
+    "comparison": "RDM comparison measure.", "n_subjects": "Subjects with a score.",
+    "mean": "Mean score across subjects.", "sem": "Standard error of the mean.",
+    "t": "One-sample t statistic against 0.", "p_ttest": "p-value of the t-test (alternative in the JSON).",
+    "wilcoxon_w": "Wilcoxon signed-rank statistic.", "p_wilcoxon": "p-value of the Wilcoxon test.",
+    "ci_low": "Lower subject-bootstrap percentile CI bound of the mean.",
+    "ci_high": "Upper subject-bootstrap percentile CI bound of the mean.",
+    "p_group": "p-value of the chosen group test (statistics.group_test).",
+    "p_fdr": "Benjamini-Hochberg adjusted p_group across ROI x layer of this model.",
+    "p_bonferroni": "Bonferroni adjusted p_group across ROI x layer of this model.",
+    "significant": "p after the chosen correction below statistics.alpha.",
+    "noise_ceiling_lower": "Mean over subjects of each subject vs the pooled RDM of the others.",
+    "noise_ceiling_upper": "Mean over subjects of each subject vs the pooled RDM of all.",
+    "best_layer_cv": "True for the layer chosen most often by leave-one-subject-out selection.",
+}
+
+
+def check_participants_complete(ctx: Context) -> list[str]:
+    """Subjects with complete participant outputs; refuse when any selected one is missing."""
+    missing, stale = [], []
+    for subject in ctx.subjects:
+        status_path = ctx.layout.status(subject)
+        if not status_path.is_file():
+            missing.append(subject)
+            continue
+        status = json.loads(status_path.read_text())
+        if not status.get("complete"):
+            missing.append(subject)
+        elif status.get("spec_hash") != spec_hash(ctx.spec):
+            stale.append(subject)
+    if missing:
+        raise InputMissingError(
+            f"participant outputs are missing or incomplete for {', '.join('sub-' + s for s in missing)}",
+            "run the participant level for them first (or select the finished ones with --participant-label)")
+    if stale:
+        raise InputMissingError(
+            f"participant outputs of {', '.join('sub-' + s for s in stale)} were made with a different spec",
+            "rerun the participant level with this spec")
+    return list(ctx.subjects)
+
+
+def collect_rsa(ctx: Context, subjects: list[str], model: str) -> pd.DataFrame:
+    tables = []
+    for subject in subjects:
+        path = ctx.layout.rsa_table(subject, model)
+        if not path.is_file():
+            raise InputMissingError(f"RSA table missing: {path}", "rerun the participant level")
+        tables.append(drv.read_tsv(path).astype({"subject": str}))
+    return pd.concat(tables, ignore_index=True)
+
+
+def noise_ceilings(ctx: Context, subjects: list[str], rois: list[str], brain_measure: str,
+                   comparison: str) -> dict[str, tuple[float, float]]:
+    """Lower / upper noise ceiling per ROI from the subjects' brain RDMs."""
+    from bids_dnn.rdm import square_to_vector
+    from bids_dnn.stats import noise_ceiling
+
+    out = {}
+    for roi in rois:
+        vectors = []
+        for subject in subjects:
+            square, _ = read_relmat(ctx.layout.brain_rdm(subject, roi, brain_measure))
+            vectors.append(square_to_vector(square))
+        if len(vectors) < 2:
+            out[roi] = (np.nan, np.nan)
+            continue
+        lower, upper = noise_ceiling(np.stack(vectors), measure=comparison)[:2]
+        out[roi] = (float(lower), float(upper))
+    return out
+
+
+def summarise_model(ctx: Context, table: pd.DataFrame, ceilings: dict[str, tuple[float, float]],
+                    rng: np.random.Generator) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Group summary and pairwise layer comparisons of one model's RSA table."""
+    from bids_dnn.stats import (
+        bonferroni,
+        bootstrap_subjects,
+        crossvalidated_best_layer,
+        fdr_bh,
+        one_sample_tests,
+        paired_tests,
+    )
+
+    stats_spec = ctx.spec.statistics
+    rows, comparisons = [], []
+    for roi, roi_table in table.groupby("roi", sort=False):
+        wide = roi_table.pivot(index="subject", columns="layer", values="score")
+        layers = list(dict.fromkeys(roi_table["layer"]))
+        wide = wide[layers]
+        values = wide.to_numpy(dtype=np.float64)
+        tests = one_sample_tests(values, alternative=stats_spec.alternative)
+        if stats_spec.bootstrap and values.shape[0] >= 2:
+            low, high, _ = bootstrap_subjects(values, stats_spec.bootstrap, rng, ci=stats_spec.ci)
+        else:
+            low = high = np.full(values.shape[1], np.nan)
+        best = crossvalidated_best_layer(values) if values.shape[0] >= 2 else None
+        for j, layer in enumerate(layers):
+            rows.append({"roi": roi, "model": roi_table["model"].iloc[0], "layer": layer,
+                         "comparison": roi_table["comparison"].iloc[0], "n_subjects": int(tests["n"][j]),
+                         "mean": tests["mean"][j], "sem": tests["sem"][j], "t": tests["t"][j],
+                         "p_ttest": tests["p_t"][j], "wilcoxon_w": tests["wilcoxon_w"][j],
+                         "p_wilcoxon": tests["p_wilcoxon"][j], "ci_low": low[j], "ci_high": high[j],
+                         "noise_ceiling_lower": ceilings[roi][0], "noise_ceiling_upper": ceilings[roi][1],
+                         "best_layer_cv": bool(best is not None and int(best["modal_choice"]) == j)})
+        for a in range(len(layers)):
+            for b in range(a + 1, len(layers)):
+                paired = paired_tests(values[:, a], values[:, b])
+                comparisons.append({"roi": roi, "layer_a": layers[a], "layer_b": layers[b],
+                                    "mean_difference": float(np.mean(values[:, a] - values[:, b])),
+                                    **{k: float(np.asarray(v).ravel()[0]) for k, v in paired.items()}})
+    summary = pd.DataFrame(rows)
+    summary["p_group"] = summary["p_ttest"] if stats_spec.group_test == "ttest" else summary["p_wilcoxon"]
+    summary["p_fdr"] = fdr_bh(summary["p_group"].to_numpy())
+    summary["p_bonferroni"] = bonferroni(summary["p_group"].to_numpy())
+    corrected = {"fdr_bh": "p_fdr", "bonferroni": "p_bonferroni", "none": "p_group"}[stats_spec.correction]
+    summary["significant"] = summary[corrected] < stats_spec.alpha
+    ordered = [c for c in SUMMARY_COLUMNS if c in summary.columns]
+    return summary[ordered], pd.DataFrame(comparisons)
+
+
+def run_group_level(options: RunOptions) -> None:
+    """Entry point of ``bids_dnn BIDS_DIR OUT_DIR group``."""
+    ctx = prepare(options)
+    subjects = check_participants_complete(ctx)
+    if options.reports_only:
+        from bids_dnn.report import build_group_report
+
+        build_group_report(ctx.layout, ctx.spec, subjects, ctx.run_id)
+        return
+    stats_spec = ctx.spec.statistics
+    rng = np.random.default_rng(np.random.SeedSequence([stats_spec.seed, 0x6770]))
+    layout = ctx.layout
+    written: list[Path] = []
+    for model_spec in ctx.spec.models:
+        model = model_spec.output_label
+        table = collect_rsa(ctx, subjects, model)
+        rois = list(dict.fromkeys(table["roi"]))
+        brain_measure = str(table["brain_rdm"].iloc[0])
+        ceilings = noise_ceilings(ctx, subjects, rois, brain_measure, str(table["comparison"].iloc[0]))
+        summary, comparisons = summarise_model(ctx, table, ceilings, rng)
+        sidecar_common = {"Subjects": subjects, "Seed": stats_spec.seed, "Alternative": stats_spec.alternative,
+                          "GroupTest": stats_spec.group_test, "Correction": stats_spec.correction,
+                          "Alpha": stats_spec.alpha, "BootstrapResamples": stats_spec.bootstrap, "CI": stats_spec.ci}
+        drv.write_tsv(layout.group_table(model), table, {"Description": "RSA scores of all subjects.",
+                                                          "Subjects": subjects})
+        drv.write_tsv(layout.group_table(model, "summary"), summary,
+                      {**{k: {"Description": v} for k, v in SUMMARY_COLUMNS.items()}, **sidecar_common})
+        drv.write_tsv(layout.group_table(model, "comparisons"), comparisons,
+                      {"Description": "Paired tests between layers within each ROI (two-sided).", **sidecar_common})
+        written += [layout.group_table(model), layout.group_table(model, "summary"),
+                    layout.group_table(model, "comparisons")]
+        for roi, roi_summary in summary.groupby("roi", sort=False):
+            best = roi_summary.loc[roi_summary["best_layer_cv"], "layer"]
+            logger.info("%s / %s: best layer (cross-validated) %s; significant layers: %d of %d", model, roi,
+                        best.iloc[0] if len(best) else "n/a", int(roi_summary["significant"].sum()), len(roi_summary))
+    write_provenance(ctx, layout.group_log_dir(ctx.run_id), {"subjects": subjects,
+                                                              "outputs": [str(p.relative_to(layout.root)) for p in written]})
+    if ctx.spec.outputs.report:
+        from bids_dnn.report import build_group_report
+
+        try:
+            build_group_report(layout, ctx.spec, subjects, ctx.run_id)
+        except Exception as exc:  # noqa: BLE001 - a figure must not lose the results
+            logger.warning("group report failed (%s); results are kept", exc)

@@ -1,0 +1,509 @@
+"""Participant level: the only place that knows the order of the pipeline for one subject.
+
+stimuli -> features (cached per model) -> model RDMs -> per run GLM -> patterns + ROIs
+-> brain RDMs -> ROI RSA with permutation p-values -> derivatives, provenance, report.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+import zlib
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bids_dnn import __version__
+from bids_dnn import derivatives as drv
+from bids_dnn.bids_io import DatasetIndex, RunInputs, check_dataset, check_paths, load_filter_file
+from bids_dnn.cli import RunOptions
+from bids_dnn.console import logger, progress
+from bids_dnn.errors import AnalysisError, BidsDnnError, InputMissingError, NothingSelectedError
+from bids_dnn.spec import AnalysisSpec, ModelSpec, load_spec, spec_hash, spec_to_dict
+from bids_dnn.stimuli import StimulusSet, build_stimulus_set, condition_column, read_events
+
+RSA_COLUMNS = {
+    "subject": "Participant label.",
+    "roi": "Region of interest.",
+    "model": "Model label.",
+    "layer": "Layer (node) name as in the model.",
+    "comparison": "RDM comparison measure (signed).",
+    "brain_rdm": "Dissimilarity measure of the brain RDM.",
+    "model_rdm": "Dissimilarity measure of the model RDM.",
+    "score": "Comparison of brain and model RDM (upper triangles).",
+    "p_permutation": "One-sided stimulus-label permutation p-value: (1 + #(null >= score)) / (1 + n).",
+    "n_permutations": "Number of permutations (rows and columns of the model RDM permuted together).",
+    "n_voxels": "Voxels in the ROI (on the BOLD grid, inside the brain mask).",
+    "n_stimuli": "Stimuli (RDM rows).",
+}
+
+
+@dataclass
+class Context:
+    """Everything shared by the participants of one invocation."""
+
+    options: RunOptions
+    spec: AnalysisSpec
+    index: DatasetIndex
+    task: str
+    subjects: list[str]
+    layout: drv.OutputLayout
+    run_id: str
+    started: float = field(default_factory=time.time)
+
+
+def subject_seed(seed: int, subject: str) -> np.random.SeedSequence:
+    """The seed of a participant's random steps: independent of which others are selected."""
+    return np.random.SeedSequence([seed, zlib.crc32(subject.encode())])
+
+
+def prepare(options: RunOptions) -> Context:
+    """Validate paths, spec and dataset; select task and subjects. Writes nothing."""
+    check_paths(options.bids_dir, options.output_dir, options.work_dir)
+    spec = load_spec(options.spec_path).with_seed(options.random_seed)
+    if not options.skip_bids_validation:
+        check_dataset(options.bids_dir)
+    elif not Path(options.bids_dir).is_dir():
+        raise InputMissingError(f"BIDS folder not found: {options.bids_dir}")
+    drv.check_output_folder(options.output_dir)
+    _limit_threads(options)
+    index = DatasetIndex(Path(options.bids_dir), derivatives=options.derivatives,
+                         filters=load_filter_file(options.bids_filter_file), database_dir=options.database_dir)
+    task = index.choose_task(options.task)
+    subjects = index.select_subjects(options.participant_labels)
+    run_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S") + f"-{spec_hash(spec)[:6]}"
+    layout = drv.OutputLayout(Path(options.output_dir), task=task, space=spec.brain.space)
+    return Context(options, spec, index, task, subjects, layout, run_id)
+
+
+def _limit_threads(options: RunOptions) -> None:
+    if options.omp_nthreads:
+        import torch
+
+        torch.set_num_threads(options.omp_nthreads)
+
+
+def resolve_stimuli(ctx: Context) -> StimulusSet:
+    """The stimulus set of the task, from the events of all its participants."""
+    stim_spec = ctx.spec.stimuli
+    runs = ctx.index.events(ctx.task)
+    if not runs:
+        raise NothingSelectedError(f"no events for task '{ctx.task}'")
+    tables = [read_events(r.events) for r in runs]
+    extra = [ctx.options.derivatives["stimuli"]] if "stimuli" in ctx.options.derivatives else []
+    default_stim_deriv = Path(ctx.options.bids_dir) / "derivatives" / "stimuli"
+    if not extra and default_stim_deriv.is_dir():
+        extra = [default_stim_deriv]
+    return build_stimulus_set(tables, Path(ctx.options.bids_dir), source=stim_spec.source,
+                              trial_type_map=stim_spec.trial_type_map, category_column=stim_spec.category_column,
+                              ignore_trial_types=stim_spec.ignore_trial_types, extra_dirs=extra)
+
+
+def write_stimulus_table(ctx: Context, stimuli: StimulusSet) -> None:
+    sidecar = {"stim_id": {"Description": "Stimulus identifier; the row order of every RDM."},
+               "stim_file": {"Description": "File under the stimulus folder, as named in the events."},
+               "category": {"Description": "Category (events 'category' or 'trial_type' column)."},
+               "sha256": {"Description": "SHA-256 of the file."},
+               "source": {"Description": "Folder the file was read from."},
+               "StimulusSetHash": stimuli.set_hash()}
+    drv.write_tsv(ctx.layout.stimuli_table(), stimuli.to_table(), sidecar)
+
+
+# ---------------------------------------------------------------------------------------
+# Features and model RDMs
+# ---------------------------------------------------------------------------------------
+
+
+def model_features(ctx: Context, model_spec: ModelSpec, stimuli: StimulusSet) -> dict[str, np.ndarray]:
+    """Extract (or reuse) the features of one model; returns layer -> (n_stimuli, n_units)."""
+    from bids_dnn import features as feat
+    from bids_dnn.extract import extract_features, resolve_device
+    from bids_dnn.models import load_model, resolve_layers
+
+    index = ctx.spec.models.index(model_spec)
+    loaded = load_model(model_spec, field_path=f"models[{index}]")
+    layers = resolve_layers(loaded.module, model_spec.layers, field_path=f"models[{index}].layers")
+    identity = {"name": model_spec.name, "source": model_spec.source, "weights": loaded.weights_name,
+                "weights_sha256": loaded.weights_sha256, "init_seed": model_spec.init_seed
+                if model_spec.weights == "random" else None, "preprocessing": loaded.preprocessing,
+                "token_policy": model_spec.token_policy}
+    key = feat.feature_content_key(stimuli.sha256, identity, layers, model_spec.dtype, None)
+    path = ctx.layout.features(model_spec.output_label)
+    device = resolve_device(ctx.options.device)
+
+    def compute(writer: Any) -> None:
+        from bids_dnn.stimuli import load_image
+
+        logger.info("extracting %d layers of %s for %d stimuli on %s", len(layers), model_spec.name,
+                    stimuli.n_stimuli, device)
+        images = [(lambda p=p: load_image(p)) for p in stimuli.paths]
+        with progress(f"features {model_spec.output_label}", stimuli.n_stimuli) as advance:
+            shapes = extract_features(loaded, images, layers, batch_size=model_spec.batch_size, device=device,
+                                      token_policy=model_spec.token_policy,
+                                      on_batch=writer.write_batch, progress=advance)
+        writer.set_layer_shapes(shapes)
+
+    feat.ensure_features(path, key, compute, stim_ids=stimuli.stim_ids, dtype=model_spec.dtype,
+                         attrs={**identity, "model_label": model_spec.output_label,
+                                "stimulus_set_hash": stimuli.set_hash(), "library_versions": library_versions()})
+    stored = feat.read_features(path)
+    if list(stored.stim_ids) != list(stimuli.stim_ids):
+        raise AnalysisError(f"feature file {path} does not match the stimulus order", "rerun with --force")
+    return {layer: stored.layers[layer] for layer in layers}
+
+
+def model_rdms(ctx: Context, stimuli: StimulusSet) -> dict[str, dict[str, np.ndarray]]:
+    """Model RDM vectors: model label -> layer -> (n_pairs,). Written once at the root."""
+    from bids_dnn.rdm import calc_rdm, vector_to_square
+
+    measure = ctx.spec.rdm.model
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for model_spec in ctx.spec.models:
+        features = model_features(ctx, model_spec, stimuli)
+        out[model_spec.output_label] = {}
+        for layer, values in features.items():
+            vector = calc_rdm(values.astype(np.float64), measure)
+            out[model_spec.output_label][layer] = vector
+            path = ctx.layout.model_rdm(model_spec.output_label, layer, measure)
+            write_relmat(path, vector_to_square(vector, stimuli.n_stimuli), stimuli.stim_ids, {
+                "Measure": measure, "Model": model_spec.name, "ModelLabel": model_spec.output_label,
+                "Layer": layer, "NumberOfUnits": int(values.shape[1]),
+                "Sources": [str(ctx.layout.features(model_spec.output_label).relative_to(ctx.layout.root))]})
+    return out
+
+
+def write_relmat(path: Path, square: np.ndarray, stim_ids: list[str], sidecar: dict[str, Any]) -> None:
+    """A square RDM as TSV (header = stimulus ids, same row order) + JSON sidecar."""
+    table = pd.DataFrame(square, columns=stim_ids)
+    drv.write_tsv(path, table, {**sidecar, "StimulusIds": list(stim_ids),
+                                "Description": "Representational dissimilarity matrix; rows and columns "
+                                               "follow the column header (the task's stimuli.tsv order)."})
+
+
+def read_relmat(path: Path) -> tuple[np.ndarray, list[str]]:
+    table = drv.read_tsv(path)
+    return table.to_numpy(dtype=np.float64), list(table.columns)
+
+
+# ---------------------------------------------------------------------------------------
+# One participant
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class SubjectPatterns:
+    """GLM results of one participant.
+
+    Attributes
+    ----------
+    run_betas : ndarray (n_runs, n_stimuli, n_voxels)
+        NaN where a stimulus was not shown in a run.
+    residuals : list of ndarray (n_time, n_voxels)
+    """
+
+    run_betas: np.ndarray
+    residuals: list[np.ndarray]
+    brain_mask: np.ndarray
+    reference: Any
+    runs: list[RunInputs]
+    warnings: list[str]
+
+
+def fit_subject_glms(ctx: Context, subject: str, stimuli: StimulusSet) -> SubjectPatterns:
+    """Per-run GLMs of one participant on fMRIPrep outputs."""
+    import nibabel as nib
+
+    from bids_dnn.glm import fit_run_glm, select_confounds
+    from bids_dnn.patterns import check_same_grid
+
+    brain = ctx.spec.brain
+    runs = ctx.index.events(ctx.task, [subject], ctx.options.session_labels)
+    if not runs:
+        raise NothingSelectedError(f"sub-{subject} has no events for task '{ctx.task}' with the given filters")
+    runs = [ctx.index.fmriprep_run(r, brain.space, brain.resolution, brain.derivatives) for r in runs]
+    reference = nib.load(str(runs[0].mask))
+    mask = np.asarray(reference.dataobj) > 0
+    images = []
+    for run in runs:
+        bold = nib.load(str(run.bold))
+        if bold.ndim != 4:
+            raise InputMissingError(f"{run.bold.name} is not a 4D image", "expected preprocessed BOLD")
+        run_mask = nib.load(str(run.mask))
+        check_same_grid(bold.slicer[..., 0], run_mask, f"{run.bold.name} and {run.mask.name}")
+        check_same_grid(run_mask, reference, f"{run.mask.name} and {runs[0].mask.name}")
+        mask &= np.asarray(run_mask.dataobj) > 0
+        images.append(bold)
+    stim_pos = {sid: i for i, sid in enumerate(stimuli.stim_ids)}
+    run_betas = np.full((len(runs), stimuli.n_stimuli, int(mask.sum())), np.nan)
+    residuals, warnings = [], []
+    stim_spec = ctx.spec.stimuli
+    with progress(f"GLM sub-{subject}", len(runs)) as advance:
+        for r, (run, bold) in enumerate(zip(runs, images)):
+            data = np.asarray(bold.dataobj, dtype=np.float64)[mask].T
+            events = read_events(run.events)
+            events["condition"] = condition_column(events, stimuli, stim_spec.source, stim_spec.trial_type_map,
+                                                   stim_spec.ignore_trial_types)
+            confounds = None
+            if run.confounds is not None and brain.glm.confounds:
+                table = pd.read_csv(run.confounds, sep="\t", na_values=["n/a"])
+                confounds, _ = select_confounds(table, list(brain.glm.confounds), source=run.confounds.name)
+            elif brain.glm.confounds:
+                warnings.append(f"{run.key}: no confounds file; fitted without confounds")
+            result = fit_run_glm(data, events, run.t_r, brain.glm, confounds=confounds)
+            for c, cond in enumerate(result.conditions):
+                if cond in stim_pos:
+                    run_betas[r, stim_pos[cond]] = result.betas[c]
+            residuals.append(result.residuals)
+            warnings.extend(f"{run.key}: {w}" for w in result.warnings)
+            advance()
+    missing = [stimuli.stim_ids[i] for i in np.flatnonzero(np.isnan(run_betas[:, :, 0]).all(axis=0))] \
+        if run_betas.shape[2] else []
+    if missing:
+        raise AnalysisError(f"sub-{subject} never saw {len(missing)} stimuli ({', '.join(missing[:5])}...)",
+                            "every participant must see every stimulus of the task")
+    partial = int(np.isnan(run_betas[:, :, 0]).any(axis=0).sum()) if run_betas.shape[2] else 0
+    if partial:
+        warnings.append(f"{partial} stimuli are missing from some runs")
+    return SubjectPatterns(run_betas, residuals, mask, reference, runs, warnings)
+
+
+def roi_masks(ctx: Context, patterns: SubjectPatterns, subject: str) -> dict[str, np.ndarray]:
+    """ROI masks on the subject's BOLD grid, intersected with the brain mask."""
+    import nibabel as nib
+
+    from bids_dnn.patterns import load_roi_masks_from_atlas, load_roi_masks_from_files
+
+    rois = ctx.spec.rois
+    if rois is None:
+        return {}
+    root = Path(ctx.options.bids_dir)
+    if rois.atlas:
+        atlas_path = _dataset_path(root, rois.atlas)
+        labels_path = Path(str(atlas_path).replace(".nii.gz", ".tsv").replace(".nii", ".tsv"))
+        if not labels_path.is_file():
+            raise InputMissingError(f"atlas labels table not found: {labels_path}",
+                                    "an atlas needs a TSV with 'index' and 'name' columns next to it")
+        labels = pd.read_csv(labels_path, sep="\t")
+        return load_roi_masks_from_atlas(nib.load(str(atlas_path)), labels, patterns.reference,
+                                         patterns.brain_mask, names=rois.labels, threshold=rois.threshold)
+    folder = _dataset_path(root, rois.masks)
+    files = sorted(folder.rglob(f"sub-{subject}_*_mask.nii*")) or sorted(
+        p for p in folder.rglob("*_mask.nii*") if not p.name.startswith("sub-"))
+    paths = {}
+    for path in files:
+        entities = dict(part.split("-", 1) for part in path.name.split("_") if "-" in part)
+        if "label" in entities and (not rois.labels or entities["label"] in rois.labels):
+            paths[entities["label"]] = path
+    if not paths:
+        raise InputMissingError(f"no *_label-<roi>_mask.nii.gz files in {folder} for sub-{subject}")
+    return load_roi_masks_from_files(paths, patterns.reference, patterns.brain_mask)
+
+
+def _dataset_path(root: Path, relative: str) -> Path:
+    path = Path(relative)
+    path = path if path.is_absolute() else root / path
+    if not path.exists():
+        raise InputMissingError(f"ROI input not found: {path}", "check rois in the spec (paths are relative to BIDS_DIR)")
+    return path
+
+
+def brain_rdm_measure(ctx: Context, n_runs: int) -> str:
+    """Resolve ``rdm.brain: auto`` (crossnobis with >= 2 runs, else correlation)."""
+    measure = ctx.spec.rdm.brain
+    if measure == "auto":
+        return "crossnobis" if n_runs >= 2 else "correlation"
+    if measure == "crossnobis" and n_runs < 2:
+        raise AnalysisError("rdm.brain: 'crossnobis' needs at least 2 runs per subject", "use 'correlation'")
+    return measure
+
+
+def brain_rdms(ctx: Context, patterns: SubjectPatterns, masks: dict[str, np.ndarray]) -> tuple[str, dict[str, np.ndarray]]:
+    """Brain RDM vectors per ROI."""
+    from bids_dnn.patterns import noise_normalize
+    from bids_dnn.rdm import calc_crossnobis_rdm, calc_rdm, noise_precision_from_residuals
+
+    measure = brain_rdm_measure(ctx, patterns.run_betas.shape[0])
+    brain = ctx.spec.brain
+    flat_mask = patterns.brain_mask
+    out = {}
+    for roi, mask in masks.items():
+        columns = np.flatnonzero(mask[flat_mask])
+        run_betas = patterns.run_betas[:, :, columns]
+        residuals = [res[:, columns] for res in patterns.residuals]
+        if measure == "crossnobis":
+            complete = ~np.isnan(run_betas).any(axis=(1, 2))
+            if complete.sum() < 2:
+                raise AnalysisError("crossnobis needs at least 2 runs that contain every stimulus",
+                                    "set rdm.brain: correlation")
+            precision = None
+            if brain.noise_normalization != "none":
+                method = brain.noise_estimator if brain.noise_normalization == "multivariate" else "diag"
+                precision = noise_precision_from_residuals(residuals, method=method)
+            out[roi] = calc_crossnobis_rdm(run_betas[complete], precision)
+        else:
+            mean_betas = np.nanmean(run_betas, axis=0)
+            normalized = noise_normalize(mean_betas, np.concatenate(residuals, axis=0), brain.noise_normalization,
+                                         brain.noise_estimator)
+            out[roi] = calc_rdm(normalized, measure)
+    return measure, out
+
+
+def rsa_table(ctx: Context, subject: str, stimuli: StimulusSet, brain_measure: str, brain: dict[str, np.ndarray],
+              models: dict[str, dict[str, np.ndarray]], masks: dict[str, np.ndarray]) -> dict[str, pd.DataFrame]:
+    """ROI x layer RSA scores with permutation p-values, one table per model."""
+    from bids_dnn.stats import permutation_test
+
+    rsa = ctx.spec.analyses.rsa
+    rois = list(brain)
+    data = np.stack([brain[r] for r in rois])
+    tables = {}
+    for model_index, (model, layers) in enumerate(models.items()):
+        names = list(layers)
+        model_vectors = np.stack([layers[n] for n in names])
+        rng = np.random.default_rng(subject_seed(ctx.spec.statistics.seed, subject).spawn(model_index + 1)[-1])
+        result = permutation_test(data, model_vectors, measure=rsa.comparison, n_permutations=rsa.permutations,
+                                  rng=rng)
+        rows = []
+        for i, roi in enumerate(rois):
+            for j, layer in enumerate(names):
+                rows.append({"subject": subject, "roi": roi, "model": model, "layer": layer,
+                             "comparison": rsa.comparison, "brain_rdm": brain_measure, "model_rdm": ctx.spec.rdm.model,
+                             "score": float(result.observed[i, j]),
+                             "p_permutation": float(result.p_values[i, j]) if rsa.permutations else np.nan,
+                             "n_permutations": rsa.permutations, "n_voxels": int(masks[roi].sum()),
+                             "n_stimuli": stimuli.n_stimuli})
+        tables[model] = pd.DataFrame(rows)
+    return tables
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("numpy", "scipy", "pandas", "nibabel", "nilearn", "pybids", "torch", "torchvision", "h5py",
+                 "pydantic"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def write_provenance(ctx: Context, subject_dir_log: Path, extra: dict[str, Any]) -> None:
+    drv.write_json(subject_dir_log / "spec.json", spec_to_dict(ctx.spec))
+    drv.write_text(subject_dir_log / "command.txt", " ".join(["bids_dnn", *ctx.options.argv]) + "\n")
+    drv.write_json(subject_dir_log / "provenance.json", {
+        "bids_dnn_version": __version__, "run_id": ctx.run_id, "spec_hash": spec_hash(ctx.spec),
+        "seed": ctx.spec.statistics.seed, "command": [sys.argv[0], *ctx.options.argv],
+        "library_versions": library_versions(), "platform": platform.platform(),
+        "device": ctx.options.device, **extra})
+
+
+def process_subject(ctx: Context, subject: str, stimuli: StimulusSet,
+                    models: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
+    """Run and write every participant-level output of one subject."""
+    import nibabel as nib
+
+    layout = ctx.layout
+    started = time.time()
+    patterns = fit_subject_glms(ctx, subject, stimuli)
+    for warning in patterns.warnings:
+        logger.warning("sub-%s: %s", subject, warning)
+    masks = roi_masks(ctx, patterns, subject)
+    outputs: list[Path] = []
+    if ctx.spec.outputs.save_betas:
+        mean_betas = np.nanmean(patterns.run_betas, axis=0)
+        volume = np.zeros(patterns.brain_mask.shape + (stimuli.n_stimuli,), dtype=np.float32)
+        volume[patterns.brain_mask] = mean_betas.T
+        path = layout.betas(subject)
+        drv.write_nifti(path, nib.Nifti1Image(volume, patterns.reference.affine), {
+            "VolumeStimuli": stimuli.stim_ids, "Statistic": ctx.spec.brain.glm.output,
+            "Description": "GLM estimate per stimulus, averaged over runs.",
+            "GLM": ctx.spec.brain.glm.model_dump(mode="json"),
+            "Sources": [str(r.bold) for r in patterns.runs]})
+        outputs.append(path)
+    for roi, mask in masks.items():
+        path = layout.roi_mask(subject, roi)
+        drv.write_nifti(path, nib.Nifti1Image(mask.astype(np.uint8), patterns.reference.affine),
+                        {"Label": roi, "NumberOfVoxels": int(mask.sum()), "Type": "ROI"})
+        outputs.append(path)
+    rsa_tables: dict[str, pd.DataFrame] = {}
+    brain_measure = None
+    if masks:
+        brain_measure, brain = brain_rdms(ctx, patterns, masks)
+        from bids_dnn.rdm import vector_to_square
+
+        for roi, vector in brain.items():
+            path = layout.brain_rdm(subject, roi, brain_measure)
+            write_relmat(path, vector_to_square(vector, stimuli.n_stimuli), stimuli.stim_ids, {
+                "Measure": brain_measure, "ROI": roi, "NumberOfVoxels": int(masks[roi].sum()),
+                "NoiseNormalization": ctx.spec.brain.noise_normalization,
+                "NumberOfRuns": int(patterns.run_betas.shape[0]),
+                "Sources": [str(r.bold) for r in patterns.runs]})
+            outputs.append(path)
+        if ctx.spec.analyses.rsa.enabled and models:
+            rsa_tables = rsa_table(ctx, subject, stimuli, brain_measure, brain, models, masks)
+            for model, table in rsa_tables.items():
+                path = layout.rsa_table(subject, model)
+                drv.write_tsv(path, table, {**{k: {"Description": v} for k, v in RSA_COLUMNS.items()},
+                                            "Seed": ctx.spec.statistics.seed})
+                outputs.append(path)
+    counts = pd.DataFrame({"roi": list(masks), "n_voxels": [int(m.sum()) for m in masks.values()]})
+    drv.write_tsv(layout.roi_summary(subject), counts, {"roi": {"Description": "ROI name"},
+                                                        "n_voxels": {"Description": "voxels on the BOLD grid"}})
+    log_dir = layout.log_dir(subject, ctx.run_id)
+    write_provenance(ctx, log_dir, {"subject": subject, "subject_seed_entropy": [ctx.spec.statistics.seed, zlib.crc32(subject.encode())],
+                                    "warnings": patterns.warnings, "runs": [str(r.bold) for r in patterns.runs]})
+    summary = {"subject": subject, "n_runs": len(patterns.runs), "n_stimuli": stimuli.n_stimuli,
+               "rois": {r: int(m.sum()) for r, m in masks.items()}, "brain_rdm": brain_measure,
+               "warnings": patterns.warnings, "seconds": round(time.time() - started, 1)}
+    if ctx.spec.outputs.report:
+        from bids_dnn.report import build_participant_report
+
+        try:
+            build_participant_report(layout, subject, stimuli, summary, ctx.spec, ctx.run_id)
+        except Exception as exc:  # noqa: BLE001 - a figure must not lose the results
+            logger.warning("sub-%s: report failed (%s); results are kept", subject, exc)
+    drv.write_json(layout.status(subject), {
+        "complete": True, "spec_hash": spec_hash(ctx.spec), "run_id": ctx.run_id, "bids_dnn_version": __version__,
+        "outputs": sorted(str(p.relative_to(layout.root)) for p in outputs), **summary})
+    return summary
+
+
+def run_participant_level(options: RunOptions) -> None:
+    """Entry point of ``bids_dnn BIDS_DIR OUT_DIR participant``."""
+    ctx = prepare(options)
+    stimuli = resolve_stimuli(ctx)
+    if ctx.options.reports_only:
+        from bids_dnn.report import rebuild_participant_reports
+
+        rebuild_participant_reports(ctx.layout, ctx.subjects, stimuli, ctx.spec, ctx.run_id)
+        return
+    drv.initialise_root(Path(options.output_dir), Path(options.bids_dir))
+    write_stimulus_table(ctx, stimuli)
+    logger.info("task %s: %d stimuli, %d participant(s): %s", ctx.task, stimuli.n_stimuli, len(ctx.subjects),
+                ", ".join(ctx.subjects))
+    models = model_rdms(ctx, stimuli)
+    failures: list[tuple[str, BidsDnnError | Exception]] = []
+    for subject in ctx.subjects:
+        try:
+            summary = process_subject(ctx, subject, stimuli, models)
+            logger.info("sub-%s done in %.1f s", subject, summary["seconds"])
+        except BidsDnnError as exc:
+            logger.error("sub-%s failed: %s", subject, exc)
+            failures.append((subject, exc))
+    if failures:
+        if len(failures) == 1 and len(ctx.subjects) == 1:
+            raise failures[0][1]
+        codes = {exc.exit_code for _, exc in failures if isinstance(exc, BidsDnnError)}
+        error = AnalysisError(f"{len(failures)} of {len(ctx.subjects)} participants failed: "
+                              + "; ".join(f"sub-{s}: {e}" for s, e in failures))
+        if len(codes) == 1:
+            error.exit_code = codes.pop()
+        raise error

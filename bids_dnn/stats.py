@@ -1,0 +1,540 @@
+"""Statistical inference for RSA: permutation tests, multiple comparisons, subject-level tests,
+bootstrap intervals, noise ceilings and cross-validated layer selection.
+
+Everything random takes an explicit ``numpy.random.Generator``; equal generators give equal
+results, independent of chunk sizes.
+
+Permutation test
+    Stimulus labels are permuted: the rows and columns of a square RDM are reordered together
+    (``M'[i, j] = M[pi_i, pi_j]``), i.e. the pair vector is gathered with the pair index of the
+    permuted conditions; cells are never shuffled individually. Rows are transformed once
+    (:func:`bids_dnn.compare.transform_for_measure`; ranking, centring and whitening commute
+    with the permutation), so every permutation is an index gather and permutations are batched
+    into one matrix product. One-sided p-value
+    ``p = (1 + #{null >= observed - atol}) / (1 + n_permutations)``; ``atol`` (1e-12) keeps
+    permutations that reproduce the observed RDM from being lost to rounding.
+Noise ceiling
+    As ``rsatoolbox.inference.boot_noise_ceiling`` on the original (not bootstrapped) set, with
+    the measure-aware pooling of ``rsatoolbox.util.inference_util.pool_rdm``: ``cosine`` /
+    ``cosine_cov`` average RMS-normalised RDMs, ``pearson`` / ``corr_cov`` average z-scored RDMs
+    (minus their minimum), rank-based measures average the ranks.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.stats
+
+from bids_dnn.compare import (COMPARISON_MEASURES, LINEAR_MEASURES, compare_rdms, kendall_tau_a,
+                              transform_for_measure)
+from bids_dnn.rdm import n_cond_from_pairs, pair_indices
+
+__all__ = [
+    "PermutationResult",
+    "permutation_indices",
+    "permuted_pair_indices",
+    "permutation_test",
+    "fdr_bh",
+    "bonferroni",
+    "one_sample_tests",
+    "paired_tests",
+    "bootstrap_indices",
+    "bootstrap_subjects",
+    "noise_ceiling",
+    "crossvalidated_best_layer",
+]
+
+_MAX_CHUNK_ELEMENTS = 2 ** 22  # ~32 MB of float64 per gathered block
+
+
+# --------------------------------------------------------------------------- permutations
+@dataclass(frozen=True)
+class PermutationResult:
+    """Outcome of :func:`permutation_test`.
+
+    Attributes
+    ----------
+    observed : (n_data, n_models) similarities of the unpermuted RDMs.
+    p_values : (n_data, n_models) one-sided (greater) permutation p-values.
+    p_values_fwe : (n_data, n_models) max-statistic p-values, family-wise over models.
+    null_max : (n_data, n_permutations) maximum over models of the null similarities.
+    n_permutations : int
+    measure : str
+    null : (n_data, n_models, n_permutations) null similarities, only if requested.
+    """
+
+    observed: np.ndarray
+    p_values: np.ndarray
+    p_values_fwe: np.ndarray
+    null_max: np.ndarray
+    n_permutations: int
+    measure: str
+    null: np.ndarray | None = None
+
+
+def permutation_indices(n_cond: int, n_permutations: int,
+                        rng: np.random.Generator) -> np.ndarray:
+    """Random permutations of the conditions, one per row.
+
+    Parameters
+    ----------
+    n_cond, n_permutations : int
+    rng : np.random.Generator
+
+    Returns
+    -------
+    np.ndarray of int64, (n_permutations, n_cond)
+    """
+    base = np.tile(np.arange(n_cond, dtype=np.int64), (int(n_permutations), 1))
+    return rng.permuted(base, axis=1)
+
+
+def permuted_pair_indices(perms: np.ndarray, n_cond: int) -> np.ndarray:
+    """Pair-vector gather indices for condition permutations.
+
+    ``vec[idx[p]]`` is the vector form of ``square[perm][:, perm]``.
+
+    Parameters
+    ----------
+    perms : np.ndarray of int, (n_permutations, n_cond)
+    n_cond : int
+
+    Returns
+    -------
+    np.ndarray of int64, (n_permutations, n_pairs)
+    """
+    rows, cols = pair_indices(n_cond)
+    lookup = np.zeros((n_cond, n_cond), dtype=np.int64)
+    lookup[rows, cols] = np.arange(rows.size)
+    lookup[cols, rows] = np.arange(rows.size)
+    perms = np.atleast_2d(np.asarray(perms, dtype=np.int64))
+    return lookup[perms[:, rows], perms[:, cols]]
+
+
+def _square_table(vectors: np.ndarray, n_cond: int) -> np.ndarray:
+    """(k, n_pairs[+n_cond]) -> (k, n_cond * n_cond) lookup table: pairs off the diagonal,
+    per-condition entries of whitened vectors on it."""
+    rows, cols = pair_indices(n_cond)
+    n_pairs = rows.size
+    table = np.zeros((vectors.shape[0], n_cond, n_cond))
+    table[:, rows, cols] = vectors[:, :n_pairs]
+    table[:, cols, rows] = vectors[:, :n_pairs]
+    if vectors.shape[1] > n_pairs:
+        table[:, np.arange(n_cond), np.arange(n_cond)] = vectors[:, n_pairs:]
+    return table.reshape(vectors.shape[0], n_cond * n_cond)
+
+
+def _entry_indices(n_cond: int, extended: bool) -> tuple[np.ndarray, np.ndarray]:
+    rows, cols = pair_indices(n_cond)
+    if extended:  # whitened vectors carry one entry per condition after the pairs
+        rows = np.concatenate([rows, np.arange(n_cond)])
+        cols = np.concatenate([cols, np.arange(n_cond)])
+    return rows, cols
+
+
+def _gather_permuted(table: np.ndarray, perms: np.ndarray, n_cond: int,
+                     entries: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Permuted vectors (k, c, width) from a square lookup table, for perms (c, n_cond)."""
+    rows, cols = entries
+    flat = np.take(perms * n_cond, rows, axis=1)
+    flat += np.take(perms, cols, axis=1)
+    return np.take(table, flat, axis=1)
+
+
+def permutation_test(data: np.ndarray, models: np.ndarray, measure: str = "spearman",
+                     n_permutations: int = 10000, *, rng: np.random.Generator | None = None,
+                     permutations: np.ndarray | None = None, return_null: bool = False,
+                     atol: float = 1e-12) -> PermutationResult:
+    """Condition-label permutation test of RDM similarity (one-sided, greater).
+
+    Parameters
+    ----------
+    data : np.ndarray, (n_data, n_pairs) or (n_pairs,)
+    models : np.ndarray, (n_models, n_pairs) or (n_pairs,)
+    measure : str
+        A key of ``COMPARISON_MEASURES``.
+    n_permutations : int
+        Number of random permutations (ignored when ``permutations`` is given).
+    rng : np.random.Generator
+        Source of the permutations (``permutation_indices(n_cond, n_permutations, rng)``).
+    permutations : np.ndarray of int, (n_permutations, n_cond), optional
+        Explicit permutations instead of ``rng``.
+    return_null : bool
+        Keep the full null distribution (n_data, n_models, n_permutations).
+    atol : float
+        Tolerance of the ``null >= observed`` comparison.
+
+    Returns
+    -------
+    PermutationResult
+    """
+    if measure not in COMPARISON_MEASURES:
+        raise ValueError(f"unknown comparison measure {measure!r}")
+    observed = compare_rdms(data, models, measure)  # validates shapes and NaNs
+    data = np.atleast_2d(np.asarray(data, dtype=np.float64))
+    models = np.atleast_2d(np.asarray(models, dtype=np.float64))
+    n_cond = n_cond_from_pairs(data.shape[1])
+    if permutations is None:
+        if rng is None:
+            raise ValueError("pass rng (a numpy Generator) or explicit permutations")
+        permutations = permutation_indices(n_cond, n_permutations, rng)
+    else:
+        permutations = np.atleast_2d(np.asarray(permutations, dtype=np.int64))
+        if permutations.shape[1] != n_cond or not np.all(
+                np.sort(permutations, axis=1) == np.arange(n_cond)):
+            raise ValueError(f"permutations must be (n_permutations, {n_cond}) permutations")
+    n_perm = permutations.shape[0]
+    n_data, n_models = observed.shape
+    count = np.zeros((n_data, n_models), dtype=np.int64)
+    null_max = np.empty((n_data, n_perm))
+    null_all = np.empty((n_data, n_models, n_perm)) if return_null else None
+    linear = measure in LINEAR_MEASURES
+    extended = measure in ("corr_cov", "cosine_cov")
+    if linear:
+        td = transform_for_measure(data, measure)
+        tm = transform_for_measure(models, measure)
+        # gather the smaller side: permuting the data by pi^-1 equals permuting models by pi
+        gather_data = n_data < n_models
+        table = _square_table(td if gather_data else tm, n_cond)
+    else:
+        gather_data = False
+        table = _square_table(models, n_cond)
+    width = data.shape[1] + (n_cond if extended else 0)
+    n_side = table.shape[0]
+    # small chunks keep the gather indices in cache (measured fastest on CPU)
+    step = int(np.clip(_MAX_CHUNK_ELEMENTS // (n_side * width), 1, 64))
+    thresh = observed[:, :, None] - atol
+    entries = _entry_indices(n_cond, extended)
+    for p0 in range(0, n_perm, step):
+        perms = permutations[p0:p0 + step]
+        c = perms.shape[0]
+        if gather_data:
+            g = _gather_permuted(table, np.argsort(perms, axis=1), n_cond, entries)
+            null = (g.reshape(n_data * c, width) @ tm.T).reshape(n_data, c, n_models)
+            null = null.transpose(0, 2, 1)
+        elif linear:
+            g = _gather_permuted(table, perms, n_cond, entries)
+            null = (td @ g.reshape(n_models * c, width).T).reshape(n_data, n_models, c)
+        else:
+            g = _gather_permuted(table, perms, n_cond, entries).reshape(n_models * c, width)
+            null = kendall_tau_a(data, g).reshape(n_data, n_models, c)
+        count += np.sum(null >= thresh, axis=2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            null_max[:, p0:p0 + c] = np.nanmax(null, axis=1)
+        if null_all is not None:
+            null_all[:, :, p0:p0 + c] = null
+    p_values = (1.0 + count) / (1.0 + n_perm)
+    p_values[np.isnan(observed)] = np.nan
+    sorted_max = np.sort(null_max, axis=1)
+    n_ge = np.stack([n_perm - np.searchsorted(sorted_max[d], observed[d] - atol, side="left")
+                     for d in range(n_data)])
+    p_fwe = (1.0 + n_ge) / (1.0 + n_perm)
+    p_fwe[np.isnan(observed)] = np.nan
+    return PermutationResult(observed, p_values, p_fwe, null_max, n_perm, measure, null_all)
+
+
+# --------------------------------------------------------------------------- multiple tests
+def _along_last(p: np.ndarray, axis: int | None) -> tuple[np.ndarray, tuple, int | None]:
+    p = np.asarray(p, dtype=np.float64)
+    if np.any((p < 0) | (p > 1)):
+        raise ValueError("p-values must lie in [0, 1]")
+    if axis is None:
+        return p.reshape(1, -1), p.shape, None
+    moved = np.moveaxis(p, axis, -1)
+    return moved.reshape(-1, moved.shape[-1]), moved.shape, axis
+
+
+def _restore(flat: np.ndarray, shape: tuple, axis: int | None) -> np.ndarray:
+    out = flat.reshape(shape)
+    return out if axis is None else np.moveaxis(out, -1, axis)
+
+
+def fdr_bh(p: np.ndarray, axis: int | None = None) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (NaN-aware).
+
+    Parameters
+    ----------
+    p : np.ndarray, any shape
+    axis : int, optional
+        Families along this axis; ``None`` (default) treats all values as one family.
+
+    Returns
+    -------
+    np.ndarray, same shape
+        Equal to ``scipy.stats.false_discovery_control(p, method='bh')`` on the finite values;
+        NaNs stay NaN and do not count towards the number of tests.
+    """
+    flat, shape, axis = _along_last(p, axis)
+    finite = np.isfinite(flat)
+    m = finite.sum(axis=1, keepdims=True)
+    order = np.argsort(np.where(finite, flat, np.inf), axis=1, kind="stable")
+    ps = np.take_along_axis(flat, order, axis=1)
+    rank = np.arange(1, flat.shape[1] + 1)
+    with np.errstate(invalid="ignore"):
+        adj = np.where(rank <= m, ps * m / rank, np.nan)
+    adj = np.fmin.accumulate(adj[:, ::-1], axis=1)[:, ::-1]
+    adj = np.where(rank <= m, np.clip(adj, 0, 1), np.nan)
+    out = np.empty_like(flat)
+    np.put_along_axis(out, order, adj, axis=1)
+    return _restore(out, shape, axis)
+
+
+def bonferroni(p: np.ndarray, axis: int | None = None) -> np.ndarray:
+    """Bonferroni adjusted p-values ``min(1, p * m)``, m = number of finite p-values.
+
+    Parameters
+    ----------
+    p : np.ndarray, any shape
+    axis : int, optional
+        Families along this axis; ``None`` (default): one family.
+
+    Returns
+    -------
+    np.ndarray, same shape (NaNs stay NaN).
+    """
+    flat, shape, axis = _along_last(p, axis)
+    m = np.isfinite(flat).sum(axis=1, keepdims=True)
+    return _restore(np.minimum(flat * m, 1.0), shape, axis)
+
+
+# --------------------------------------------------------------------------- subject tests
+def _wilcoxon_columns(x: np.ndarray, alternative: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column ``scipy.stats.wilcoxon`` (NaNs omitted), vectorised over columns that
+    scipy treats alike (same n; with or without zeros / ties)."""
+    k = x.shape[1]
+    w = np.full(k, np.nan)
+    p = np.full(k, np.nan)
+    valid = np.isfinite(x)
+    n = valid.sum(axis=0)
+    # move the finite values to the top of each column (the test ignores order)
+    order = np.argsort(~valid, axis=0, kind="stable")
+    xs = np.take_along_axis(x, order, axis=0)
+    absx = np.sort(np.where(valid, np.abs(x), np.inf), axis=0)
+    tied = np.any((absx[1:] == absx[:-1]) & np.isfinite(absx[1:]), axis=0)
+    zero = np.any(valid & (x == 0), axis=0)
+    usable = (n >= 2) & np.any(valid & (x != 0), axis=0)
+    for n_i in np.unique(n[usable]):
+        for flag in (False, True):
+            cols = np.flatnonzero(usable & (n == n_i) & ((tied | zero) == flag))
+            if cols.size:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    res = scipy.stats.wilcoxon(xs[:n_i, cols], axis=0, alternative=alternative)
+                w[cols] = res.statistic
+                p[cols] = res.pvalue
+    return w, p
+
+
+def one_sample_tests(values: np.ndarray, alternative: str = "greater",
+                     popmean: float = 0.0) -> dict[str, np.ndarray]:
+    """One-sample t and Wilcoxon signed-rank tests per column (subjects in rows).
+
+    Parameters
+    ----------
+    values : np.ndarray, (n_subj, k) or (n_subj,)
+        NaNs are omitted per column.
+    alternative : {"greater", "less", "two-sided"}
+    popmean : float
+        Null value (subtracted before both tests).
+
+    Returns
+    -------
+    dict of np.ndarray, each (k,)
+        ``n``, ``mean``, ``sem``, ``t``, ``p_t`` (= ``scipy.stats.ttest_1samp``),
+        ``wilcoxon_w``, ``p_wilcoxon`` (= ``scipy.stats.wilcoxon`` per column; NaN when
+        n < 2 or all differences are zero). t statistics are NaN when n < 2.
+    """
+    if alternative not in ("greater", "less", "two-sided"):
+        raise ValueError(f"unknown alternative {alternative!r}")
+    x = np.asarray(values, dtype=np.float64)
+    x = x[:, None] if x.ndim == 1 else x
+    if x.ndim != 2:
+        raise ValueError(f"values must be (n_subj, k), got {x.shape}")
+    x = x - popmean
+    valid = np.isfinite(x)
+    n = valid.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(valid, x, 0).sum(axis=0) / n
+        ss = np.where(valid, (x - mean) ** 2, 0).sum(axis=0)
+        sem = np.sqrt(ss / (n - 1) / n)
+        t = mean / sem
+        df = np.where(n >= 2, n - 1, np.nan)
+        if alternative == "greater":
+            p_t = scipy.stats.t.sf(t, df)
+        elif alternative == "less":
+            p_t = scipy.stats.t.cdf(t, df)
+        else:
+            p_t = 2 * scipy.stats.t.sf(np.abs(t), df)
+    small = n < 2
+    sem[small], t[small], p_t[small] = np.nan, np.nan, np.nan
+    w, p_w = _wilcoxon_columns(x, alternative)
+    return {"n": n, "mean": mean + popmean, "sem": sem, "t": t, "p_t": p_t,
+            "wilcoxon_w": w, "p_wilcoxon": p_w}
+
+
+def paired_tests(a: np.ndarray, b: np.ndarray,
+                 alternative: str = "two-sided") -> dict[str, np.ndarray]:
+    """Paired t and Wilcoxon tests of ``a - b`` per column (e.g. two layers or models).
+
+    Parameters
+    ----------
+    a, b : np.ndarray, (n_subj, k) or (n_subj,)
+    alternative : {"two-sided", "greater", "less"}
+
+    Returns
+    -------
+    dict of np.ndarray (k,)
+        As :func:`one_sample_tests` on the differences (``mean`` = mean difference);
+        ``p_t`` = ``scipy.stats.ttest_rel(a, b)``, ``p_wilcoxon`` = ``scipy.stats.wilcoxon(a, b)``.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"a and b differ in shape: {a.shape} vs {b.shape}")
+    return one_sample_tests(a - b, alternative=alternative)
+
+
+# --------------------------------------------------------------------------- bootstrap
+def bootstrap_indices(n: int, n_bootstrap: int, rng: np.random.Generator) -> np.ndarray:
+    """Subject resampling indices (with replacement), (n_bootstrap, n) int64."""
+    return rng.integers(0, n, size=(int(n_bootstrap), int(n)))
+
+
+def bootstrap_subjects(values: np.ndarray, n_bootstrap: int, rng: np.random.Generator,
+                       ci: float = 0.95, *, indices: np.ndarray | None = None
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Percentile bootstrap confidence interval of the subject mean, per column.
+
+    Parameters
+    ----------
+    values : np.ndarray, (n_subj, k) or (n_subj,)
+        NaNs are ignored in each resampled mean.
+    n_bootstrap : int
+    rng : np.random.Generator
+        Draws ``bootstrap_indices(n_subj, n_bootstrap, rng)`` (unless ``indices`` is given).
+    ci : float
+        Coverage of the interval (percentiles ``(1 - ci) / 2`` and ``(1 + ci) / 2``, linear
+        interpolation as ``np.percentile``).
+    indices : np.ndarray of int, (n_bootstrap, n_subj), optional
+
+    Returns
+    -------
+    low, high : np.ndarray, (k,)
+    boot_means : np.ndarray, (n_bootstrap, k)
+    """
+    x = np.asarray(values, dtype=np.float64)
+    x = x[:, None] if x.ndim == 1 else x
+    n_subj = x.shape[0]
+    if not 0 < ci < 1:
+        raise ValueError("ci must lie in (0, 1)")
+    idx = bootstrap_indices(n_subj, n_bootstrap, rng) if indices is None else np.asarray(indices)
+    b = idx.shape[0]
+    counts = np.bincount((np.arange(b)[:, None] * n_subj + idx).ravel(),
+                         minlength=b * n_subj).reshape(b, n_subj).astype(np.float64)
+    valid = np.isfinite(x)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        boot = (counts @ np.where(valid, x, 0)) / (counts @ valid)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low, high = np.nanpercentile(boot, [50 * (1 - ci), 50 * (1 + ci)], axis=0)
+    return low, high, boot
+
+
+# --------------------------------------------------------------------------- noise ceiling
+def _pool_rows(x: np.ndarray, measure: str) -> np.ndarray:
+    """Per-row preprocessing of rsatoolbox ``pool_rdm`` before averaging."""
+    if measure in ("cosine", "cosine_cov"):
+        return x / np.sqrt(np.mean(x ** 2, axis=1, keepdims=True))
+    if measure in ("pearson", "corr_cov"):
+        x = x - x.mean(axis=1, keepdims=True)
+        return x / x.std(axis=1, keepdims=True)
+    return scipy.stats.rankdata(x, axis=1)
+
+
+def noise_ceiling(data: np.ndarray, measure: str = "spearman", *, per_subject: bool = False
+                  ) -> tuple[float, float] | tuple[float, float, np.ndarray, np.ndarray]:
+    """Lower and upper noise ceiling (means over subjects).
+
+    upper: each subject vs the pooled RDM of all subjects; lower: each subject vs the pooled
+    RDM of the other subjects (leave one out). Pooling is measure-aware as in rsatoolbox
+    (module docstring); equal to ``rsatoolbox.inference.boot_noise_ceiling(RDMs(data),
+    method=RSATOOLBOX_NAMES[measure])``.
+
+    Parameters
+    ----------
+    data : np.ndarray, (n_subj, n_pairs), n_subj >= 2
+    measure : str
+        A key of ``COMPARISON_MEASURES``.
+    per_subject : bool
+        Also return the per-subject values.
+
+    Returns
+    -------
+    lower, upper : float
+    lower_per_subject, upper_per_subject : np.ndarray, (n_subj,), only if ``per_subject``.
+    """
+    if measure not in COMPARISON_MEASURES:
+        raise ValueError(f"unknown comparison measure {measure!r}")
+    x = np.asarray(data, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise ValueError(f"data must be (n_subj >= 2, n_pairs), got {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("data contains NaN or infinite values")
+    n = x.shape[0]
+    rows = _pool_rows(x, measure)
+    total = rows.sum(axis=0)
+    pooled = np.vstack([total / n, (total[None, :] - rows) / (n - 1)])  # all, then LOO
+    if measure in ("pearson", "corr_cov"):
+        pooled = pooled - pooled.min(axis=1, keepdims=True)
+    if measure == "kendall_tau_a":
+        upper = kendall_tau_a(pooled[:1], x)[0]
+        lower = np.diag(kendall_tau_a(pooled[1:], x))
+    else:
+        tp = transform_for_measure(pooled, measure)
+        tx = transform_for_measure(x, measure)
+        upper = tx @ tp[0]
+        lower = np.einsum("ij,ij->i", tp[1:], tx)
+    if per_subject:
+        return float(lower.mean()), float(upper.mean()), lower, upper
+    return float(lower.mean()), float(upper.mean())
+
+
+# --------------------------------------------------------------------------- layer selection
+def crossvalidated_best_layer(scores: np.ndarray) -> dict[str, np.ndarray | int | float]:
+    """Leave-one-subject-out choice of the best layer (selection never sees the scored subject).
+
+    Parameters
+    ----------
+    scores : np.ndarray, (n_subj, n_layers)
+        e.g. RDM similarity per subject and layer; NaNs are ignored.
+
+    Returns
+    -------
+    dict
+        ``chosen`` (n_subj,) int: per fold, argmax over layers of the mean of the other
+        subjects (first maximum on ties); ``cv_scores`` (n_subj,): held-out subject's score at
+        its fold's choice; ``selection_counts`` (n_layers,); ``modal_choice`` int: most
+        frequent choice (lowest index on ties); ``mean_cv_score`` float: mean of
+        ``cv_scores`` (the unbiased estimate of the selected layer's score);
+        ``loo_means`` (n_subj, n_layers).
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 2 or s.shape[0] < 2:
+        raise ValueError(f"scores must be (n_subj >= 2, n_layers), got {s.shape}")
+    valid = np.isfinite(s)
+    s0 = np.where(valid, s, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        loo = (s0.sum(axis=0) - s0) / (valid.sum(axis=0) - valid)
+    usable = np.isfinite(loo)
+    if not np.all(usable.any(axis=1)):
+        raise ValueError("a fold has no layer with scores from the other subjects")
+    chosen = np.argmax(np.where(usable, loo, -np.inf), axis=1)
+    cv = s[np.arange(s.shape[0]), chosen]
+    counts = np.bincount(chosen, minlength=s.shape[1])
+    return {"chosen": chosen, "cv_scores": cv, "selection_counts": counts,
+            "modal_choice": int(np.argmax(counts)), "mean_cv_score": float(np.nanmean(cv)),
+            "loo_means": loo}
