@@ -21,8 +21,8 @@ Measures (``COMPARISON_MEASURES``; rsatoolbox ``compare`` name in brackets)
 All measures except ``kendall_tau_a`` are a plain dot product after a per-row transform
 (:func:`transform_for_measure`), so each row is transformed once and all comparisons are one
 matrix product. Kendall's tau-a is computed exactly as the dot product of pair-of-pairs sign
-vectors, built in chunks and multiplied with BLAS (float32 holds the integer counts exactly;
-they are flushed to float64 before they could lose precision).
+vectors, built in chunks as int8 and multiplied with an integer GEMM (counts are exact integers),
+or, for few pairs of rows, with scipy's O(n log n) algorithm per pair.
 
 NaN policy: non-finite inputs raise ``ValueError`` (rsatoolbox instead drops pairs that are NaN
 in every RDM). Rows with zero norm after the transform (constant RDMs for ``spearman``,
@@ -32,7 +32,8 @@ in every RDM). Rows with zero norm after the transform (constant RDMs for ``spea
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import scipy.stats
@@ -45,6 +46,7 @@ __all__ = [
     "LINEAR_MEASURES",
     "RSATOOLBOX_NAMES",
     "compare_rdms",
+    "compare_paired",
     "transform_for_measure",
     "kendall_tau_a",
     "whiten_rdm_vectors",
@@ -142,22 +144,58 @@ def transform_for_measure(vectors: np.ndarray, measure: str) -> np.ndarray:
     return _normalise(x)
 
 
-def kendall_tau_a(a: np.ndarray, b: np.ndarray, *, device: str | torch.device = "cpu",
-                  chunk: int = 8, max_buffer: int = 2 ** 24) -> np.ndarray:
+@contextlib.contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """Temporarily set torch's intra-op CPU threads (process-wide; restored on exit)."""
+    old = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _tau_a_pair(x: np.ndarray, y: np.ndarray) -> float:
+    """tau-a of two vectors via scipy's O(n log n) tau-b and the tie counts."""
+    tot = x.size * (x.size - 1) / 2
+
+    def tied(v: np.ndarray) -> float:
+        counts = np.unique(v, return_counts=True)[1].astype(np.float64)
+        return float(np.sum(counts * (counts - 1) / 2))
+
+    xtie, ytie = tied(x), tied(y)
+    if xtie == tot or ytie == tot:
+        return 0.0
+    tau_b = scipy.stats.kendalltau(x, y).statistic
+    return float(np.clip(tau_b * np.sqrt((tot - xtie) * (tot - ytie)) / tot, -1.0, 1.0))
+
+
+def kendall_tau_a(a: np.ndarray, b: np.ndarray, *, method: str = "auto",
+                  device: str | torch.device = "cpu", chunk: int = 8, max_buffer: int = 2 ** 24,
+                  num_threads: int | None = 1) -> np.ndarray:
     """Kendall's tau-a of every row of ``a`` with every row of ``b`` (exact, with ties).
 
-    ``tau_a = sum_{k<l} sign(a_k - a_l) sign(b_k - b_l) / (n (n - 1) / 2)``, evaluated as
-    chunked products of sign matrices (O(n^2) per pair of rows, but in BLAS).
+    ``tau_a = sum_{k<l} sign(a_k - a_l) sign(b_k - b_l) / (n (n - 1) / 2)``.
 
     Parameters
     ----------
     a : np.ndarray, (n_a, n) ; b : np.ndarray, (n_b, n)
+    method : {"auto", "matmul", "pairwise"}
+        ``matmul``: chunked products of int8 sign matrices (O(n^2) per pair of rows, but in an
+        exact int8 GEMM; cost dominated by building O(n^2) signs per row). ``pairwise``: scipy's O(n log n)
+        tau-b per pair, rescaled to tau-a with the tie counts. ``auto`` takes ``pairwise``
+        on CPU when its estimated cost is lower (few pairs of rows, long vectors).
     device : str or torch.device
-        Where the products run (``"cuda"`` works the same way).
+        Where the ``matmul`` products run (``"cuda"`` works the same way).
     chunk : int
-        Number of pivot elements per block.
+        Number of pivot elements per block (``matmul``).
     max_buffer : int
-        Maximum number of float32 elements per sign buffer (bounds memory, ~64 MB).
+        Maximum number of elements per sign buffer (bounds memory, ~50 MB).
+    num_threads : int or None
+        torch CPU threads during ``matmul`` (default 1: the loop issues many small parallel
+        ops, and OpenMP spin-waiting makes them collapse by 10-40x when cores are shared with
+        other processes). ``None`` keeps torch's setting (faster on idle many-core machines).
 
     Returns
     -------
@@ -168,46 +206,69 @@ def kendall_tau_a(a: np.ndarray, b: np.ndarray, *, device: str | torch.device = 
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"a and b have different lengths ({a.shape[1]} vs {b.shape[1]})")
     n = a.shape[1]
-    # dense integer ranks keep every order relation and are exact in float32 (n < 2**24)
-    ra = scipy.stats.rankdata(a, method="dense", axis=1).astype(np.float32)
-    rb = scipy.stats.rankdata(b, method="dense", axis=1).astype(np.float32)
-    with torch.no_grad(), no_tf32():
+    on_cpu = torch.device(device).type == "cpu"
+    if method == "auto":
+        # measured CPU costs (ms): ~3e-7 n^2 per row for matmul, ~0.2 + 6e-5 n per pair
+        cost_pairs = a.shape[0] * b.shape[0] * (0.2 + 6e-5 * n)
+        cost_rows = (a.shape[0] + b.shape[0]) * 3e-7 * n ** 2
+        method = "pairwise" if on_cpu and cost_pairs < cost_rows else "matmul"
+    if method == "pairwise":
+        return np.array([[_tau_a_pair(x, y) for y in b] for x in a]).reshape(len(a), len(b))
+    if method != "matmul":
+        raise ValueError(f"unknown method {method!r}")
+    # dense integer ranks keep every order relation; small ints make the signs cheap
+    rank_dtype = np.int16 if n < 2 ** 15 else np.int32
+    ra = scipy.stats.rankdata(a, method="dense", axis=1).astype(rank_dtype)
+    rb = scipy.stats.rankdata(b, method="dense", axis=1).astype(rank_dtype)
+    with torch.no_grad(), no_tf32(), _torch_threads(num_threads if on_cpu else None):
         ta = torch.as_tensor(ra, device=device)
         tb = torch.as_tensor(rb, device=device)
-        out = torch.zeros(a.shape[0], b.shape[0], dtype=torch.float64, device=ta.device)
+        out = torch.zeros(a.shape[0], b.shape[0], dtype=torch.int64, device=ta.device)
         rows_a = max(1, min(a.shape[0], max_buffer // (chunk * n)))
         rows_b = max(1, min(b.shape[0], max_buffer // (chunk * n)))
         for a0 in range(0, a.shape[0], rows_a):
             for b0 in range(0, b.shape[0], rows_b):
                 out[a0:a0 + rows_a, b0:b0 + rows_b] = _tau_block(
                     ta[a0:a0 + rows_a], tb[b0:b0 + rows_b], chunk)
-        return (out / (n * (n - 1) / 2)).clamp(-1.0, 1.0).cpu().numpy()
+        return (out.cpu().numpy() / (n * (n - 1))).clip(-1.0, 1.0)
+
+
+def _int8_matmul(x: torch.Tensor, y_t: torch.Tensor) -> torch.Tensor:
+    """Exact ``x @ y_t`` for small int8 entries: int8 GEMM with int32 accumulation where
+    torch offers it (``torch._int_mm``), else float32 (exact for sums below 2**24)."""
+    try:
+        return torch._int_mm(x, y_t).to(torch.int64)
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return (x.to(torch.float32) @ y_t.to(torch.float32)).to(torch.int64)
 
 
 def _tau_block(ta: torch.Tensor, tb: torch.Tensor, chunk: int) -> torch.Tensor:
-    """Sum over k<l of sign products for row blocks; float32 counts flushed below 2**22."""
+    """``2 * sum_{k<l} sign(a_k - a_l) sign(b_k - b_l)`` for all row pairs (int64).
+
+    Pivots ``k`` come in blocks of ``chunk``; each block is compared with every later
+    element. Pairs inside the block's ``w x w`` corner appear twice (both orders), so the
+    other entries of ``b``'s signs are doubled instead of halving the corner.
+    """
     na, n = ta.shape
     nb = tb.shape[0]
-    out = torch.zeros(na, nb, dtype=torch.float64, device=ta.device)
-    acc = torch.zeros(na, nb, dtype=torch.float32, device=ta.device)
-    buf_a = torch.empty(na * chunk * n, dtype=torch.float32, device=ta.device)
-    buf_b = torch.empty(nb * chunk * n, dtype=torch.float32, device=ta.device)
-    pending = 0
+    dev = ta.device
+    out = torch.zeros(na, nb, dtype=torch.int64, device=dev)
+    diff_a = torch.empty(na * chunk * n, dtype=ta.dtype, device=dev)
+    diff_b = torch.empty(nb * chunk * n, dtype=tb.dtype, device=dev)
+    sign_a = torch.empty(na * chunk * n, dtype=torch.int8, device=dev)
+    sign_b = torch.empty(nb * chunk * n, dtype=torch.int8, device=dev)
     for i0 in range(0, n - 1, chunk):
         i1 = min(i0 + chunk, n)
-        w, m = i1 - i0, n - i0
-        if pending + w * m > 2 ** 22:  # keep |acc| < 2**22 so half-integers stay exact
-            out += acc.double()
-            acc.zero_()
-            pending = 0
-        sa = buf_a[:na * w * m].view(na, w, m)
-        sb = buf_b[:nb * w * m].view(nb, w, m)
-        torch.sub(ta[:, i0:i1, None], ta[:, None, i0:], out=sa).sign_()
-        torch.sub(tb[:, i0:i1, None], tb[:, None, i0:], out=sb).sign_()
-        sb[:, :, :w] *= 0.5  # the w x w corner holds every within-block pair twice
-        torch.addmm(acc, sa.view(na, -1), sb.view(nb, -1).T, out=acc)
-        pending += w * m
-    return out + acc.double()
+        w, k = i1 - i0, (i1 - i0) * (n - i0)
+        da = torch.sub(ta[:, i0:i1, None], ta[:, None, i0:], out=diff_a[:na * k].view(na, w, -1))
+        sa = sign_a[:na * k].view(na, w, -1)
+        sa.copy_(da.sign_())
+        db = torch.sub(tb[:, i0:i1, None], tb[:, None, i0:], out=diff_b[:nb * k].view(nb, w, -1))
+        sb = sign_b[:nb * k].view(nb, w, -1)
+        sb.copy_(db.sign_()).mul_(2)
+        sb[:, :, :w].copy_(db[:, :, :w])
+        out += _int8_matmul(sa.view(na, k), sb.view(nb, k).T)
+    return out
 
 
 def compare_rdms(a: np.ndarray, b: np.ndarray, measure: str = "spearman") -> np.ndarray:
@@ -241,6 +302,33 @@ def compare_rdms(a: np.ndarray, b: np.ndarray, measure: str = "spearman") -> np.
     if measure == "kendall_tau_a":
         return kendall_tau_a(a, b)
     return transform_for_measure(a, measure) @ transform_for_measure(b, measure).T
+
+
+def compare_paired(a: np.ndarray, b: np.ndarray, measure: str = "spearman") -> np.ndarray:
+    """Similarity of row ``i`` of ``a`` with row ``i`` of ``b`` only (the diagonal of
+    ``compare_rdms(a, b)`` without computing the rest).
+
+    Parameters
+    ----------
+    a, b : np.ndarray, (n, n_pairs)
+    measure : str
+        A key of ``COMPARISON_MEASURES``.
+
+    Returns
+    -------
+    np.ndarray, (n,)
+    """
+    if measure not in COMPARISON_MEASURES:
+        raise ValueError(f"unknown comparison measure {measure!r}; choose from "
+                         f"{sorted(COMPARISON_MEASURES)}")
+    a = _as_rows(a, "a")
+    b = _as_rows(b, "b")
+    if a.shape != b.shape:
+        raise ValueError(f"a and b differ in shape ({a.shape} vs {b.shape})")
+    if measure == "kendall_tau_a":
+        return np.array([_tau_a_pair(x, y) for x, y in zip(a, b)])
+    return np.einsum("ij,ij->i", transform_for_measure(a, measure),
+                     transform_for_measure(b, measure))
 
 
 def _make_measure(name: str) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:

@@ -17,9 +17,10 @@ voxels at a time. One pattern per condition (events column ``condition``):
 from __future__ import annotations
 
 import fnmatch
+import re
 import warnings as _warnings
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -27,14 +28,7 @@ import pandas as pd
 from bids_dnn.errors import AnalysisError, BidsValidationError, InputMissingError
 from bids_dnn.spec import GLMSpec
 
-__all__ = [
-    "CONFOUND_GROUPS",
-    "ConfoundGroup",
-    "RunGLM",
-    "fit_run_glm",
-    "sample_mask_from_confounds",
-    "select_confounds",
-]
+__all__ = ["CONFOUND_GROUPS", "ConfoundGroup", "RunGLM", "fit_run_glm", "sample_mask_from_confounds", "select_confounds"]
 
 DEFAULT_CHUNK_SIZE = 20_000
 """Voxels fitted at once; bounds memory to about ``n_time * chunk * 8`` bytes per array."""
@@ -65,11 +59,7 @@ class ConfoundGroup:
 CONFOUND_GROUPS: dict[str, ConfoundGroup] = {
     "motion_6": ConfoundGroup(_MOTION_6, description="3 translations and 3 rotations"),
     "motion_24": ConfoundGroup(
-        tuple(
-            f"{base}{suffix}"
-            for base in _MOTION_6
-            for suffix in ("", "_derivative1", "_power2", "_derivative1_power2")
-        ),
+        tuple(f"{b}{s}" for b in _MOTION_6 for s in ("", "_derivative1", "_power2", "_derivative1_power2")),
         description="motion_6 with derivatives, squares and squared derivatives (Friston-24)",
     ),
     "white_matter": ConfoundGroup(("white_matter",), description="mean white-matter signal"),
@@ -80,9 +70,7 @@ CONFOUND_GROUPS: dict[str, ConfoundGroup] = {
     ),
     "cosine": ConfoundGroup(pattern="cosine*", description="fMRIPrep's discrete cosine drift basis"),
     "non_steady_state": ConfoundGroup(
-        pattern="non_steady_state_outlier*",
-        required=False,
-        description="one spike regressor per non-steady-state volume (may be absent)",
+        pattern="non_steady_state_outlier*", required=False, description="spike regressors (may be absent)"
     ),
 }
 """Confound groups accepted in ``GLMSpec.confounds`` besides exact column names and globs."""
@@ -327,6 +315,10 @@ def _design(
             add_regs=regs,
         )
     for w in caught:
+        if issubclass(w.category, (DeprecationWarning, FutureWarning)):
+            continue  # API notices for developers, not the user's data
+        if "null duration" in str(w.message):
+            continue  # zero-duration events are modelled as impulses: standard, not a problem
         text = "nilearn: " + " ".join(str(w.message).split())
         if text not in notes:
             notes.append(text)
@@ -508,6 +500,7 @@ def fit_run_glm(
         betas = np.where(lss_n > 0, lss_sum / np.maximum(lss_n, 1), np.nan)
 
     names = {v: k for k, v in internal.items()}
+    notes = [re.sub(r"cond_\d{5}", lambda m: names.get(m.group(0), m.group(0)), n) for n in notes]
     return RunGLM(
         conditions=list(conditions),
         betas=betas,

@@ -23,6 +23,7 @@ import importlib
 import inspect
 import os
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -350,8 +351,8 @@ def _missing_hub_weights(spec: ModelSpec, exc: Exception) -> InputMissingError:
     return InputMissingError(
         f"weights {spec.weights} of {spec.source} model {spec.name} are not in the local cache "
         f"({exc.__class__.__name__})",
-        hint=f"run `bids_dnn models fetch --source {spec.source} {spec.name}` on a machine with "
-        "internet, or use weights: random",
+        hint="create the model once with these weights on a machine with internet and copy its "
+        "Hugging Face cache (HF_HOME) here, or use weights: random",
     )
 
 
@@ -429,7 +430,9 @@ def _load_torchscript(spec: ModelSpec, field_path: str) -> LoadedModel:
     if not path.is_file():
         raise InputMissingError(f"{field_path}.torchscript: file not found: {path}")
     try:
-        scripted = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():  # torch >= 2.9 deprecates TorchScript; still supported
+            warnings.simplefilter("ignore", FutureWarning)
+            scripted = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:  # noqa: BLE001
         raise InputMissingError(f"{field_path}.torchscript: cannot load {path}: "
                                 f"{exc.__class__.__name__}") from None

@@ -213,13 +213,14 @@ class SubjectPatterns:
     reference: Any
     runs: list[RunInputs]
     warnings: list[str]
+    dofs: list[int]
 
 
 def fit_subject_glms(ctx: Context, subject: str, stimuli: StimulusSet) -> SubjectPatterns:
     """Per-run GLMs of one participant on fMRIPrep outputs."""
     import nibabel as nib
 
-    from bids_dnn.glm import fit_run_glm, select_confounds
+    from bids_dnn.glm import fit_run_glm
     from bids_dnn.patterns import check_same_grid
 
     brain = ctx.spec.brain
@@ -241,7 +242,7 @@ def fit_subject_glms(ctx: Context, subject: str, stimuli: StimulusSet) -> Subjec
         images.append(bold)
     stim_pos = {sid: i for i, sid in enumerate(stimuli.stim_ids)}
     run_betas = np.full((len(runs), stimuli.n_stimuli, int(mask.sum())), np.nan)
-    residuals, warnings = [], []
+    residuals, warnings, dofs = [], [], []
     stim_spec = ctx.spec.stimuli
     with progress(f"GLM sub-{subject}", len(runs)) as advance:
         for r, (run, bold) in enumerate(zip(runs, images)):
@@ -250,16 +251,18 @@ def fit_subject_glms(ctx: Context, subject: str, stimuli: StimulusSet) -> Subjec
             events["condition"] = condition_column(events, stimuli, stim_spec.source, stim_spec.trial_type_map,
                                                    stim_spec.ignore_trial_types)
             confounds = None
-            if run.confounds is not None and brain.glm.confounds:
-                table = pd.read_csv(run.confounds, sep="\t", na_values=["n/a"])
-                confounds, _ = select_confounds(table, list(brain.glm.confounds), source=run.confounds.name)
-            elif brain.glm.confounds:
-                warnings.append(f"{run.key}: no confounds file; fitted without confounds")
-            result = fit_run_glm(data, events, run.t_r, brain.glm, confounds=confounds)
+            if run.confounds is not None:
+                confounds = pd.read_csv(run.confounds, sep="\t", na_values=["n/a"])
+            elif brain.glm.confounds or brain.glm.scrub_fd:
+                raise InputMissingError(f"{run.key}: no fMRIPrep confounds file (*_desc-confounds_timeseries.tsv)",
+                                        "set brain.glm.confounds: [] and scrub_fd: null to fit without confounds")
+            result = fit_run_glm(data, events, run.t_r, brain.glm, confounds=confounds,
+                                 source=run.confounds.name if run.confounds else run.key)
             for c, cond in enumerate(result.conditions):
                 if cond in stim_pos:
                     run_betas[r, stim_pos[cond]] = result.betas[c]
             residuals.append(result.residuals)
+            dofs.append(int(result.dof))
             warnings.extend(f"{run.key}: {w}" for w in result.warnings)
             advance()
     missing = [stimuli.stim_ids[i] for i in np.flatnonzero(np.isnan(run_betas[:, :, 0]).all(axis=0))] \
@@ -270,7 +273,7 @@ def fit_subject_glms(ctx: Context, subject: str, stimuli: StimulusSet) -> Subjec
     partial = int(np.isnan(run_betas[:, :, 0]).any(axis=0).sum()) if run_betas.shape[2] else 0
     if partial:
         warnings.append(f"{partial} stimuli are missing from some runs")
-    return SubjectPatterns(run_betas, residuals, mask, reference, runs, warnings)
+    return SubjectPatterns(run_betas, residuals, mask, reference, runs, warnings, dofs)
 
 
 def roi_masks(ctx: Context, patterns: SubjectPatterns, subject: str) -> dict[str, np.ndarray]:
@@ -341,15 +344,23 @@ def brain_rdms(ctx: Context, patterns: SubjectPatterns, masks: dict[str, np.ndar
             if complete.sum() < 2:
                 raise AnalysisError("crossnobis needs at least 2 runs that contain every stimulus",
                                     "set rdm.brain: correlation")
+            valid = np.isfinite(run_betas[complete]).all(axis=(0, 1)) & np.all(
+                [np.isfinite(r).all(axis=0) for r in residuals], axis=0)
+            if not valid.any():
+                raise AnalysisError(f"ROI {roi} has no voxel with finite estimates in every run")
             precision = None
             if brain.noise_normalization != "none":
                 method = brain.noise_estimator if brain.noise_normalization == "multivariate" else "diag"
-                precision = noise_precision_from_residuals(residuals, method=method)
-            out[roi] = calc_crossnobis_rdm(run_betas[complete], precision)
+                precision = noise_precision_from_residuals([r[:, valid] for r in residuals], method=method,
+                                                           dof=patterns.dofs)
+            out[roi] = calc_crossnobis_rdm(run_betas[complete][:, :, valid], precision)
         else:
             mean_betas = np.nanmean(run_betas, axis=0)
-            normalized = noise_normalize(mean_betas, np.concatenate(residuals, axis=0), brain.noise_normalization,
-                                         brain.noise_estimator)
+            valid = np.isfinite(mean_betas).all(axis=0) & np.all([np.isfinite(r).all(axis=0) for r in residuals], axis=0)
+            if not valid.any():
+                raise AnalysisError(f"ROI {roi} has no voxel with finite estimates in every run")
+            normalized = noise_normalize(mean_betas[:, valid], np.concatenate([r[:, valid] for r in residuals]),
+                                         brain.noise_normalization, brain.noise_estimator, dof=sum(patterns.dofs))
             out[roi] = calc_rdm(normalized, measure)
     return measure, out
 

@@ -1,21 +1,16 @@
 """Response patterns: ROI masks on the BOLD grid, noise normalisation, reliability.
 
-Works on nibabel images, boolean arrays and ``(n_cond, n_vox)`` pattern arrays. Nothing here
-knows about BIDS layouts, writes files or prints; errors are :mod:`bids_dnn.errors`
-exceptions with readable messages.
-
+Nibabel images, boolean arrays and ``(n_cond, n_vox)`` patterns in; no BIDS layouts, no
+files, no printing; errors are :mod:`bids_dnn.errors` exceptions with readable messages.
 ROI masks are resampled onto the BOLD grid with nearest-neighbour interpolation (labels are
-never blended) and intersected with the run's brain mask.
+never blended) and intersected with the brain mask.
 
-Noise normalisation (``BrainSpec.noise_normalization``):
-
-- ``univariate``: each voxel's pattern divided by its residual standard deviation;
-- ``multivariate``: patterns multiplied by ``Sigma^(-1/2)``, where ``Sigma`` is a shrinkage
-  estimate of the voxel-by-voxel residual covariance (Walther et al., 2016, NeuroImage
-  137:188). After this, Euclidean distances are Mahalanobis distances.
-
-The crossnobis RDM (``bids_dnn.rdm``) does not whiten patterns with this module: it uses the
-precision matrix ``Sigma^(-1)`` directly in the cross-validated distance.
+Noise normalisation (``BrainSpec.noise_normalization``): ``univariate`` divides each voxel
+by its residual SD; ``multivariate`` multiplies patterns by ``Sigma^(-1/2)``, ``Sigma`` a
+shrinkage estimate of the voxel residual covariance (Walther et al., 2016, NeuroImage
+137:188), so Euclidean distances become Mahalanobis distances. The crossnobis RDM
+(``bids_dnn.rdm``) does not whiten with this module: it uses the precision ``Sigma^(-1)``
+directly in the cross-validated distance.
 """
 
 from __future__ import annotations
@@ -31,16 +26,9 @@ import pandas as pd
 from bids_dnn.errors import AnalysisError, BidsValidationError, InputMissingError
 
 __all__ = [
-    "COVARIANCE_ESTIMATORS",
-    "NOISE_NORMALIZATIONS",
-    "apply_mask",
-    "check_same_grid",
-    "load_roi_masks_from_atlas",
-    "load_roi_masks_from_files",
-    "noise_covariance",
-    "noise_normalize",
-    "split_half_reliability",
-    "voxel_counts_table",
+    "COVARIANCE_ESTIMATORS", "NOISE_NORMALIZATIONS", "apply_mask", "check_same_grid",
+    "load_roi_masks_from_atlas", "load_roi_masks_from_files", "noise_covariance", "noise_normalize",
+    "split_half_reliability", "voxel_counts_table",
 ]
 
 ImageLike = Union[str, Path, nib.spatialimages.SpatialImage]

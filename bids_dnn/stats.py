@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.stats
 
-from bids_dnn.compare import (COMPARISON_MEASURES, LINEAR_MEASURES, compare_rdms, kendall_tau_a,
-                              transform_for_measure)
+from bids_dnn.compare import (COMPARISON_MEASURES, LINEAR_MEASURES, compare_paired, compare_rdms,
+                              kendall_tau_a, transform_for_measure)
 from bids_dnn.rdm import n_cond_from_pairs, pair_indices
 
 __all__ = [
@@ -53,18 +53,10 @@ _MAX_CHUNK_ELEMENTS = 2 ** 22  # ~32 MB of float64 per gathered block
 # --------------------------------------------------------------------------- permutations
 @dataclass(frozen=True)
 class PermutationResult:
-    """Outcome of :func:`permutation_test`.
-
-    Attributes
-    ----------
-    observed : (n_data, n_models) similarities of the unpermuted RDMs.
-    p_values : (n_data, n_models) one-sided (greater) permutation p-values.
-    p_values_fwe : (n_data, n_models) max-statistic p-values, family-wise over models.
-    null_max : (n_data, n_permutations) maximum over models of the null similarities.
-    n_permutations : int
-    measure : str
-    null : (n_data, n_models, n_permutations) null similarities, only if requested.
-    """
+    """Outcome of :func:`permutation_test`: ``observed``, ``p_values`` (one-sided, greater)
+    and ``p_values_fwe`` (max-statistic, family-wise over models), each (n_data, n_models);
+    ``null_max`` (n_data, n_permutations): NaN-ignoring max over models of the null;
+    ``null`` (n_data, n_models, n_permutations) only if requested."""
 
     observed: np.ndarray
     p_values: np.ndarray
@@ -135,11 +127,12 @@ def _entry_indices(n_cond: int, extended: bool) -> tuple[np.ndarray, np.ndarray]
     return rows, cols
 
 
-def _gather_permuted(table: np.ndarray, perms: np.ndarray, n_cond: int,
+def _gather_permuted(table: np.ndarray, perms: np.ndarray, perms_scaled: np.ndarray,
                      entries: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """Permuted vectors (k, c, width) from a square lookup table, for perms (c, n_cond)."""
+    """Permuted vectors (k, c, width) from a square lookup table, for perms (c, n_cond)
+    (``perms_scaled = perms * n_cond``)."""
     rows, cols = entries
-    flat = np.take(perms * n_cond, rows, axis=1)
+    flat = np.take(perms_scaled, rows, axis=1)
     flat += np.take(perms, cols, axis=1)
     return np.take(table, flat, axis=1)
 
@@ -205,26 +198,26 @@ def permutation_test(data: np.ndarray, models: np.ndarray, measure: str = "spear
     width = data.shape[1] + (n_cond if extended else 0)
     n_side = table.shape[0]
     # small chunks keep the gather indices in cache (measured fastest on CPU)
-    step = int(np.clip(_MAX_CHUNK_ELEMENTS // (n_side * width), 1, 64))
+    step = int(np.clip(_MAX_CHUNK_ELEMENTS // (n_side * width), 1, 128))
     thresh = observed[:, :, None] - atol
     entries = _entry_indices(n_cond, extended)
+    if gather_data:  # the data move with the inverse permutations
+        permutations = np.argsort(permutations, axis=1)
+    scaled = permutations * n_cond
     for p0 in range(0, n_perm, step):
         perms = permutations[p0:p0 + step]
         c = perms.shape[0]
+        g = _gather_permuted(table, perms, scaled[p0:p0 + step], entries)
         if gather_data:
-            g = _gather_permuted(table, np.argsort(perms, axis=1), n_cond, entries)
             null = (g.reshape(n_data * c, width) @ tm.T).reshape(n_data, c, n_models)
             null = null.transpose(0, 2, 1)
         elif linear:
-            g = _gather_permuted(table, perms, n_cond, entries)
             null = (td @ g.reshape(n_models * c, width).T).reshape(n_data, n_models, c)
         else:
-            g = _gather_permuted(table, perms, n_cond, entries).reshape(n_models * c, width)
-            null = kendall_tau_a(data, g).reshape(n_data, n_models, c)
+            null = kendall_tau_a(data, g.reshape(n_models * c, width))
+            null = null.reshape(n_data, n_models, c)
         count += np.sum(null >= thresh, axis=2)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            null_max[:, p0:p0 + c] = np.nanmax(null, axis=1)
+        null_max[:, p0:p0 + c] = np.fmax.reduce(null, axis=1)  # NaN-ignoring max
         if null_all is not None:
             null_all[:, :, p0:p0 + c] = null
     p_values = (1.0 + count) / (1.0 + n_perm)
@@ -239,6 +232,7 @@ def permutation_test(data: np.ndarray, models: np.ndarray, measure: str = "spear
 
 # --------------------------------------------------------------------------- multiple tests
 def _along_last(p: np.ndarray, axis: int | None) -> tuple[np.ndarray, tuple, int | None]:
+    """p-values as (n_families, family_size), with what :func:`_restore` needs."""
     p = np.asarray(p, dtype=np.float64)
     if np.any((p < 0) | (p > 1)):
         raise ValueError("p-values must lie in [0, 1]")
@@ -284,18 +278,8 @@ def fdr_bh(p: np.ndarray, axis: int | None = None) -> np.ndarray:
 
 
 def bonferroni(p: np.ndarray, axis: int | None = None) -> np.ndarray:
-    """Bonferroni adjusted p-values ``min(1, p * m)``, m = number of finite p-values.
-
-    Parameters
-    ----------
-    p : np.ndarray, any shape
-    axis : int, optional
-        Families along this axis; ``None`` (default): one family.
-
-    Returns
-    -------
-    np.ndarray, same shape (NaNs stay NaN).
-    """
+    """Bonferroni adjusted p-values ``min(1, p * m)``, m = number of finite p-values in the
+    family (``axis`` as in :func:`fdr_bh`); same shape, NaNs stay NaN."""
     flat, shape, axis = _along_last(p, axis)
     m = np.isfinite(flat).sum(axis=1, keepdims=True)
     return _restore(np.minimum(flat * m, 1.0), shape, axis)
@@ -363,12 +347,9 @@ def one_sample_tests(values: np.ndarray, alternative: str = "greater",
         sem = np.sqrt(ss / (n - 1) / n)
         t = mean / sem
         df = np.where(n >= 2, n - 1, np.nan)
-        if alternative == "greater":
-            p_t = scipy.stats.t.sf(t, df)
-        elif alternative == "less":
-            p_t = scipy.stats.t.cdf(t, df)
-        else:
-            p_t = 2 * scipy.stats.t.sf(np.abs(t), df)
+        p_t = {"greater": lambda: scipy.stats.t.sf(t, df),
+               "less": lambda: scipy.stats.t.cdf(t, df),
+               "two-sided": lambda: 2 * scipy.stats.t.sf(np.abs(t), df)}[alternative]()
     small = n < 2
     sem[small], t[small], p_t[small] = np.nan, np.nan, np.nan
     w, p_w = _wilcoxon_columns(x, alternative)
@@ -380,16 +361,9 @@ def paired_tests(a: np.ndarray, b: np.ndarray,
                  alternative: str = "two-sided") -> dict[str, np.ndarray]:
     """Paired t and Wilcoxon tests of ``a - b`` per column (e.g. two layers or models).
 
-    Parameters
-    ----------
-    a, b : np.ndarray, (n_subj, k) or (n_subj,)
-    alternative : {"two-sided", "greater", "less"}
-
-    Returns
-    -------
-    dict of np.ndarray (k,)
-        As :func:`one_sample_tests` on the differences (``mean`` = mean difference);
-        ``p_t`` = ``scipy.stats.ttest_rel(a, b)``, ``p_wilcoxon`` = ``scipy.stats.wilcoxon(a, b)``.
+    ``a, b``: (n_subj, k) or (n_subj,). Returns the dict of :func:`one_sample_tests` on the
+    differences (``mean`` = mean difference): ``p_t`` = ``scipy.stats.ttest_rel(a, b)``,
+    ``p_wilcoxon`` = ``scipy.stats.wilcoxon(a, b)``, per column.
     """
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
@@ -490,14 +464,8 @@ def noise_ceiling(data: np.ndarray, measure: str = "spearman", *, per_subject: b
     pooled = np.vstack([total / n, (total[None, :] - rows) / (n - 1)])  # all, then LOO
     if measure in ("pearson", "corr_cov"):
         pooled = pooled - pooled.min(axis=1, keepdims=True)
-    if measure == "kendall_tau_a":
-        upper = kendall_tau_a(pooled[:1], x)[0]
-        lower = np.diag(kendall_tau_a(pooled[1:], x))
-    else:
-        tp = transform_for_measure(pooled, measure)
-        tx = transform_for_measure(x, measure)
-        upper = tx @ tp[0]
-        lower = np.einsum("ij,ij->i", tp[1:], tx)
+    upper = compare_paired(np.broadcast_to(pooled[0], x.shape), x, measure)
+    lower = compare_paired(pooled[1:], x, measure)
     if per_subject:
         return float(lower.mean()), float(upper.mean()), lower, upper
     return float(lower.mean()), float(upper.mean())

@@ -24,3 +24,33 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data folder not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def demo_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo BIDS dataset (seed 0), written once per session. Do not modify it."""
+    from bids_dnn.demo import make_demo_dataset
+
+    return make_demo_dataset(tmp_path_factory.mktemp("demo") / "bids", n_subjects=4, n_runs=3, seed=0)
+
+
+@pytest.fixture(scope="session")
+def demo_outputs(demo_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Participant + group outputs of the demo dataset, run through ``main(argv)``."""
+    from bids_dnn.cli import main
+
+    out = tmp_path_factory.mktemp("demo_out") / "out"
+    spec = demo_dataset / "code" / "spec.yaml"
+    assert main([str(demo_dataset), str(out), "participant", "--spec", str(spec), "--no-progress"]) == 0
+    assert main([str(demo_dataset), str(out), "group", "--spec", str(spec), "--no-progress"]) == 0
+    return out
+
+
+@pytest.fixture
+def demo_copy(demo_dataset: Path, tmp_path: Path) -> Path:
+    """A private copy of the demo dataset that a test may break."""
+    import shutil
+
+    target = tmp_path / "bids"
+    shutil.copytree(demo_dataset, target)
+    return target

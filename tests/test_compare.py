@@ -76,8 +76,20 @@ def test_tau_a_explicit_with_ties(rng):
     sa = np.sign(a[:, :, None] - a[:, None, :])
     sb = np.sign(b[:, :, None] - b[:, None, :])
     ref = np.einsum("aij,bij->ab", sa, sb) / 2 / (45 * 44 / 2)
-    np.testing.assert_allclose(C.kendall_tau_a(a, b, chunk=4), ref, atol=1e-14)
-    np.testing.assert_allclose(C.kendall_tau_a(a, b, chunk=7, max_buffer=50), ref, atol=1e-14)
+    np.testing.assert_allclose(C.kendall_tau_a(a, b, method="matmul", chunk=4), ref, atol=1e-14)
+    np.testing.assert_allclose(C.kendall_tau_a(a, b, method="matmul", chunk=7, max_buffer=50),
+                               ref, atol=1e-14)
+    np.testing.assert_allclose(C.kendall_tau_a(a, b, method="pairwise"), ref, atol=1e-14)
+    const = np.ones((1, 45))
+    for method in ("matmul", "pairwise"):
+        assert np.all(C.kendall_tau_a(const, b, method=method) == 0)
+
+
+@pytest.mark.parametrize("measure", sorted(C.COMPARISON_MEASURES))
+def test_compare_paired_is_diagonal(rdms, measure):
+    data, models = rdms
+    np.testing.assert_allclose(C.compare_paired(data, models, measure),
+                               np.diag(C.compare_rdms(data, models, measure)), **TOL)
 
 
 def test_rho_a_equals_spearman_without_ties(rng):

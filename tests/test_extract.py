@@ -13,7 +13,7 @@ from PIL import Image
 from bids_dnn.errors import AnalysisError
 from bids_dnn.extract import extract_features, resolve_device
 from bids_dnn.models import LoadedModel, load_model, resolve_layers
-from bids_dnn.spec import ModelSpec
+from bids_dnn.spec import ModelSpec, TransformSpec
 
 ATOL = 1e-4
 
@@ -148,7 +148,7 @@ def test_frames_of_a_stimulus_are_averaged(resnet18: LoadedModel, images: list[I
 
 
 def test_video_model_gets_clips(rng: np.random.Generator) -> None:
-    loaded = load_model(ModelSpec(name="r3d_18", weights="random"))
+    loaded = load_model(ModelSpec(name="r3d_18", weights="random", transform=TransformSpec(resize=64, crop=56)))
     frames = _images(rng, [(80, 60)] * 3)
     got, shapes = _extract(loaded, [frames, frames], ["layer1", "fc"], batch_size=2)
     clip = torch.stack([loaded.transform(f) for f in frames], dim=1)[None]  # (1, 3, T, H, W)
@@ -156,7 +156,7 @@ def test_video_model_gets_clips(rng: np.random.Generator) -> None:
         expected = {"fc": loaded.module(clip), "layer1": loaded.module.layer1(loaded.module.stem(clip))}
     for name, tensor in expected.items():
         np.testing.assert_allclose(got[name], np.repeat(_rows(tensor), 2, axis=0), atol=ATOL)
-    assert shapes["layer1"] == (64, 3, 56, 56) and got["fc"].shape == (2, 400)
+    assert shapes["layer1"] == (64, 3, 28, 28) and got["fc"].shape == (2, 400)
     mixed, _ = _extract(loaded, [frames, frames[:2]], ["fc"], batch_size=2)  # pooled over time
     np.testing.assert_allclose(mixed["fc"][0], got["fc"][0], atol=ATOL)
     with pytest.raises(AnalysisError, match="different numbers of frames"):
@@ -192,12 +192,12 @@ def test_tuple_outputs_unused_and_unknown_layers(images: list[Image.Image]) -> N
         _extract(loaded, images[:2], ["gru"], token_policy="first")
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit deprecation
 def test_torchscript_output_layer(tmp_path: Path, images: list[Image.Image]) -> None:
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3, stride=4), torch.nn.Flatten()).eval()
     path = tmp_path / "net.pt"
-    with pytest.warns(FutureWarning):
-        torch.jit.save(torch.jit.trace(net, torch.zeros(1, 3, 224, 224)), str(path))
+    torch.jit.save(torch.jit.trace(net, torch.zeros(1, 3, 224, 224)), str(path))
     loaded = load_model(ModelSpec(name="net", source="torchscript", torchscript=str(path)))
     got, _ = _extract(loaded, images[:2], ["output"])
     with torch.inference_mode():

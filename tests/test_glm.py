@@ -126,6 +126,28 @@ def test_voxel_equal_to_one_regressor_gets_beta_one(noise_model, tol):
     assert result.warnings == []
 
 
+def test_ar1_falls_back_to_ols_where_yule_walker_fails(monkeypatch, rng):
+    """nilearn's batched AR(1) solve fails on exactly-zero residuals; those voxels get OLS."""
+    import nilearn.glm.first_level as first_level
+
+    real = first_level.run_glm
+
+    def strict_run_glm(Y, X, noise_model="ar1"):
+        residual_ss = ((Y - X @ (np.linalg.pinv(X) @ Y)) ** 2).sum(0)
+        if noise_model != "ols" and (residual_ss <= 1e-20 * (Y**2).sum(0)).any():
+            raise np.linalg.LinAlgError("Singular matrix")
+        return real(Y, X, noise_model=noise_model)
+
+    monkeypatch.setattr(first_level, "run_glm", strict_run_glm)
+    events = _events(n_rep=2)
+    design = _nilearn_design(events, hrf_model="spm", drift_model="cosine", high_pass=0.008)
+    noisy = design[CONDS[0]].to_numpy() + rng.normal(scale=0.2, size=N_TIME)
+    result = fit_run_glm(np.c_[design[CONDS[1]].to_numpy(), noisy], events, T_R, GLMSpec(confounds=[]))
+    np.testing.assert_allclose(result.betas[:, 0], np.eye(len(CONDS))[1], atol=1e-8)
+    assert np.isfinite(result.betas[:, 1]).all() and abs(result.betas[0, 1] - 1) < 0.3
+    assert np.isfinite(result.residuals).all()
+
+
 def _planted(rng, n_vox=400, noise=0.3, n_rep=3, confound_effect=True):
     events = _events(n_rep=n_rep, rng=rng)
     design = _nilearn_design(events, hrf_model="spm", drift_model=None)
@@ -193,6 +215,15 @@ def test_repeated_stimuli_give_one_regressor(rng):
     assert [c for c in result.design.columns if c in CONDS] == CONDS
     assert result.betas.shape == (len(CONDS), 5)
     assert result.n_trials == {c: 4 for c in CONDS}
+
+
+def test_nilearn_notes_use_condition_names(rng):
+    events = _events(n_rep=1)
+    events.loc[events["condition"] == "stim04", "duration"] = 0.0  # impulse events are allowed
+    result = fit_run_glm(rng.normal(size=(N_TIME, 4)), events, T_R, GLMSpec(confounds=[]))
+    assert np.isfinite(result.betas).all()
+    assert any("null duration" in w and "stim04" in w for w in result.warnings), result.warnings
+    assert not any("cond_" in w for w in result.warnings)
 
 
 def test_chunking_does_not_change_results(rng):

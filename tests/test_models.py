@@ -23,8 +23,9 @@ ALEXNET_TOP = ["features.1", "features.4", "features.7", "features.9", "features
 
 def _meta(name: str) -> torch.nn.Module:
     """Architecture only (no memory, instant): enough for layer names."""
+    kwargs = {"init_weights": False} if name == "googlenet" else {}
     with torch.device("meta"):
-        return get_model(name, weights=None)
+        return get_model(name, weights=None, **kwargs)
 
 
 @pytest.fixture
@@ -189,6 +190,7 @@ def test_custom_entry_point_is_seeded(tmp_path: Path, monkeypatch: pytest.Monkey
         M.load_model(bad)
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit deprecation
 def test_torchscript_exposes_its_output(tmp_path: Path) -> None:
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.Flatten())
@@ -288,3 +290,31 @@ def test_unknown_layers_name_the_field_and_closest_layers() -> None:
         "models[0].layers: 'blocks.*' matches no layer of resnet50",
     ]
     assert info.value.exit_code == 65
+
+
+def test_timm_loader_reads_the_hub_cache_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stand-in for timm: pretrained weights are requested with HF_HUB_OFFLINE=1."""
+    import types
+
+    seen: list[tuple[str, bool, str | None]] = []
+
+    def create_model(name: str, pretrained: bool = False) -> torch.nn.Module:
+        seen.append((name, pretrained, __import__("os").environ.get("HF_HUB_OFFLINE")))
+        if pretrained:
+            raise OSError("not in the cache and offline")
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten())
+
+    config = {"input_size": (3, 160, 160), "crop_pct": 0.8, "mean": (0.5,) * 3, "std": (0.25,) * 3,
+              "interpolation": "bicubic"}
+    fake = types.SimpleNamespace(list_models=lambda: ["tiny_vit"], create_model=create_model,
+                                 data=types.SimpleNamespace(resolve_data_config=lambda *a, **k: config))
+    monkeypatch.setitem(sys.modules, "timm", fake)
+    loaded = M.load_model(ModelSpec(name="tiny_vit", source="timm", weights="random", init_seed=2))
+    assert (loaded.preprocessing["resize_shorter_side"], loaded.preprocessing["center_crop"]) == (200, 160)
+    assert loaded.preprocessing["interpolation"] == "bicubic" and loaded.init_seed == 2
+    with pytest.raises(InputMissingError, match="not in the local cache") as info:
+        M.load_model(ModelSpec(name="tiny_vit", source="timm", weights="augreg_in21k"))
+    assert info.value.exit_code == 66 and "weights: random" in str(info.value)
+    assert seen[-1] == ("tiny_vit.augreg_in21k", True, "1")
+    with pytest.raises(SpecError, match="did you mean tiny_vit"):
+        M.load_model(ModelSpec(name="tiny_vitt", source="timm", weights="random"))

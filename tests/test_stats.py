@@ -193,6 +193,19 @@ def test_one_sample_tests_vs_scipy(rng, alternative):
     assert np.isnan(out["p_wilcoxon"][5]) and np.isnan(out["p_t"][5])
 
 
+def test_wilcoxon_small_samples_with_ties_vs_scipy(rng):
+    """n <= 13 with ties/zeros: scipy switches to an exact permutation null per column."""
+    x = np.round(rng.normal(0.5, 1, size=(10, 4)) * 2) / 2
+    x[:, 0] = rng.normal(0.5, 1, 10)  # no ties: exact distribution
+    out = S.one_sample_tests(x, alternative="two-sided")
+    for j in range(4):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            w = scipy.stats.wilcoxon(x[:, j], alternative="two-sided")
+        assert out["wilcoxon_w"][j] == pytest.approx(w.statistic)
+        assert out["p_wilcoxon"][j] == pytest.approx(w.pvalue, rel=1e-10)
+
+
 def test_paired_tests_vs_scipy(rng):
     a = rng.normal(size=(12, 3))
     b = a + rng.normal(0.4, 1, size=(12, 3))
