@@ -199,8 +199,9 @@ def extract_features(
         Reduction of 3-D outputs (batch, tokens, dim); see :data:`TOKEN_POLICIES`.
     on_batch : callable(start_index, {layer: array (n_in_batch, n_units) float32})
         Receives each batch; rows are stimuli ``start_index ..``.
-    progress : callable(n_done), optional
-        Called after each batch with the number of stimuli done.
+    progress : callable(n_new), optional
+        Called after each batch with the number of stimuli it held (an increment, as
+        ``bids_dnn.console.progress``'s ``advance`` expects).
     channels_last : bool, optional
         Use the channels-last memory format for 2-D conv nets; default: on CUDA only.
     stop_early : bool
@@ -249,7 +250,7 @@ def extract_features(
             on_batch(start, {name: rows[name] for name in layers})
             del rows
             if progress is not None:
-                progress(start + len(items))
+                progress(len(items))
     finally:
         capture.remove()
         if channels_last:

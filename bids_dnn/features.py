@@ -2,9 +2,10 @@
 
 Layout of a feature file::
 
-    /                 attrs: content_key, format_version, dtype, n_stimuli, layer_order,
+    /                 attrs: content_key, format_version, dtype, n_stimuli, complete,
                              bids_dnn_version, model / weights / preprocessing provenance, ...
     /stim_ids         (n_stimuli,) UTF-8 strings, the row order of every layer
+    /layer_order      (n_layers,) UTF-8 strings, the layer names in extraction order
     /layers/<name>    (n_stimuli, n_units) float32 or float16, chunked by rows, attrs
                       original_name, original_shape (the layer output without batch dim)
 
@@ -54,6 +55,7 @@ __all__ = [
 FORMAT_VERSION = 1
 LAYER_GROUP = "layers"
 STIM_IDS = "stim_ids"
+LAYER_ORDER = "layer_order"
 DTYPES = ("float32", "float16")
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
 _CHUNK_BYTES = 1 << 20
@@ -259,7 +261,9 @@ class FeatureWriter:
             dataset = self.h5[LAYER_GROUP][encode_layer_name(name)]
             if name in self._shapes:
                 dataset.attrs["original_shape"] = np.asarray(self._shapes[name], dtype=np.int64)
-        self.set_attrs({"layer_order": self.layers})
+        self.h5.create_dataset(LAYER_ORDER, data=np.array(self.layers, dtype=object),
+                               dtype=h5py.string_dtype("utf-8"))
+        self.set_attrs({"complete": True})  # the marker stored_content_key looks for
 
 
 @dataclass
@@ -287,7 +291,7 @@ def stored_content_key(path: Path) -> str | None:
     try:
         with h5py.File(path, "r") as h5:
             key = h5.attrs.get("content_key")
-            complete = "layer_order" in h5.attrs
+            complete = bool(h5.attrs.get("complete", False))
     except (OSError, KeyError, ValueError):
         return None
     if isinstance(key, bytes):
@@ -312,8 +316,7 @@ def read_features(path: Path, layers: Sequence[str] | None = None) -> FeatureSet
         with h5py.File(path, "r") as h5:
             attrs = _read_attrs(h5)
             stim_ids = [s.decode() if isinstance(s, bytes) else str(s) for s in h5[STIM_IDS][()]]
-            stored = list(attrs.get("layer_order") or
-                          [decode_layer_name(n) for n in h5[LAYER_GROUP]])
+            stored = [s.decode() if isinstance(s, bytes) else str(s) for s in h5[LAYER_ORDER][()]]
             wanted = list(layers) if layers is not None else stored
             missing = [name for name in wanted if name not in stored]
             if missing:

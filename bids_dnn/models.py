@@ -290,9 +290,14 @@ def _load_torchvision(spec: ModelSpec, field_path: str) -> LoadedModel:
     if spec.weights == "random":
         torch.manual_seed(spec.init_seed)
         module = get_model(spec.name, weights=None)
-        default = get_model_weights(spec.name).DEFAULT
-        transform, prep = _transform_for(spec.transform, _torchvision_weights_transform(default),
-                                         f"weights:{default.name}")
+        # preprocessing of the default weights, or of the first weights whose crop fits a
+        # fixed input size (vit_h_14 defaults to 518 px weights, its random init takes 224)
+        size = getattr(module, "image_size", None)
+        enum = get_model_weights(spec.name)
+        candidates = [(w, _torchvision_weights_transform(w)) for w in (enum.DEFAULT, *enum)]
+        default, fallback = next(((w, t) for w, t in candidates if t and size in (None, t.crop)),
+                                 candidates[0])
+        transform, prep = _transform_for(spec.transform, fallback, f"weights:{default.name}")
         return LoadedModel(module, transform, prep, spec.name, "torchvision", "random",
                            state_dict_sha256(module), spec.init_seed, task)
     weights = _resolve_torchvision_weights(spec.name, spec.weights, field_path)

@@ -452,6 +452,13 @@ def noise_precision_from_residuals(
         For several runs and ``per_run=False``: the inverse of the mean of the per-run
         covariances (rsatoolbox returns a list here; averaging covariances before inverting
         is the convention of its crossnobis with per-run noise).
+
+    Notes
+    -----
+    A per-run ``dof`` list is applied run by run; rsatoolbox 0.3.2 passes the whole list of
+    runs in that branch (a bug), so only scalar/None ``dof`` can be compared with it. As in
+    rsatoolbox, ``shrinkage_diag`` uses ``n_time - 1`` (not ``dof``) inside the shrinkage
+    intensity, and ``shrinkage_eye`` rescales by ``n_time / dof`` after shrinking.
     """
     if method not in NOISE_METHODS:
         raise ValueError(f"unknown noise method {method!r}; choose from {NOISE_METHODS}")

@@ -17,7 +17,9 @@ Noise ceiling
     As ``rsatoolbox.inference.boot_noise_ceiling`` on the original (not bootstrapped) set, with
     the measure-aware pooling of ``rsatoolbox.util.inference_util.pool_rdm``: ``cosine`` /
     ``cosine_cov`` average RMS-normalised RDMs, ``pearson`` / ``corr_cov`` average z-scored RDMs
-    (minus their minimum), rank-based measures average the ranks.
+    (minus their minimum), rank-based measures average the ranks. (``boot_noise_ceiling`` uses
+    ``inference_util.pool_rdm``; the older ``rsatoolbox.util.pooling.pool_rdm`` differs for
+    ``corr`` (+0.01 shift, irrelevant) and ``cosine_cov`` / ``corr_cov`` (V-weighted norms).)
 """
 
 from __future__ import annotations
@@ -119,14 +121,6 @@ def _square_table(vectors: np.ndarray, n_cond: int) -> np.ndarray:
     return table.reshape(vectors.shape[0], n_cond * n_cond)
 
 
-def _entry_indices(n_cond: int, extended: bool) -> tuple[np.ndarray, np.ndarray]:
-    rows, cols = pair_indices(n_cond)
-    if extended:  # whitened vectors carry one entry per condition after the pairs
-        rows = np.concatenate([rows, np.arange(n_cond)])
-        cols = np.concatenate([cols, np.arange(n_cond)])
-    return rows, cols
-
-
 def _gather_permuted(table: np.ndarray, perms: np.ndarray, perms_scaled: np.ndarray,
                      entries: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """Permuted vectors (k, c, width) from a square lookup table, for perms (c, n_cond)
@@ -200,7 +194,8 @@ def permutation_test(data: np.ndarray, models: np.ndarray, measure: str = "spear
     # small chunks keep the gather indices in cache (measured fastest on CPU)
     step = int(np.clip(_MAX_CHUNK_ELEMENTS // (n_side * width), 1, 128))
     thresh = observed[:, :, None] - atol
-    entries = _entry_indices(n_cond, extended)
+    diag = np.arange(n_cond) if extended else np.arange(0)  # whitened: one entry per condition
+    entries = tuple(np.concatenate([idx, diag]) for idx in pair_indices(n_cond))
     if gather_data:  # the data move with the inverse permutations
         permutations = np.argsort(permutations, axis=1)
     scaled = permutations * n_cond

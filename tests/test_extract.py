@@ -40,8 +40,8 @@ class _Collector:
         self.starts.append(start)
         self.batches.append(arrays)
 
-    def progress(self, n_done: int) -> None:
-        self.done.append(n_done)
+    def progress(self, n_new: int) -> None:
+        self.done.append(n_new)
 
     def features(self) -> dict[str, np.ndarray]:
         return {name: np.concatenate([b[name] for b in self.batches]) for name in self.batches[0]}
@@ -76,7 +76,7 @@ def test_alexnet_layers_equal_plain_forward(alexnet: LoadedModel, images: list[I
     collector = _Collector()
     shapes = extract_features(alexnet, images, layers, batch_size=3, on_batch=collector.on_batch,
                               progress=collector.progress)
-    assert collector.starts == [0, 3] and collector.done == [3, 4]
+    assert collector.starts == [0, 3] and collector.done == [3, 1]  # increments
     assert [len(b["features.1"]) for b in collector.batches] == [3, 1]
     got = collector.features()
     net, x = alexnet.module, _batch(alexnet, images)
