@@ -6,7 +6,8 @@ B7  ``permutation_test`` with 10k condition permutations vs a loop of ``scipy.st
     on the same permutations (>= 50x faster), and ``noise_ceiling`` vs
     ``rsatoolbox.inference.boot_noise_ceiling`` for every measure.
 
-Each timing is the median of 3 runs; agreement is the maximum absolute difference.
+Each timing is the median of 3 runs (ours and the reference interleaved); agreement is the
+maximum absolute difference.
 Usage::
 
     python benchmarks/bench_compare_stats.py          # full sizes (about a minute on 2 cores)
@@ -36,14 +37,19 @@ from bids_dnn.stats import (noise_ceiling, permutation_indices,  # noqa: E402
 TOL = 1e-10
 
 
-def timed(fn, repeats: int = 3):
-    """Median wall time of ``repeats`` calls and the last result."""
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+def timed_pair(ours, reference, repeats: int = 3):
+    """Median-of-``repeats`` wall times of two callables, run interleaved (so that load from
+    other processes hits both alike), and their last results."""
+    times: tuple[list[float], list[float]] = ([], [])
+    outs = [None, None]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(repeats):
+            for k, fn in enumerate((ours, reference)):
+                t0 = time.perf_counter()
+                outs[k] = fn()
+                times[k].append(time.perf_counter() - t0)
+    return statistics.median(times[0]), statistics.median(times[1]), outs[0], outs[1]
 
 
 def report(name: str, t_ours: float, t_ref: float, diff: float, target: float | None,
@@ -70,9 +76,9 @@ def bench_compare(rng, n_data: int, n_models: int, n_cond: int, failures, check_
                         np.round(rng.random((n_models // 5, n_pairs)) * 4)])  # tied models
     print(f"\nB6 compare: {n_data} data x {n_models} model RDMs, {n_cond} conditions")
     for measure in COMPARISON_MEASURES:
-        t_ours, ours = timed(lambda: compare_rdms(data, models, measure))
-        t_ref, ref = timed(lambda: compare(RDMs(data), RDMs(models),
-                                           method=RSATOOLBOX_NAMES[measure]))
+        t_ours, t_ref, ours, ref = timed_pair(
+            lambda: compare_rdms(data, models, measure),
+            lambda: compare(RDMs(data), RDMs(models), method=RSATOOLBOX_NAMES[measure]))
         target = 4.0 if measure == "kendall_tau_a" else None
         report(f"compare {measure}", t_ours, t_ref, float(np.max(np.abs(ours - ref))),
                target, failures, check_speed)
@@ -93,8 +99,7 @@ def bench_permutations(rng, n_cond: int, n_perm: int, failures, check_speed):
         idx = permuted_pair_indices(perms, n_cond)
         return np.array([scipy.stats.spearmanr(data, model[i])[0] for i in idx])
 
-    t_ours, res = timed(ours)
-    t_ref, null = timed(reference)
+    t_ours, t_ref, res, null = timed_pair(ours, reference)
     observed = scipy.stats.spearmanr(data, model)[0]
     p_ref = (1 + np.sum(null >= observed - 1e-12)) / (1 + n_perm)
     diff = max(float(np.max(np.abs(res.null[0, 0] - null))),
@@ -109,11 +114,9 @@ def bench_noise_ceiling(rng, n_subj: int, n_cond: int, failures, check_speed):
     data = rng.random(n_pairs) + rng.random((n_subj, n_pairs))
     print(f"\nB7 noise ceiling: {n_subj} subjects, {n_cond} conditions")
     for measure in COMPARISON_MEASURES:
-        t_ours, ours = timed(lambda: noise_ceiling(data, measure))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            t_ref, ref = timed(lambda: boot_noise_ceiling(RDMs(data),
-                                                          method=RSATOOLBOX_NAMES[measure]))
+        t_ours, t_ref, ours, ref = timed_pair(
+            lambda: noise_ceiling(data, measure),
+            lambda: boot_noise_ceiling(RDMs(data), method=RSATOOLBOX_NAMES[measure]))
         diff = float(np.max(np.abs(np.subtract(ours, ref))))
         report(f"noise_ceiling {measure}", t_ours, t_ref, diff, None, failures, check_speed)
 

@@ -67,6 +67,17 @@ def test_random_weights_use_the_default_weights_preprocessing() -> None:
     assert prep["origin"] == "weights:IMAGENET1K_V2" and prep["interpolation"] == "bilinear"
 
 
+def test_random_vit_gets_preprocessing_that_fits_its_input_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchvision.models as tvm
+
+    stand_in = torch.nn.Linear(2, 2)  # vit_h_14 itself is 632 M parameters
+    stand_in.image_size = 224  # what get_model("vit_h_14", weights=None) builds
+    monkeypatch.setattr(tvm, "get_model", lambda name, weights=None: stand_in)
+    loaded = M.load_model(ModelSpec(name="vit_h_14", weights="random"))
+    assert loaded.preprocessing["center_crop"] == 224  # DEFAULT (SWAG E2E) would be 518
+    assert loaded.preprocessing["origin"] == "weights:IMAGENET1K_SWAG_LINEAR_V1"
+
+
 def test_video_models_are_flagged() -> None:
     loaded = M.load_model(ModelSpec(name="r3d_18", weights="random"))
     assert loaded.task == "video"
