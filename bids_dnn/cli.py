@@ -63,24 +63,23 @@ def _derivative(text: str) -> tuple[str, str]:
     return name, path
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _int_at_least(minimum: int):
+    """An argparse type: a whole number >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
 
 
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+_positive_int = _int_at_least(1)
+_seed = _int_at_least(0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -224,7 +223,7 @@ def _cmd_models(argv: Sequence[str]) -> int:
 
     if args.action == "list":
         for row in models.model_catalog():
-            sys.stdout.write(f"{row['name']}\t{row['weights']}\t{'cached' if row['cached'] else 'not cached'}\n")
+            sys.stdout.write(f"{row['name']}\t{row['default_weights']}\t{'cached' if row['cached'] else 'not cached'}\n")
         return EXIT_OK
     for path in models.fetch_weights(args.names, weights=args.weights):
         sys.stdout.write(f"{path}\n")

@@ -128,7 +128,8 @@ def model_features(ctx: Context, model_spec: ModelSpec, stimuli: StimulusSet) ->
 
     index = ctx.spec.models.index(model_spec)
     loaded = load_model(model_spec, field_path=f"models[{index}]")
-    layers = resolve_layers(loaded.module, model_spec.layers, field_path=f"models[{index}].layers")
+    layers = resolve_layers(loaded.module, model_spec.layers, field_path=f"models[{index}].layers",
+                            model_name=model_spec.name)
     identity = {"name": model_spec.name, "source": model_spec.source, "weights": loaded.weights_name,
                 "weights_sha256": loaded.weights_sha256, "init_seed": model_spec.init_seed
                 if model_spec.weights == "random" else None, "preprocessing": loaded.preprocessing,

@@ -156,3 +156,30 @@ def test_partial_failure_is_never_exit_zero(demo_copy: Path, tmp_path: Path,
     assert "1 of 2 participants failed" in text and "sub-02" in text
     assert (tmp_path / "out" / "sub-01" / "log" / "task-shapes_status.json").is_file()
     assert not (tmp_path / "out" / "sub-02" / "log" / "task-shapes_status.json").exists()
+
+
+def _spec_with_model(demo: Path, tmp_path: Path, model_yaml: str) -> Path:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"models:\n  - {model_yaml}\nrois:\n  atlas: derivatives/rois/"
+                    f"space-{SPACE}_atlas-planted_dseg.nii.gz\nanalyses: {{rsa: {{permutations: 10}}}}\n")
+    return spec
+
+
+def test_unknown_layer_exit_65_with_closest_names(demo_dataset: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    spec = _spec_with_model(demo_dataset, tmp_path, "{name: alexnet, weights: random, layers: [features.99]}")
+    code = main([str(demo_dataset), str(tmp_path / "out"), "participant", "--spec", str(spec), "--no-progress"])
+    text = capsys.readouterr().err
+    assert code == 65
+    assert "models[0].layers: 'features.99' is not a layer of alexnet; closest:" in text
+
+
+def test_weights_missing_offline_exit_66(demo_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    spec = _spec_with_model(demo_dataset, tmp_path, "{name: alexnet, layers: top_level}")
+    code = main([str(demo_dataset), str(tmp_path / "out"), "participant", "--spec", str(spec), "--no-progress"])
+    text = capsys.readouterr().err
+    assert code == 66
+    assert "bids_dnn models fetch alexnet" in text
+    assert not list((tmp_path / "out").rglob("*_features.h5"))
