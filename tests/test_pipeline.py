@@ -183,3 +183,16 @@ def test_weights_missing_offline_exit_66(demo_dataset: Path, tmp_path: Path, mon
     assert code == 66
     assert "bids_dnn models fetch alexnet" in text
     assert not list((tmp_path / "out").rglob("*_features.h5"))
+
+
+def test_analysis_error_exit_1(demo_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """crossnobis asked for a participant with a single run: exit 1 with the fix in the hint."""
+    for run in (2, 3):
+        (demo_copy / "sub-01" / "func" / f"sub-01_task-shapes_run-{run}_events.tsv").unlink()
+    spec = tmp_path / "spec.yaml"
+    spec.write_text((demo_copy / "code" / "spec.yaml").read_text() + "rdm: {brain: crossnobis}\n")
+    code = main([str(demo_copy), str(tmp_path / "out"), "participant", "--participant-label", "01",
+                 "--spec", str(spec), "--no-progress"])
+    text = capsys.readouterr().err
+    assert code == 1
+    assert "'crossnobis' needs at least 2 runs" in text and "use 'correlation'" in text
