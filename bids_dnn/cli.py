@@ -17,14 +17,12 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from bids_dnn import __version__
 from bids_dnn.errors import (
     EXIT_OK,
     EXIT_OTHER,
-    EXIT_UNKNOWN_LEVEL,
-    EXIT_USAGE,
     BidsDnnError,
     UsageError,
 )

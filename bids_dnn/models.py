@@ -34,6 +34,7 @@ from torch import nn
 
 from bids_dnn.errors import AnalysisError, InputMissingError, SpecError
 from bids_dnn.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, TransformSpec
+from bids_dnn.stimuli import file_sha256
 
 __all__ = [
     "ImageTransform",
@@ -176,15 +177,6 @@ def _torchvision_weights_transform(weights: Any) -> ImageTransform | None:
 # ---------------------------------------------------------------------------------------
 # Hashing and the weights cache
 # ---------------------------------------------------------------------------------------
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 hex digest of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def state_dict_sha256(module: nn.Module) -> str:

@@ -6,7 +6,6 @@ stimuli -> features (cached per model) -> model RDMs -> per run GLM -> patterns 
 
 from __future__ import annotations
 
-import json
 import platform
 import sys
 import time
@@ -130,10 +129,7 @@ def model_features(ctx: Context, model_spec: ModelSpec, stimuli: StimulusSet) ->
     loaded = load_model(model_spec, field_path=f"models[{index}]")
     layers = resolve_layers(loaded.module, model_spec.layers, field_path=f"models[{index}].layers",
                             model_name=model_spec.name)
-    identity = {"name": model_spec.name, "source": model_spec.source, "weights": loaded.weights_name,
-                "weights_sha256": loaded.weights_sha256, "init_seed": model_spec.init_seed
-                if model_spec.weights == "random" else None, "preprocessing": loaded.preprocessing,
-                "token_policy": model_spec.token_policy}
+    identity = {**loaded.identity(), "token_policy": model_spec.token_policy}
     key = feat.feature_content_key(stimuli.sha256, identity, layers, model_spec.dtype, None)
     path = ctx.layout.features(model_spec.output_label)
     device = resolve_device(ctx.options.device)
@@ -150,9 +146,10 @@ def model_features(ctx: Context, model_spec: ModelSpec, stimuli: StimulusSet) ->
                                       on_batch=writer.write_batch, progress=advance)
         writer.set_layer_shapes(shapes)
 
+    attrs = feat.provenance_attrs(loaded.identity(), token_policy=model_spec.token_policy,
+                                  library_versions=library_versions(), stimulus_sha256s=stimuli.sha256)
     feat.ensure_features(path, key, compute, stim_ids=stimuli.stim_ids, dtype=model_spec.dtype,
-                         attrs={**identity, "model_label": model_spec.output_label,
-                                "stimulus_set_hash": stimuli.set_hash(), "library_versions": library_versions()})
+                         attrs={**attrs, "model_label": model_spec.output_label})
     stored = feat.read_features(path)
     if list(stored.stim_ids) != list(stimuli.stim_ids):
         raise AnalysisError(f"feature file {path} does not match the stimulus order", "rerun with --force")

@@ -181,7 +181,8 @@ def load_image(path: Path):
         return image.convert("RGB")
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """SHA-256 hex digest of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -259,7 +260,7 @@ def build_stimulus_set(events_tables: list[pd.DataFrame], bids_dir: Path, *, sou
     if len(set(ids)) != len(ids):
         ids = list(order)
     return StimulusSet(stim_ids=ids, files=order, paths=[resolved[f][0] for f in order],
-                       categories=[categories[f] for f in order], sha256=[_sha256(resolved[f][0]) for f in order],
+                       categories=[categories[f] for f in order], sha256=[file_sha256(resolved[f][0]) for f in order],
                        source_dirs=[_describe_dir(resolved[f][1], bids_dir) for f in order])
 
 
