@@ -28,7 +28,7 @@ from bids_dnn.errors import (
 )
 
 LEVELS = ("participant", "group")
-SUBCOMMANDS = ("spec", "demo", "models")
+SUBCOMMANDS = ("spec", "demo", "models", "slurm")
 MEMORY_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2,
                 "g": 1024**3, "gb": 1024**3, "t": 1024**4, "tb": 1024**4}
 
@@ -80,6 +80,14 @@ _positive_int = _int_at_least(1)
 _seed = _int_at_least(0)
 
 
+def parse_part(text: str) -> tuple[int, int]:
+    """``K/N`` (1 <= K <= N) -> ``(K, N)``: one of N work partitions."""
+    k, sep, n = text.partition("/")
+    if not sep or not k.strip().isdigit() or not n.strip().isdigit() or not 1 <= int(k) <= int(n):
+        raise argparse.ArgumentTypeError(f"invalid part {text!r}; use K/N with 1 <= K <= N, e.g. 2/8")
+    return int(k), int(n)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The BIDS App parser (testable without running anything)."""
     parser = _Parser(
@@ -109,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     ana.add_argument("--random-seed", type=_seed, help="overrides statistics.seed of the spec")
     ana.add_argument("--reports-only", action="store_true", help="rebuild the HTML reports from existing outputs")
     ana.add_argument("--force", action="store_true", help="recompute outputs that already exist")
+    ana.add_argument("--searchlight-part", type=parse_part, default=None, metavar="K/N",
+                     help="compute only the K-th of N centre ranges of the searchlight (e.g. one per array "
+                          "task or GPU); a later run without the option merges the parts")
     res = parser.add_argument_group("resources")
     res.add_argument("-w", "--work-dir", type=Path, metavar="DIR")
     res.add_argument("--nprocs", type=_positive_int, default=None)
@@ -146,6 +157,7 @@ class RunOptions:
     force: bool
     show_progress: bool
     verbosity: int
+    searchlight_part: tuple[int, int] | None = None
     argv: list[str] = field(default_factory=list)
 
 
@@ -161,7 +173,7 @@ def options_from_args(args: argparse.Namespace, argv: Sequence[str]) -> RunOptio
         database_dir=args.bids_database_dir, work_dir=args.work_dir, nprocs=args.nprocs,
         omp_nthreads=args.omp_nthreads, mem_bytes=args.mem, device=args.device, random_seed=args.random_seed,
         reports_only=args.reports_only, force=args.force, show_progress=not args.no_progress,
-        verbosity=args.verbose, argv=list(argv),
+        verbosity=args.verbose, searchlight_part=args.searchlight_part, argv=list(argv),
     )
 
 
@@ -228,7 +240,14 @@ def _cmd_models(argv: Sequence[str]) -> int:
     return EXIT_OK
 
 
-SUBCOMMAND_HANDLERS = {"spec": _cmd_spec, "demo": _cmd_demo, "models": _cmd_models}
+def _cmd_slurm(argv: Sequence[str]) -> int:
+    """``bids_dnn slurm``: SLURM job-array scripts (one participant per task) + dependent group job."""
+    from bids_dnn.slurm import main as slurm_main
+
+    return slurm_main(argv)
+
+
+SUBCOMMAND_HANDLERS = {"spec": _cmd_spec, "demo": _cmd_demo, "models": _cmd_models, "slurm": _cmd_slurm}
 
 
 # ---------------------------------------------------------------------------------------

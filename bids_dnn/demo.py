@@ -234,8 +234,12 @@ rois:
   atlas: derivatives/rois/space-{space}_atlas-planted_dseg.nii.gz
 analyses:
   rsa: {{comparison: spearman, permutations: 1000}}
+  weighted_rsa: {{enabled: true, cv: subjects}}
+  searchlight: {{enabled: true, radius_mm: 8, comparison: spearman, min_voxels: 10}}
+  encoding: {{enabled: true, cv: kfold, n_folds: 6, inner_folds: 5, alphas: "logspace(-1, 5, 13)"}}
 statistics:
   bootstrap: 1000
+  map_permutations: 1000
   seed: 42
 """
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import pandas as pd
 
 from bids_dnn import __version__
@@ -33,6 +34,8 @@ BIDSIGNORE_LINES = [
     "*_relmat.json",
     "*_rsa.tsv",
     "*_rsa.json",
+    "*_encoding.tsv",
+    "*_encoding.json",
     "*_stimuli.tsv",
     "*_stimuli.json",
     "*_statmap.nii.gz",
@@ -43,6 +46,7 @@ BIDSIGNORE_LINES = [
     "*_summary.json",
     "*.lock",
     "*/log/",
+    "*/parts/",
     "*/figures/",
     "group/",
     "*.html",
@@ -54,6 +58,11 @@ DESCRIPTIONS = {
     "noiseceiling": "Lower and upper noise ceilings of the RSA scores.",
     "bestlayer": "Cross-validated best layer per ROI and model.",
     "comparisons": "Pairwise comparisons between layers of a model.",
+    "weighted": "Cross-validated weighted RSA: non-negative combination of a model's layer RDMs.",
+    "weightedscores": "Held-out scores of the weighted RSA per subject.",
+    "weights": "Layer weights of the weighted RSA per fold.",
+    "searchlight": "Searchlight RSA: comparison of sphere RDMs with a model RDM at each centre.",
+    "encoding": "Cross-validated ridge encoding from layer features to voxel responses.",
 }
 
 
@@ -111,9 +120,21 @@ def write_tsv(path: Path, table: pd.DataFrame, sidecar: dict[str, Any] | None = 
     return path
 
 
+#: columns holding labels, read as text (``01`` stays ``01``)
+LABEL_COLUMNS = {name: str for name in ("subject", "session", "run", "roi", "model", "layer", "stim_id")}
+
+
 def read_tsv(path: Path) -> pd.DataFrame:
     """Read a TSV written by :func:`write_tsv` (``n/a`` as missing)."""
-    return pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False)
+    return pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False, dtype=LABEL_COLUMNS)
+
+
+def write_npz(path: Path, **arrays: Any) -> Path:
+    """Save numpy arrays as an uncompressed ``.npz`` atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+    return path
 
 
 def write_nifti(path: Path, image: Any, sidecar: dict[str, Any] | None = None) -> Path:
@@ -210,6 +231,22 @@ class OutputLayout:
     def rsa_table(self, subject: str, model: str) -> Path:
         return self._func(subject) / f"{self._prefix(subject)}_model-{sanitize_label(model)}_rsa.tsv"
 
+    def searchlight_map(self, subject: str, model: str, layer: str, stat: str) -> Path:
+        name = _entities(model=sanitize_label(model), layer=sanitize_label(layer), stat=sanitize_label(stat))
+        return self._func(subject) / f"{self._prefix(subject)}_{name}_desc-searchlight_statmap.nii.gz"
+
+    def searchlight_part(self, subject: str, part: int, n_parts: int, key: str) -> Path:
+        """Scores of one centre range (``--searchlight-part``), merged into the maps later."""
+        return self.subject_dir(subject) / "parts" / f"searchlight_{key[:12]}_part-{part}-of-{n_parts}.npz"
+
+    def encoding_map(self, subject: str, model: str | None, layer: str | None, stat: str) -> Path:
+        name = _entities(model=sanitize_label(model) if model else None,
+                         layer=sanitize_label(layer) if layer else None, stat=sanitize_label(stat))
+        return self._func(subject) / f"{self._prefix(subject)}_{name}_desc-encoding_statmap.nii.gz"
+
+    def encoding_table(self, subject: str, model: str) -> Path:
+        return self._func(subject) / f"{self._prefix(subject)}_model-{sanitize_label(model)}_encoding.tsv"
+
     def roi_summary(self, subject: str) -> Path:
         return self._func(subject) / f"{self._prefix(subject)}_desc-rois_summary.tsv"
 
@@ -234,6 +271,12 @@ class OutputLayout:
     def group_table(self, model: str, desc: str | None = None, suffix: str = "rsa") -> Path:
         name = _entities(task=self.task, space=self.space, model=sanitize_label(model), desc=desc)
         return self.group_dir / f"{name}_{suffix}.tsv"
+
+    def group_map(self, analysis: str, model: str, layer: str, stat: str) -> Path:
+        """Group statistical map of ``analysis`` ('searchlight' or 'encoding')."""
+        name = _entities(task=self.task, space=self.space, model=sanitize_label(model),
+                         layer=sanitize_label(layer), stat=sanitize_label(stat), desc=analysis)
+        return self.group_dir / f"{name}_statmap.nii.gz"
 
     def group_log_dir(self, run_id: str) -> Path:
         return self.group_dir / "log" / run_id

@@ -68,7 +68,7 @@ def collect_rsa(ctx: Context, subjects: list[str], model: str) -> pd.DataFrame:
         path = ctx.layout.rsa_table(subject, model)
         if not path.is_file():
             raise InputMissingError(f"RSA table missing: {path}", "rerun the participant level")
-        tables.append(drv.read_tsv(path).astype({"subject": str}))
+        tables.append(drv.read_tsv(path))
     return pd.concat(tables, ignore_index=True)
 
 
@@ -141,6 +141,73 @@ def summarise_model(ctx: Context, table: pd.DataFrame, ceilings: dict[str, tuple
     return summary[ordered], pd.DataFrame(comparisons)
 
 
+WEIGHTED_COLUMNS = {
+    "roi": "Region of interest.", "model": "Model label.", "cv": "Cross-validation of the weights.",
+    "comparison": "RDM comparison measure of the held-out scores.", "n_subjects": "Subjects with a score.",
+    "mean": "Mean held-out score of the weighted model RDM.", "sem": "Standard error of the mean.",
+    "t": "One-sample t against 0.", "p": "p-value of the t-test (alternative in the JSON).",
+    "best_single_layer": "Layer with the highest mean held-out score on its own.",
+    "best_single_mean": "Its mean held-out score (same folds, no fitting).",
+    "t_vs_best_single": "Paired t of weighted minus best single layer.",
+    "p_vs_best_single": "Two-sided p of that paired t-test.",
+}
+
+
+def weighted_rsa(ctx: Context, subjects: list[str], model: str, table: pd.DataFrame,
+                 rng: np.random.Generator) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Cross-validated weighted RSA of one model per ROI: summary, subject scores, fold weights."""
+    from bids_dnn.rdm import square_to_vector
+    from bids_dnn.stats import one_sample_tests, paired_tests
+    from bids_dnn.weighted_rsa import crossvalidated_weighted_rsa
+
+    spec = ctx.spec.analyses.weighted_rsa
+    comparison = str(table["comparison"].iloc[0])
+    brain_measure = str(table["brain_rdm"].iloc[0])
+    layers = list(dict.fromkeys(table["layer"]))
+    predictors = np.stack([square_to_vector(read_relmat(ctx.layout.model_rdm(model, layer, ctx.spec.rdm.model))[0])
+                           for layer in layers])
+    summary, scores, weights = [], [], []
+    for roi in dict.fromkeys(table["roi"]):
+        data = np.stack([square_to_vector(read_relmat(ctx.layout.brain_rdm(s, roi, brain_measure))[0])
+                         for s in subjects])
+        result = crossvalidated_weighted_rsa(predictors, data, cv=spec.cv, measure=comparison, rng=rng)
+        tests = one_sample_tests(result.scores, ctx.spec.statistics.alternative)
+        best = int(np.nanargmax(np.nanmean(result.single_scores, axis=0)))
+        versus = paired_tests(result.scores, result.single_scores[:, best])
+        summary.append({"roi": roi, "model": model, "cv": spec.cv, "comparison": comparison,
+                        "n_subjects": int(tests["n"][0]), "mean": float(tests["mean"][0]),
+                        "sem": float(tests["sem"][0]), "t": float(tests["t"][0]), "p": float(tests["p_t"][0]),
+                        "best_single_layer": layers[best],
+                        "best_single_mean": float(np.nanmean(result.single_scores[:, best])),
+                        "t_vs_best_single": float(versus["t"][0]), "p_vs_best_single": float(versus["p_t"][0])})
+        scores += [{"subject": s, "roi": roi, "model": model, "score": float(v)} for s, v in zip(subjects, result.scores)]
+        weights += [{"roi": roi, "model": model, "fold": f, "layer": layer, "weight": float(result.weights[f, k])}
+                    for f in range(result.weights.shape[0]) for k, layer in enumerate(layers)]
+    return pd.DataFrame(summary, columns=list(WEIGHTED_COLUMNS)), pd.DataFrame(scores), pd.DataFrame(weights)
+
+
+def group_whole_brain(ctx: Context, subjects: list[str]) -> list[Path]:
+    """Group searchlight / encoding maps and the encoding ROI summary, as the spec asks."""
+    from bids_dnn.group_maps import ENCODING_SUMMARY_COLUMNS, encoding_summary, run_group_maps
+
+    written = run_group_maps(ctx, subjects)
+    if ctx.spec.analyses.encoding.enabled:
+        stats_spec = ctx.spec.statistics
+        for model_spec in ctx.spec.models:
+            model = model_spec.output_label
+            result = encoding_summary(ctx, subjects, model)
+            if result is None:
+                continue
+            table, summary = result
+            paths = [ctx.layout.group_table(model, suffix="encoding"),
+                     ctx.layout.group_table(model, "summary", suffix="encoding")]
+            drv.write_tsv(paths[0], table, {"Description": "Encoding ROI scores of all subjects.", "Subjects": subjects})
+            drv.write_tsv(paths[1], summary, {**{k: {"Description": v} for k, v in ENCODING_SUMMARY_COLUMNS.items()},
+                                              "Subjects": subjects, "Alternative": stats_spec.alternative})
+            written += paths
+    return written
+
+
 def run_group_level(options: RunOptions) -> None:
     """Entry point of ``bids_dnn BIDS_DIR OUT_DIR group``."""
     ctx = prepare(options)
@@ -154,7 +221,7 @@ def run_group_level(options: RunOptions) -> None:
     rng = np.random.default_rng(np.random.SeedSequence([stats_spec.seed, 0x6770]))
     layout = ctx.layout
     written: list[Path] = []
-    for model_spec in ctx.spec.models:
+    for model_spec in ctx.spec.models if ctx.spec.analyses.rsa.enabled else []:
         model = model_spec.output_label
         table = collect_rsa(ctx, subjects, model)
         rois = list(dict.fromkeys(table["roi"]))
@@ -172,10 +239,22 @@ def run_group_level(options: RunOptions) -> None:
                       {"Description": "Paired tests between layers within each ROI (two-sided).", **sidecar_common})
         written += [layout.group_table(model), layout.group_table(model, "summary"),
                     layout.group_table(model, "comparisons")]
+        if ctx.spec.analyses.weighted_rsa.enabled and len(subjects) >= 2:
+            w_summary, w_scores, w_weights = weighted_rsa(ctx, subjects, model, table, rng)
+            paths = [layout.group_table(model, "weighted"), layout.group_table(model, "weightedscores"),
+                     layout.group_table(model, "weights")]
+            drv.write_tsv(paths[0], w_summary, {**{k: {"Description": v} for k, v in WEIGHTED_COLUMNS.items()},
+                                                **sidecar_common})
+            drv.write_tsv(paths[1], w_scores, {"Description": "Held-out score of the weighted model RDM per subject.",
+                                               **sidecar_common})
+            drv.write_tsv(paths[2], w_weights, {"Description": "Non-negative layer weights fitted in each fold "
+                                                               "(unit norm).", **sidecar_common})
+            written += paths
         for roi, roi_summary in summary.groupby("roi", sort=False):
             best = roi_summary.loc[roi_summary["best_layer_cv"], "layer"]
             logger.info("%s / %s: best layer (cross-validated) %s; significant layers: %d of %d", model, roi,
                         best.iloc[0] if len(best) else "n/a", int(roi_summary["significant"].sum()), len(roi_summary))
+    written += group_whole_brain(ctx, subjects)
     write_provenance(ctx, layout.group_log_dir(ctx.run_id), {"subjects": subjects,
                                                               "outputs": [str(p.relative_to(layout.root)) for p in written]})
     if ctx.spec.outputs.report:

@@ -23,7 +23,7 @@ from bids_dnn import derivatives as drv
 from bids_dnn.bids_io import DatasetIndex, RunInputs, check_dataset, check_paths, load_filter_file
 from bids_dnn.cli import RunOptions
 from bids_dnn.console import logger, progress
-from bids_dnn.errors import AnalysisError, BidsDnnError, InputMissingError, NothingSelectedError
+from bids_dnn.errors import AnalysisError, BidsDnnError, InputMissingError, NothingSelectedError, UsageError
 from bids_dnn.spec import AnalysisSpec, ModelSpec, load_spec, spec_hash, spec_to_dict
 from bids_dnn.stimuli import StimulusSet, build_stimulus_set, condition_column, read_events
 
@@ -55,6 +55,8 @@ class Context:
     layout: drv.OutputLayout
     run_id: str
     started: float = field(default_factory=time.time)
+    #: model label -> content key of its feature file (checked on every read)
+    feature_keys: dict[str, str] = field(default_factory=dict)
 
 
 def subject_seed(seed: int, subject: str) -> np.random.SeedSequence:
@@ -150,10 +152,23 @@ def model_features(ctx: Context, model_spec: ModelSpec, stimuli: StimulusSet) ->
                                   library_versions=library_versions(), stimulus_sha256s=stimuli.sha256)
     feat.ensure_features(path, key, compute, stim_ids=stimuli.stim_ids, dtype=model_spec.dtype,
                          attrs={**attrs, "model_label": model_spec.output_label})
-    stored = feat.read_features(path)
+    ctx.feature_keys[model_spec.output_label] = key
+    stored = read_checked_features(ctx, model_spec.output_label, layers)
     if list(stored.stim_ids) != list(stimuli.stim_ids):
         raise AnalysisError(f"feature file {path} does not match the stimulus order", "rerun with --force")
-    return {layer: stored.layers[layer] for layer in layers}
+    return stored.layers
+
+
+def read_checked_features(ctx: Context, model: str, layers: list[str]) -> Any:
+    """Read a model's features, refusing a file rewritten by a run with other inputs meanwhile."""
+    from bids_dnn import features as feat
+
+    path = ctx.layout.features(model)
+    stored = feat.read_features(path, layers)
+    if stored.attrs.get("content_key") != ctx.feature_keys[model]:
+        raise AnalysisError(f"{path.name} was replaced by a run with other stimuli, model or layers",
+                            "do not share one output folder between runs with different specs")
+    return stored
 
 
 def model_rdms(ctx: Context, stimuli: StimulusSet) -> dict[str, dict[str, np.ndarray]]:
@@ -391,6 +406,30 @@ def rsa_table(ctx: Context, subject: str, stimuli: StimulusSet, brain_measure: s
     return tables
 
 
+def whole_brain_analyses(ctx: Context, subject: str, stimuli: StimulusSet, patterns: SubjectPatterns,
+                         masks: dict[str, np.ndarray], models: dict[str, dict[str, np.ndarray]]) -> list[Path]:
+    """Searchlight and encoding maps (and encoding ROI tables) of one subject, as the spec asks."""
+    from bids_dnn.participant_maps import ENCODING_COLUMNS, run_encoding, run_searchlight
+
+    analyses = ctx.spec.analyses
+    outputs: list[Path] = []
+    if analyses.searchlight.enabled and models:
+        outputs += run_searchlight(ctx, subject, stimuli, patterns, models) or []
+    if analyses.encoding.enabled and models:
+        def layer_features(model: str) -> dict[str, np.ndarray]:
+            return read_checked_features(ctx, model, list(models[model])).layers
+
+        paths, tables = run_encoding(ctx, subject, stimuli, patterns, masks, layer_features)
+        outputs += paths
+        for model, table in tables.items():
+            if len(table):
+                path = ctx.layout.encoding_table(subject, model)
+                drv.write_tsv(path, table, {**{k: {"Description": v} for k, v in ENCODING_COLUMNS.items()},
+                                            "Seed": ctx.spec.statistics.seed})
+                outputs.append(path)
+    return outputs
+
+
 def library_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -424,6 +463,12 @@ def process_subject(ctx: Context, subject: str, stimuli: StimulusSet,
     patterns = fit_subject_glms(ctx, subject, stimuli)
     for warning in patterns.warnings:
         logger.warning("sub-%s: %s", subject, warning)
+    if ctx.options.searchlight_part is not None:
+        from bids_dnn.participant_maps import run_searchlight
+
+        run_searchlight(ctx, subject, stimuli, patterns, models)
+        k, n_parts = ctx.options.searchlight_part
+        return {"subject": subject, "searchlight_part": f"{k}/{n_parts}", "seconds": round(time.time() - started, 1)}
     masks = roi_masks(ctx, patterns, subject)
     outputs: list[Path] = []
     if ctx.spec.outputs.save_betas:
@@ -463,6 +508,7 @@ def process_subject(ctx: Context, subject: str, stimuli: StimulusSet,
                 drv.write_tsv(path, table, {**{k: {"Description": v} for k, v in RSA_COLUMNS.items()},
                                             "Seed": ctx.spec.statistics.seed})
                 outputs.append(path)
+    outputs += whole_brain_analyses(ctx, subject, stimuli, patterns, masks, models)
     counts = pd.DataFrame({"roi": list(masks), "n_voxels": [int(m.sum()) for m in masks.values()]})
     drv.write_tsv(layout.roi_summary(subject), counts, {"roi": {"Description": "ROI name"},
                                                         "n_voxels": {"Description": "voxels on the BOLD grid"}})
@@ -471,7 +517,12 @@ def process_subject(ctx: Context, subject: str, stimuli: StimulusSet,
                                     "warnings": patterns.warnings, "runs": [str(r.bold) for r in patterns.runs]})
     summary = {"subject": subject, "n_runs": len(patterns.runs), "n_stimuli": stimuli.n_stimuli,
                "rois": {r: int(m.sum()) for r, m in masks.items()}, "brain_rdm": brain_measure,
-               "warnings": patterns.warnings, "seconds": round(time.time() - started, 1)}
+               "reliability": roi_reliability(patterns, masks),
+               "warnings": patterns.warnings, "seconds": round(time.time() - started, 1),
+               "outputs": sorted(str(p.relative_to(layout.root)) for p in outputs)}
+    status = {"complete": True, "spec_hash": spec_hash(ctx.spec), "run_id": ctx.run_id,
+              "bids_dnn_version": __version__, **summary}
+    drv.write_json(layout.status(subject), status)
     if ctx.spec.outputs.report:
         from bids_dnn.report import build_participant_report
 
@@ -479,15 +530,29 @@ def process_subject(ctx: Context, subject: str, stimuli: StimulusSet,
             build_participant_report(layout, subject, stimuli, summary, ctx.spec, ctx.run_id)
         except Exception as exc:  # noqa: BLE001 - a figure must not lose the results
             logger.warning("sub-%s: report failed (%s); results are kept", subject, exc)
-    drv.write_json(layout.status(subject), {
-        "complete": True, "spec_hash": spec_hash(ctx.spec), "run_id": ctx.run_id, "bids_dnn_version": __version__,
-        "outputs": sorted(str(p.relative_to(layout.root)) for p in outputs), **summary})
     return summary
+
+
+def roi_reliability(patterns: SubjectPatterns, masks: dict[str, np.ndarray]) -> dict[str, float | None]:
+    """Median over an ROI's voxels of the split-half reliability (None with fewer than 2 runs)."""
+    from bids_dnn.patterns import split_half_reliability
+
+    out: dict[str, float | None] = {}
+    for roi, mask in masks.items():
+        if patterns.run_betas.shape[0] < 2:
+            out[roi] = None
+            continue
+        values = split_half_reliability(patterns.run_betas[:, :, mask[patterns.brain_mask]])
+        out[roi] = round(float(np.nanmedian(values)), 4) if np.isfinite(values).any() else None
+    return out
 
 
 def run_participant_level(options: RunOptions) -> None:
     """Entry point of ``bids_dnn BIDS_DIR OUT_DIR participant``."""
     ctx = prepare(options)
+    if ctx.options.searchlight_part is not None and not ctx.spec.analyses.searchlight.enabled:
+        raise UsageError("--searchlight-part was given but the spec does not enable analyses.searchlight",
+                         "set analyses.searchlight.enabled: true or drop --searchlight-part")
     stimuli = resolve_stimuli(ctx)
     if ctx.options.reports_only:
         from bids_dnn.report import rebuild_participant_reports

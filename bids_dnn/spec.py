@@ -238,14 +238,32 @@ class WeightedRsaSpec(_Strict):
 
 
 class EncodingSpec(_Strict):
+    """Cross-validated ridge from layer features to voxel responses (himalaya solvers)."""
+
     enabled: bool = False
     alphas: list[float] = Field(
         default_factory=lambda: [10.0**e for e in range(-2, 9)],
         description="Ridge penalties; a list or 'logspace(start, stop, num)'.",
     )
-    cv: Literal["leave_one_run_out", "kfold"] = "leave_one_run_out"
-    n_folds: int = Field(5, ge=2)
-    pca: int | None = Field(None, gt=0)
+    cv: Literal["auto", "leave_one_run_out", "kfold"] = Field(
+        "auto",
+        description="Outer folds. A stimulus is never in both the training and the test fold: "
+        "'leave_one_run_out' needs runs with disjoint stimulus sets; 'kfold' splits the stimuli "
+        "(seeded); 'auto' picks 'leave_one_run_out' when runs hold disjoint stimuli, else 'kfold'.",
+    )
+    n_folds: int = Field(5, ge=2, description="Outer folds for 'kfold'.")
+    inner_folds: int = Field(5, ge=2, description="Inner folds that choose each voxel's alpha.")
+    pca: int | None = Field(None, gt=0, description="PCA components fitted on training stimuli only.")
+    standardize: bool = Field(
+        False, description="z-score each unit with its training mean and SD (else centre only). Off by "
+        "default: sparse ReLU units with near-zero training SD explode on test stimuli."
+    )
+    region: Literal["brain", "rois"] = Field(
+        "brain", description="Voxels to model: the whole brain mask, or the union of the ROIs."
+    )
+    banded: bool = Field(
+        False, description="Also fit banded ridge over all layers of each model and split R2 per layer."
+    )
 
     @field_validator("alphas", mode="before")
     @classmethod
@@ -272,10 +290,35 @@ class EncodingSpec(_Strict):
 
 
 class SearchlightSpec(_Strict):
+    """Whole-brain searchlight RSA: one map per model layer."""
+
     enabled: bool = False
-    radius_mm: float = Field(6.0, gt=0)
+    radius_mm: float = Field(6.0, gt=0, description="Sphere radius in mm (distances use the voxel size).")
+    rdm: BrainRdmMeasure = Field(
+        "auto", description="Sphere RDM measure; 'auto' follows rdm.brain. Noise normalisation is "
+        "univariate (residual SD per voxel) in searchlights."
+    )
     comparison: ComparisonMeasure = "spearman"
-    min_voxels: int = Field(10, ge=1)
+    min_voxels: int = Field(10, ge=1, description="A centre needs at least this many in-mask voxels in its sphere.")
+    min_fraction: float = Field(
+        0.0, ge=0, le=1, description="...and at least this fraction of its full sphere inside the mask "
+        "(rsatoolbox's 'threshold')."
+    )
+    fisher_z: bool = Field(False, description="Also write Fisher-z maps (pearson / spearman).")
+
+    @field_validator("comparison")
+    @classmethod
+    def _linear(cls, value: str) -> str:
+        if value == "kendall_tau_a":
+            raise ValueError("kendall_tau_a is too slow for searchlights; use spearman or rho_a")
+        return value
+
+    @field_validator("rdm")
+    @classmethod
+    def _no_mahalanobis(cls, value: str) -> str:
+        if value == "mahalanobis":
+            raise ValueError("searchlights use univariate noise normalisation; use 'crossnobis' or 'sqeuclidean'")
+        return value
 
 
 class AnalysesSpec(_Strict):
@@ -295,6 +338,10 @@ class StatisticsSpec(_Strict):
     bootstrap: int = Field(1000, ge=0, description="Subject-bootstrap resamples for CIs.")
     ci: float = Field(0.95, gt=0, lt=1)
     seed: int = Field(42, ge=0, description="Seed of every random step (overridden by --random-seed).")
+    map_permutations: int = Field(
+        5000, ge=0, description="Sign flips for group maps (max-T family-wise error; 0: parametric only)."
+    )
+    map_tfce: bool = Field(False, description="Also compute TFCE on group maps (slower).")
 
 
 class OutputsSpec(_Strict):

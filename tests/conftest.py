@@ -12,6 +12,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("BIDS_DNN_SHARED", REPO_ROOT.parent / "shared")) / "data"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # registered here, not in pyproject.toml, so that a new marker does not rebuild the venv
+    config.addinivalue_line("markers", "slurm: needs root; installs slurm-wlm and munge with apt-get and runs a "
+                                       "local SLURM cluster (~2 min)")
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     """A seeded random generator (same numbers on every run)."""

@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
-BENCHMARKS = sorted((Path(__file__).resolve().parents[1] / "benchmarks").glob("bench_*.py"))
+TESTS = Path(__file__).resolve().parent
+# benchmarks with a dedicated smoke test (tests/test_<bench>_smoke.py) are not run twice
+BENCHMARKS = sorted(p for p in (TESTS.parent / "benchmarks").glob("bench_*.py")
+                    if not (TESTS / f"test_{p.stem}_smoke.py").is_file())
 
 
 @pytest.mark.parametrize("script", BENCHMARKS, ids=lambda p: p.stem)

@@ -1,0 +1,174 @@
+"""Group level, whole-brain analyses: group searchlight and encoding maps, encoding ROI summary.
+
+Orchestration only; the statistics are in :mod:`bids_dnn.mapstats` and :mod:`bids_dnn.stats`.
+Reads the participant maps (never recomputes them). Maps of correlation-type scores
+(searchlight Spearman / Pearson, encoding r) are Fisher-z transformed before the one-sample
+test. A voxel enters the family only where every subject has a finite value (a centre in every
+subject's searchlight). Written per model x layer: ``stat-t`` (one-sample t), ``stat-p``
+(parametric, uncorrected), ``stat-pfwe`` (sign-flip max-T family-wise error),
+``stat-pfdr`` (Benjamini-Hochberg), and with ``statistics.map_tfce`` ``stat-tfce`` /
+``stat-pfwetfce``; thresholds in the sidecars.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from bids_dnn import derivatives as drv
+from bids_dnn.console import logger, progress
+from bids_dnn.errors import AnalysisError, InputMissingError
+
+if TYPE_CHECKING:
+    from bids_dnn.participant import Context
+
+#: participant map statistic per analysis, and whether it is a correlation (Fisher z before tests)
+ENCODING_STAT = "r"
+
+ENCODING_SUMMARY_COLUMNS = {
+    "roi": "Region of interest.", "model": "Model label.", "layer": "Layer name.",
+    "n_subjects": "Subjects with a score.",
+    "mean_r2": "Mean over subjects of the ROI-mean held-out R2.",
+    "sem_r2": "Standard error of mean_r2.",
+    "t": "One-sample t of the ROI-mean R2 against 0.", "p": "p-value of the t-test (alternative in the JSON).",
+    "p_fdr": "Benjamini-Hochberg adjusted p across ROI x layer of this model.",
+    "mean_r": "Mean over subjects of the ROI-mean held-out r.",
+    "mean_noise_ceiling": "Mean over subjects of the ROI-mean split-half reliability.",
+    "mean_normalized_r2": "Mean over subjects of normalized_r2 (R2 / noise ceiling).",
+    "best_layer": "True for the layer with the highest mean_r2 in this ROI and model (descriptive).",
+}
+
+
+def _load_maps(paths: list[Path]) -> tuple[np.ndarray, Any]:
+    """Stack 3D maps of all subjects -> (n_subjects, X, Y, Z); they must share one grid."""
+    import nibabel as nib
+
+    first = nib.load(str(paths[0]))
+    arrays = []
+    for path in paths:
+        image = nib.load(str(path))
+        if image.shape != first.shape or not np.allclose(image.affine, first.affine, atol=1e-4):
+            raise AnalysisError(f"{path.name} is not on the grid of {paths[0].name}",
+                                "group maps need every subject in the same space and resolution "
+                                "(brain.space / brain.resolution)")
+        arrays.append(np.asarray(image.dataobj, dtype=np.float64))
+    return np.stack(arrays), first.affine
+
+
+def group_map(ctx: "Context", analysis: str, model: str, layer: str, paths: list[Path], stat: str,
+              correlation: bool, seed_offset: int) -> list[Path]:
+    """One-sample group inference on the participants' maps of one model layer."""
+    import nibabel as nib
+
+    from bids_dnn.mapstats import fisher_z, group_one_sample_map
+
+    stats_spec = ctx.spec.statistics
+    values, affine = _load_maps(paths)
+    mask = np.isfinite(values).all(axis=0)
+    if not mask.any():
+        raise AnalysisError(f"{analysis} maps of {model} {layer} share no voxel with a finite value in all subjects")
+    data = values[:, mask]
+    if correlation:
+        data = fisher_z(data)
+    result = group_one_sample_map(data, n_permutations=stats_spec.map_permutations,
+                                  alternative=stats_spec.alternative, seed=stats_spec.seed + seed_offset,
+                                  alpha=stats_spec.alpha, tfce=stats_spec.map_tfce, mask=mask)
+    maps: dict[str, np.ndarray] = {"t": result.t, "p": result.p, "pfdr": result.p_fdr}
+    if stats_spec.map_permutations:
+        maps["pfwe"] = result.p_fwe
+    if result.tfce is not None:
+        maps["tfce"] = result.tfce
+        maps["pfwetfce"] = result.p_fwe_tfce
+    common = {"Analysis": analysis, "Model": model, "Layer": layer, "ParticipantStatistic": stat,
+              "FisherZ": correlation, "NumberOfSubjects": int(values.shape[0]), "NumberOfVoxels": int(mask.sum()),
+              "Alternative": stats_spec.alternative, "Alpha": stats_spec.alpha,
+              "Permutations": int(result.n_permutations), "Seed": stats_spec.seed + seed_offset,
+              "ThresholdFWE_t": float(result.threshold_fwe) if np.isfinite(result.threshold_fwe) else None,
+              "Sources": [str(p.relative_to(ctx.layout.root)) for p in paths]}
+    descriptions = {"t": "one-sample t across subjects", "p": "parametric p, uncorrected",
+                    "pfdr": "Benjamini-Hochberg adjusted p over the voxels with data in every subject",
+                    "pfwe": "sign-flip permutation max-T family-wise-error corrected p",
+                    "tfce": "threshold-free cluster enhancement of t",
+                    "pfwetfce": "sign-flip permutation max-TFCE family-wise-error corrected p"}
+    written = []
+    for stat_name, vector in maps.items():
+        volume = np.full(mask.shape, np.nan, dtype=np.float32)
+        volume[mask] = vector
+        path = ctx.layout.group_map(analysis, model, layer, stat_name)
+        drv.write_nifti(path, nib.Nifti1Image(volume, affine), {**common, "Statistic": stat_name,
+                                                                 "Description": descriptions[stat_name]})
+        written.append(path)
+    smallest_p = 1.0 / max(int(result.n_permutations), 1)
+    if stats_spec.map_permutations and smallest_p > stats_spec.alpha:
+        logger.warning("%s %s / %s: with %d subjects the smallest sign-flip p is %.3g > alpha %.3g, so no voxel "
+                       "can be FWE-significant; more subjects are needed", analysis, model, layer, values.shape[0],
+                       smallest_p, stats_spec.alpha)
+    n_fwe = int((result.p_fwe <= stats_spec.alpha).sum()) if stats_spec.map_permutations else 0
+    logger.info("%s %s / %s: %d of %d voxels FWE-significant at %.3g", analysis, model, layer, n_fwe,
+                int(mask.sum()), stats_spec.alpha)
+    return written
+
+
+def _model_layers(ctx: "Context") -> list[tuple[str, str]]:
+    """(model label, layer) pairs from the root model RDM sidecars written at participant level."""
+    import json
+
+    pairs = []
+    for model_spec in ctx.spec.models:
+        model = model_spec.output_label
+        folder = ctx.layout.model_dir(model)
+        for sidecar in sorted(folder.glob(f"*_stat-{ctx.spec.rdm.model}_relmat.json")):
+            pairs.append((model, json.loads(sidecar.read_text())["Layer"]))
+    return pairs
+
+
+def run_group_maps(ctx: "Context", subjects: list[str]) -> list[Path]:
+    """Group maps for the searchlight and encoding analyses the spec enables."""
+    analyses = ctx.spec.analyses
+    jobs: list[tuple[str, str, str, str, bool]] = []
+    layers = _model_layers(ctx)
+    if analyses.searchlight.enabled:
+        stat = analyses.searchlight.comparison
+        jobs += [("searchlight", m, lay, stat, stat in ("spearman", "pearson", "rho_a", "corr_cov"))
+                 for m, lay in layers]
+    if analyses.encoding.enabled:
+        jobs += [("encoding", m, lay, ENCODING_STAT, True) for m, lay in layers]
+    written: list[Path] = []
+    with progress("group maps", len(jobs)) as advance:
+        for offset, (analysis, model, layer, stat, correlation) in enumerate(jobs):
+            builder = ctx.layout.searchlight_map if analysis == "searchlight" else ctx.layout.encoding_map
+            paths = [builder(s, model, layer, stat) for s in subjects]
+            missing = [p for p in paths if not p.is_file()]
+            if missing:
+                raise InputMissingError(f"{analysis} map missing: {missing[0]}",
+                                        "rerun the participant level with this spec")
+            written += group_map(ctx, analysis, model, layer, paths, stat, correlation, offset + 1)
+            advance()
+    return written
+
+
+def encoding_summary(ctx: "Context", subjects: list[str], model: str) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """All subjects' encoding ROI tables and their per ROI x layer summary (None without ROI tables)."""
+    from bids_dnn.stats import fdr_bh, one_sample_tests
+
+    paths = [ctx.layout.encoding_table(s, model) for s in subjects]
+    if not all(p.is_file() for p in paths):
+        return None
+    table = pd.concat([drv.read_tsv(p) for p in paths], ignore_index=True)
+    rows = []
+    for (roi, layer), group in table.groupby(["roi", "layer"], sort=False):
+        r2 = group["mean_r2"].to_numpy(dtype=float)
+        tests = one_sample_tests(r2[:, None], ctx.spec.statistics.alternative)
+        rows.append({"roi": roi, "model": model, "layer": layer, "n_subjects": int(tests["n"][0]),
+                     "mean_r2": float(tests["mean"][0]), "sem_r2": float(tests["sem"][0]),
+                     "t": float(tests["t"][0]), "p": float(tests["p_t"][0]),
+                     "mean_r": float(group["mean_r"].mean()),
+                     "mean_noise_ceiling": float(group["noise_ceiling"].mean()),
+                     "mean_normalized_r2": float(group["normalized_r2"].mean())})
+    summary = pd.DataFrame(rows)
+    summary["p_fdr"] = fdr_bh(summary["p"].to_numpy())
+    summary["best_layer"] = summary.groupby("roi")["mean_r2"].transform("max") == summary["mean_r2"]
+    return table, summary[list(ENCODING_SUMMARY_COLUMNS)]

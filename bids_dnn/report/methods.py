@@ -1,0 +1,226 @@
+"""The methods section, written from the resolved spec and the facts of the run, with citations.
+
+Only what the spec enabled is described, and only the references cited in the text are
+listed (numbered in order of first citation). DOIs are given as ``doi:`` identifiers, never as
+links, so a report makes no network request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from bids_dnn.report.assemble import Block
+from bids_dnn.spec import AnalysisSpec
+
+REFERENCES = {
+    "rsa": "Kriegeskorte N, Mur M, Bandettini P (2008). Representational similarity analysis - connecting the "
+           "branches of systems neuroscience. Front Syst Neurosci 2:4. doi:10.3389/neuro.06.004.2008",
+    "crossnobis": "Walther A, Nili H, Ejaz N, Alink A, Kriegeskorte N, Diedrichsen J (2016). Reliability of "
+                  "dissimilarity measures for multi-voxel pattern analysis. NeuroImage 137:188-200. "
+                  "doi:10.1016/j.neuroimage.2015.12.012",
+    "nili": "Nili H, Wingfield C, Walther A, Su L, Marslen-Wilson W, Kriegeskorte N (2014). A toolbox for "
+            "representational similarity analysis. PLoS Comput Biol 10(4):e1003553. doi:10.1371/journal.pcbi.1003553",
+    "fdr": "Benjamini Y, Hochberg Y (1995). Controlling the false discovery rate: a practical and powerful approach "
+           "to multiple testing. J R Stat Soc B 57(1):289-300. doi:10.1111/j.2517-6161.1995.tb02031.x",
+    "permutation": "Nichols TE, Holmes AP (2002). Nonparametric permutation tests for functional neuroimaging: a "
+                   "primer with examples. Hum Brain Mapp 15(1):1-25. doi:10.1002/hbm.1058",
+    "tfce": "Smith SM, Nichols TE (2009). Threshold-free cluster enhancement: addressing problems of smoothing, "
+            "threshold dependence and localisation in cluster inference. NeuroImage 44(1):83-98. "
+            "doi:10.1016/j.neuroimage.2008.03.061",
+    "encoding": "Naselaris T, Kay KN, Nishimoto S, Gallant JL (2011). Encoding and decoding in fMRI. NeuroImage "
+                "56(2):400-410. doi:10.1016/j.neuroimage.2010.07.073",
+    "himalaya": "Dupré la Tour T, Eickenberg M, Nunez-Elizalde AO, Gallant JL (2022). Feature-space selection with "
+                "banded ridge regression. NeuroImage 264:119728. doi:10.1016/j.neuroimage.2022.119728",
+    "nilearn": "Abraham A, Pedregosa F, Eickenberg M, Gervais P, Mueller A, Kossaifi J, Gramfort A, Thirion B, "
+               "Varoquaux G (2014). Machine learning for neuroimaging with scikit-learn. Front Neuroinform 8:14. "
+               "doi:10.3389/fninf.2014.00014",
+}
+
+HRF_TEXT = {"spm": "SPM canonical", "glover": "Glover", "spm + derivative": "SPM canonical plus temporal derivative",
+            "glover + derivative": "Glover plus temporal derivative"}
+COMPARISON_TEXT = {"spearman": "Spearman rank correlation", "pearson": "Pearson correlation",
+                   "kendall_tau_a": "Kendall's tau-a", "rho_a": "Spearman's rho-a",
+                   "cosine": "cosine similarity", "corr_cov": "whitened Pearson correlation",
+                   "cosine_cov": "whitened cosine similarity"}
+MEASURE_TEXT = {"correlation": "correlation distance (1 - Pearson r)", "cosine": "cosine distance",
+                "euclidean": "Euclidean distance", "sqeuclidean": "squared Euclidean distance per channel",
+                "mahalanobis": "Mahalanobis distance", "crossnobis": "cross-validated Mahalanobis (crossnobis) "
+                "distance across runs"}
+CORRECTION_TEXT = {"fdr_bh": "Benjamini-Hochberg false discovery rate", "bonferroni": "Bonferroni",
+                   "none": "no"}
+
+
+@dataclass
+class Citer:
+    """Numbers references in order of first citation."""
+
+    order: list[str] = field(default_factory=list)
+
+    def __call__(self, *keys: str) -> str:
+        numbers = []
+        for key in keys:
+            if key not in self.order:
+                self.order.append(key)
+            numbers.append(self.order.index(key) + 1)
+        return "[" + ", ".join(str(n) for n in numbers) + "]"
+
+    def references(self) -> list[str]:
+        return [REFERENCES[key] for key in self.order]
+
+
+def _join(items: list[str]) -> str:
+    items = [str(i) for i in items if str(i)]
+    if len(items) <= 1:
+        return "".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _model_text(spec: AnalysisSpec, layers: dict[str, list[str]]) -> str:
+    parts = []
+    for model in spec.models:
+        weights = f"random weights (initialisation seed {model.init_seed})" if model.weights == "random" \
+            else f"{model.weights} weights"
+        names = layers.get(model.output_label) or ([model.layers] if isinstance(model.layers, str) else model.layers)
+        transform = (f"resize {model.transform.resize}, centre crop {model.transform.crop}" if model.transform
+                     else "the weights' own preprocessing (ImageNet normalisation by default)")
+        parts.append(f"{model.name} ({model.source}, {weights}; {transform}; layers {', '.join(names)}; "
+                     f"stored as {model.dtype})")
+    return "; ".join(parts)
+
+
+def methods_blocks(spec: AnalysisSpec, level: str, facts: dict[str, Any]) -> list[Block]:
+    """Paragraphs and the reference list of the methods section.
+
+    ``facts`` may hold: task, n_stimuli, n_categories, brain_rdm (resolved measure), n_runs,
+    n_subjects, layers ({model: [layer]}), rois ([name]), has_searchlight, has_encoding,
+    has_group_maps (bools: outputs that exist).
+    """
+    cite = Citer()
+    glm = spec.brain.glm
+    analyses = spec.analyses
+    searchlight_on = analyses.searchlight.enabled or bool(facts.get("has_searchlight"))
+    encoding_on = analyses.encoding.enabled or bool(facts.get("has_encoding"))
+    stats = spec.statistics
+    paragraphs: list[str] = []
+
+    n_stim = facts.get("n_stimuli")
+    n_cat = facts.get("n_categories")
+    stim = f"{n_stim} stimuli" if n_stim else "The stimuli"
+    stim += f" in {n_cat} categories" if n_cat else ""
+    paragraphs.append(
+        f"{stim} of task '{facts.get('task', '?')}' were taken from the events files (stimulus order: by category, "
+        f"then file name). DNN activations were extracted with {_model_text(spec, facts.get('layers', {}))}; "
+        f"transformer tokens were reduced with the '{spec.models[0].token_policy}' policy.")
+
+    confounds = ", ".join(glm.confounds) if glm.confounds else "none"
+    scrub = f"volumes with framewise displacement above {glm.scrub_fd} mm censored" if glm.scrub_fd else "no censoring"
+    method = ("least-squares-all (LSA: one regressor per stimulus)" if glm.method == "lsa"
+              else "least-squares-separate (LSS: one model per trial)")
+    if spec.brain.input == "fmriprep":
+        paragraphs.append(
+            f"Stimulus responses were estimated per run from the fMRIPrep-preprocessed BOLD ({spec.brain.space}"
+            f"{', res-' + spec.brain.resolution if spec.brain.resolution else ''}) with a first-level GLM in nilearn "
+            f"{cite('nilearn')}: {method}, {HRF_TEXT.get(glm.hrf, glm.hrf)} HRF, {glm.drift_model} drift model "
+            f"(high-pass {glm.high_pass_hz:g} Hz), {glm.noise_model.upper()} noise model, confounds: {confounds}; "
+            f"{scrub}; non-steady-state volumes {'dropped' if glm.drop_non_steady_state else 'kept'}. Patterns are the "
+            f"{'effect sizes' if glm.output == 'effect' else 't values'} of the stimulus regressors.")
+    else:
+        paragraphs.append("Stimulus response patterns were read from ready-made beta maps.")
+
+    if spec.rois is not None:
+        source = f"the atlas {spec.rois.atlas}" if spec.rois.atlas else f"the mask files in {spec.rois.masks}"
+        labels = f" (labels: {', '.join(spec.rois.labels)})" if spec.rois.labels else ""
+        paragraphs.append(f"Regions of interest came from {source}{labels}, resampled to the BOLD grid (nearest "
+                          "neighbour) and intersected with the brain mask of every run.")
+
+    measure = facts.get("brain_rdm") or spec.rdm.brain
+    if measure == "auto":
+        measure_text = ("crossnobis distance across runs when a subject has at least two complete runs, "
+                        f"else correlation distance {cite('crossnobis')}")
+    else:
+        measure_text = MEASURE_TEXT.get(measure, measure)
+        if measure == "crossnobis":
+            measure_text += f" {cite('crossnobis')}"
+    paragraphs.append(
+        f"Brain RDMs were computed per ROI with the {measure_text}, after {spec.brain.noise_normalization} noise "
+        f"normalisation with a {spec.brain.noise_estimator.replace('_', ' ')} estimate of the noise covariance from "
+        f"the GLM residuals. Model RDMs used the {MEASURE_TEXT.get(spec.rdm.model, spec.rdm.model)} between the "
+        f"stimuli's activation patterns of each layer {cite('rsa')}.")
+
+    if analyses.rsa.enabled:
+        perm = (f"Participant-level p-values come from {analyses.rsa.permutations} permutations of the stimulus labels "
+                "(rows and columns of the model RDM together), one-sided: p = (1 + #(null >= observed)) / (1 + n) "
+                f"{cite('nili')}." if analyses.rsa.permutations else "No permutation test was run.")
+        paragraphs.append(
+            f"ROI RSA compared brain and model RDMs with the "
+            f"{COMPARISON_TEXT.get(analyses.rsa.comparison, analyses.rsa.comparison)} of their upper triangles "
+            f"{cite('rsa')}. {perm}")
+
+    if searchlight_on:
+        sl = analyses.searchlight
+        frac = f" and at least {sl.min_fraction:.0%} of the full sphere" if sl.min_fraction else ""
+        rdm = "the ROI measure" if sl.rdm == "auto" else MEASURE_TEXT.get(sl.rdm, sl.rdm)
+        paragraphs.append(
+            f"Searchlight RSA {cite('rsa')} moved a sphere of radius {sl.radius_mm:g} mm through the brain mask "
+            f"(centres with at least {sl.min_voxels} in-mask voxels{frac}). Sphere RDMs ({rdm}; patterns noise-"
+            f"normalised per voxel by the residual standard deviation) were compared with each layer's model RDM by "
+            f"{COMPARISON_TEXT.get(sl.comparison, sl.comparison)}; the score is written at the sphere's centre"
+            f"{' (also as Fisher z)' if sl.fisher_z else ''}.")
+
+    if encoding_on:
+        enc = analyses.encoding
+        alphas = f"{len(enc.alphas)} penalties from {min(enc.alphas):.3g} to {max(enc.alphas):.3g}"
+        cv = {"auto": "leave-one-run-out when runs hold disjoint stimuli, else seeded "
+                      f"{enc.n_folds}-fold over stimuli",
+              "leave_one_run_out": "leave-one-run-out", "kfold": f"seeded {enc.n_folds}-fold over stimuli"}[enc.cv]
+        paragraphs.append(
+            f"Voxelwise encoding models {cite('encoding')} predicted each voxel's stimulus responses from each layer's "
+            f"activations with ridge regression (himalaya {cite('himalaya')}): {alphas}, chosen per voxel by "
+            f"{enc.inner_folds}-fold inner cross-validation; outer cross-validation: {cv}, so that no stimulus is in "
+            f"both a training and a test fold"
+            f"{f'; PCA to {enc.pca} components fitted on the training stimuli only' if enc.pca else ''}; voxels: "
+            f"{'whole brain mask' if enc.region == 'brain' else 'union of the ROIs'}"
+            f"{'; banded ridge over all layers of a model split the explained variance per layer' if enc.banded else ''}"
+            ". Scores are the held-out Pearson r and R2; the noise ceiling is the split-half reliability of each "
+            "voxel's stimulus profile (odd vs even runs, Spearman-Brown corrected).")
+
+    if level == "group":
+        n_sub = facts.get("n_subjects")
+        test = "one-sample t-test" if stats.group_test == "ttest" else "Wilcoxon signed-rank test"
+        correction = CORRECTION_TEXT[stats.correction] + " correction"
+        if stats.correction == "fdr_bh":
+            correction += f" {cite('fdr')}"
+        if analyses.rsa.enabled:
+            paragraphs.append(
+                f"At the group level{f' ({n_sub} participants)' if n_sub else ''}, RSA scores were tested against zero "
+                f"with a {test} across participants (alternative '{stats.alternative}'); {stats.bootstrap} "
+                f"participant-bootstrap resamples gave {stats.ci:.0%} percentile confidence intervals of the mean. "
+                f"p-values were adjusted across ROI x layer within each model with {correction} at alpha "
+                f"{stats.alpha:g}. Noise ceilings: lower = each participant's RDM vs the mean RDM of the others, "
+                f"upper = vs the mean of all {cite('nili')}. The best layer per ROI was chosen by "
+                "leave-one-participant-out cross-validation (selected on the others, scored on the held-out one). "
+                "Layers were compared pairwise with paired t- and Wilcoxon tests (two-sided, uncorrected).")
+        if searchlight_on or encoding_on:
+            tfce = (f" Threshold-free cluster enhancement {cite('tfce')} was computed on the t maps with its own "
+                    "max-statistic permutation correction." if stats.map_tfce else "")
+            fwe = (f"family-wise error was controlled by {stats.map_permutations} sign-flip permutations with the "
+                   f"maximum statistic (max-T) {cite('permutation')}" if stats.map_permutations
+                   else "no permutation correction was run (map_permutations: 0)")
+            paragraphs.append(
+                "Group maps: participant maps of correlation scores were Fisher-z transformed and tested voxelwise "
+                f"with a one-sample t-test (alternative '{stats.alternative}') in the voxels with a value in every "
+                f"participant; {fwe}; Benjamini-Hochberg FDR {cite('fdr')} is given as well.{tfce} Maps are shown "
+                f"thresholded at corrected p <= {stats.alpha:g}.")
+    else:
+        paragraphs.append("Group-level statistics (tests across participants, noise ceilings, corrections) are "
+                          "described in the group report.")
+
+    paragraphs.append(
+        f"Every random step is seeded: statistics.seed {stats.seed}; participant permutations use "
+        f"numpy SeedSequence([{stats.seed}, crc32(participant label)]), so a participant's numbers do not depend on "
+        "which others were processed together.")
+    blocks = [Block("paragraph", text=p) for p in paragraphs]
+    blocks.append(Block("heading", text="References"))
+    blocks.append(Block("references", items=cite.references()))
+    return blocks

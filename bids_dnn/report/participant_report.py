@@ -1,0 +1,625 @@
+"""The participant report ``OUT_DIR/sub-XX.html`` (figures under ``sub-XX/figures/``).
+
+Sections: summary, stimuli, data quality, RDMs, ROI RSA, whole-brain maps (only when the
+searchlight / encoding outputs exist), methods, provenance. Everything is read from the output
+folder; see :mod:`bids_dnn.report.inputs`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bids_dnn import derivatives as drv
+from bids_dnn.report import figures as figs
+from bids_dnn.report.assemble import (
+    Block,
+    Col,
+    FigureMaker,
+    Section,
+    fmt_fixed,
+    fmt_int,
+    fmt_p,
+    fmt_score,
+    fmt_sig,
+    generic_table,
+    guarded_section,
+    render_page,
+    table_block,
+)
+from bids_dnn.report.common import provenance_section, versions_text
+from bids_dnn.report.inputs import (
+    MapFile,
+    StimulusInfo,
+    entities,
+    find_log_dir,
+    find_maps,
+    load_volume,
+    ordered_layers,
+    read_json,
+    read_relmat,
+    read_stimuli,
+    read_table,
+    spec_from_log,
+    subject_background,
+)
+from bids_dnn.report.methods import methods_blocks
+from bids_dnn.spec import AnalysisSpec, sanitize_label, spec_hash
+
+#: split-half reliability below this is flagged
+LOW_RELIABILITY = 0.1
+#: a larger share of ROI voxels without a finite estimate is flagged
+MAX_NONFINITE_FRACTION = 0.1
+#: ROIs with fewer voxels are flagged
+MIN_ROI_VOXELS = 10
+#: thumbnails shown per category in the montage, and in all
+MONTAGE_PER_CATEGORY = 24
+MONTAGE_MAX = 240
+#: RDM panels per figure, and map rows per figure (more are split over several figures)
+RDM_PANELS = 10
+MAP_ROWS = 8
+
+
+@dataclass
+class ParticipantContext:
+    layout: drv.OutputLayout
+    subject: str
+    spec: AnalysisSpec
+    spec_source: str
+    run_id: str
+    status: dict[str, Any]
+    provenance: dict[str, Any]
+    log_dir: Path | None
+    figures: FigureMaker
+    stimulus_set: Any = None
+    notes: list[str] = field(default_factory=list)
+    reliability_source: str = ""
+
+    @cached_property
+    def stimuli(self) -> StimulusInfo:
+        return read_stimuli(self.layout, self.stimulus_set)
+
+    @cached_property
+    def rsa_tables(self) -> dict[str, pd.DataFrame]:
+        out = {}
+        for model in self.spec.models:
+            table = read_table(self.layout.rsa_table(self.subject, model.output_label))
+            if table is not None and len(table):
+                out[model.output_label] = table
+        return out
+
+    def layers(self, model: str) -> list[str]:
+        return ordered_layers(self.rsa_tables.get(model), self.layout.model_dir(model), self.spec.rdm.model)
+
+    @cached_property
+    def rois(self) -> dict[str, int]:
+        """ROI name -> voxel count (status, else the ROI summary table, else the mask files)."""
+        if isinstance(self.status.get("rois"), dict) and self.status["rois"]:
+            return {str(k): int(v) for k, v in self.status["rois"].items()}
+        table = read_table(self.layout.roi_summary(self.subject))
+        if table is not None and {"roi", "n_voxels"} <= set(table.columns):
+            return {str(r): int(n) for r, n in zip(table["roi"], table["n_voxels"])}
+        out = {}
+        for path in sorted(self.layout.roi_mask(self.subject, "x").parent.glob(f"sub-{self.subject}_*_mask.nii.gz")):
+            label = entities(path.name).get("label")
+            if label:
+                out[label] = int(read_json(drv.sidecar_path(path)).get("NumberOfVoxels", 0))
+        return out
+
+    @cached_property
+    def brain_measure(self) -> str | None:
+        if self.status.get("brain_rdm"):
+            return str(self.status["brain_rdm"])
+        for table in self.rsa_tables.values():
+            if "brain_rdm" in table.columns:
+                return str(table["brain_rdm"].iloc[0])
+        for roi in self.rois:
+            found = sorted(self.layout.roi_mask(self.subject, roi).parent.glob(
+                f"sub-{self.subject}_*_label-{sanitize_label(roi)}_stat-*_relmat.tsv"))
+            if found:
+                return entities(found[0].name).get("stat")
+        return None
+
+    @cached_property
+    def maps(self) -> dict[str, list[MapFile]]:
+        func = self.layout.betas(self.subject).parent
+        return {analysis: find_maps(func, analysis, prefix=f"sub-{self.subject}_")
+                for analysis in ("searchlight", "encoding")}
+
+    @cached_property
+    def background(self) -> tuple[Any, str]:
+        return subject_background(self.layout, self.subject)
+
+    @cached_property
+    def runs(self) -> list[str]:
+        runs = self.provenance.get("runs") or []
+        return [Path(str(r)).name.split("_space-")[0] for r in runs]
+
+    @cached_property
+    def nonfinite(self) -> dict[str, float]:
+        """Share of each ROI's voxels whose stimulus estimates are not all finite (from the betas)."""
+        out: dict[str, float] = {}
+        betas = self.layout.betas(self.subject)
+        if not betas.is_file():
+            return out
+        data, _ = load_volume(betas)
+        bad = ~np.isfinite(data).all(axis=-1) if data.ndim == 4 else ~np.isfinite(data)
+        for roi in self.rois:
+            path = self.layout.roi_mask(self.subject, roi)
+            if path.is_file():
+                mask = load_volume(path)[0] > 0
+                out[roi] = float(bad[mask].mean()) if mask.any() else float("nan")
+        return out
+
+    @cached_property
+    def reliability(self) -> dict[str, float]:
+        """Split-half reliability per ROI: from the status file, else from the encoding noise-ceiling map."""
+        given = self.status.get("reliability")
+        if isinstance(given, dict) and given:
+            self.reliability_source = "recorded by the participant run"
+            return {str(k): float(v) if v is not None else float("nan") for k, v in given.items()}
+        ceiling = [m for m in self.maps["encoding"] if m.stat == "noiseceiling" and m.model is None]
+        if not ceiling:
+            return {}
+        self.reliability_source = f"mean over the ROI's voxels of {ceiling[0].path.name}"
+        values, _ = load_volume(ceiling[0].path)
+        out = {}
+        for roi in self.rois:
+            mask_path = self.layout.roi_mask(self.subject, roi)
+            if mask_path.is_file():
+                mask, _ = load_volume(mask_path)
+                inside = values[mask > 0]
+                inside = inside[np.isfinite(inside)]
+                out[roi] = float(np.mean(inside)) if inside.size else float("nan")
+        return out
+
+
+# ---------------------------------------------------------------------------------------
+# Sections
+# ---------------------------------------------------------------------------------------
+
+
+def _summary(ctx: ParticipantContext, section: Section) -> None:
+    spec = ctx.spec
+    stim = ctx.stimuli
+    counts = pd.Series(stim.categories).value_counts(sort=False)
+    sessions = sorted({e["ses"] for r in ctx.runs if "ses" in (e := entities(r + "_x.nii"))})
+    models = []
+    for model in spec.models:
+        weights = "random init" if model.weights == "random" else f"{model.weights} weights"
+        models.append(f"{model.output_label} ({model.name}, {weights}, {len(ctx.layers(model.output_label))} layers)")
+    analyses = []
+    if spec.analyses.rsa.enabled:
+        analyses.append(f"ROI RSA ({spec.analyses.rsa.comparison}, {spec.analyses.rsa.permutations} permutations)")
+    if spec.analyses.searchlight.enabled:
+        analyses.append(f"searchlight (radius {spec.analyses.searchlight.radius_mm:g} mm)")
+    if spec.analyses.encoding.enabled:
+        analyses.append(f"encoding (ridge, cv {spec.analyses.encoding.cv})")
+    warnings = _warnings(ctx)
+    rows: list[tuple[str, Any]] = [
+        ("participant", f"sub-{ctx.subject}"),
+        ("task / space", f"{ctx.layout.task} / {ctx.layout.space}"),
+        ("sessions", ", ".join(f"ses-{s}" for s in sessions) if sessions else "single session (no ses- entity)"),
+        ("runs", f"{ctx.status.get('n_runs', len(ctx.runs) or 'n/a')}"
+                 + (f": {', '.join(ctx.runs)}" if ctx.runs else "")),
+        ("stimuli", f"{stim.n_stimuli} in {len(counts)} categories ("
+                    + ", ".join(f"{c} {n}" for c, n in counts.items()) + ")"),
+        ("models", "; ".join(models)),
+        ("layers", "; ".join(f"{m.output_label}: {', '.join(ctx.layers(m.output_label))}" for m in spec.models)),
+        ("ROIs", ", ".join(f"{r} ({n} voxels)" for r, n in ctx.rois.items()) or "none"),
+        ("brain RDM measure", ctx.brain_measure or "n/a"),
+        ("analyses", "; ".join(analyses) or "none"),
+        ("spec hash", spec_hash(spec)),
+        ("versions", versions_text(ctx.provenance)),
+        ("run id", ctx.run_id),
+        ("run time", f"{ctx.status['seconds']} s" if "seconds" in ctx.status else "n/a"),
+        ("warnings", f"{len(warnings)} (see Data quality)" if warnings else "none"),
+    ]
+    section.kv(rows, id="summary-table")
+    for note in ctx.notes:
+        section.note(note)
+    rows_best = []
+    for model, table in ctx.rsa_tables.items():
+        for roi, sub in table.groupby("roi", sort=False):
+            best = sub.loc[sub["score"].astype(float).idxmax()]
+            rows_best.append({"model": model, "roi": roi, "layer": best["layer"], "score": best["score"],
+                              "p_permutation": best.get("p_permutation", np.nan)})
+    if rows_best:
+        section.heading("Highest-scoring layer per ROI")
+        alpha = ctx.spec.statistics.alpha
+        section.add(table_block(pd.DataFrame(rows_best), [
+            Col("model", "model"), Col("roi", "ROI"), Col("layer", "layer"),
+            Col("score", f"{ctx.spec.analyses.rsa.comparison}", fmt_score),
+            Col("p_permutation", "p (permutation)", fmt_p, css=lambda r: "sig" if r["p_permutation"] < alpha else "")],
+            id="summary-best"))
+        section.note("Descriptive: the highest participant score, not a cross-validated choice (see the group report).")
+
+
+def _stimuli(ctx: ParticipantContext, section: Section) -> None:
+    from bids_dnn.stimuli import load_image
+
+    stim = ctx.stimuli
+    order = stim.category_order()
+    groups: dict[str, list[tuple[str, Any]]] = {}
+    shown = total_missing = 0
+    per_category = max(1, min(MONTAGE_PER_CATEGORY, MONTAGE_MAX // max(1, len(set(stim.categories)))))
+    for i in order:
+        items = groups.setdefault(stim.categories[i], [])
+        if len(items) >= per_category:
+            continue
+        path = stim.paths[i]
+        image = None
+        if path is not None and Path(path).is_file():
+            try:
+                image = load_image(path)
+                image.thumbnail((144, 144))
+            except Exception:  # noqa: BLE001 - an unreadable file becomes a placeholder
+                image = None
+        total_missing += image is None
+        items.append((stim.stim_ids[i], image))
+        shown += 1
+    name = f"sub-{ctx.subject}_desc-stimuli_montage"
+    existing = ctx.figures.folder / f"{name}.png"
+    if total_missing == shown and existing.is_file():
+        section.note("The stimulus files are not reachable from this output folder; the montage below was drawn by an "
+                     "earlier run.")
+        section.add(ctx.figures.embed_png(existing, existing.read_bytes(), "stimulus montage"))
+    else:
+        per_row = min(12, max(len(v) for v in groups.values()))
+        rows = sum(max(1, -(-len(v) // per_row)) for v in groups.values())
+        section.add(ctx.figures.figure(
+            name, lambda fig: figs.draw_montage(fig, list(groups.items()), thumb=96, per_row=per_row),
+            (max(4.0, 1.15 * per_row + 1.5), 1.3 * rows + 0.3),
+            "stimulus montage",
+            f"{stim.n_stimuli} stimuli grouped by category, in the row order of every RDM (task-"
+            f"{ctx.layout.task}_stimuli.tsv)." + (f" Grey tiles: {total_missing} files not found." if total_missing
+                                                 else "")))
+    if shown < stim.n_stimuli:
+        section.note(f"Showing the first {per_category} stimuli of each category ({shown} of {stim.n_stimuli}).")
+
+
+def _warnings(ctx: ParticipantContext) -> list[str]:
+    """Warnings recorded by the run plus those derived from the outputs (deduplicated)."""
+    out: list[str] = []
+    for source in (ctx.status.get("warnings"), ctx.provenance.get("warnings")):
+        for item in source or []:
+            out.append(str(item))
+    for roi, n in ctx.rois.items():
+        if n < MIN_ROI_VOXELS:
+            out.append(f"ROI {roi} has only {n} voxels (fewer than {MIN_ROI_VOXELS}).")
+    for roi, value in ctx.reliability.items():
+        if np.isfinite(value) and value < LOW_RELIABILITY:
+            out.append(f"ROI {roi}: low split-half reliability ({value:.3f} < {LOW_RELIABILITY:g}); its RDM is mostly "
+                       "noise.")
+    for roi, fraction in _nonfinite(ctx).items():
+        if fraction > MAX_NONFINITE_FRACTION:
+            out.append(f"ROI {roi}: {fraction:.0%} of its voxels have no finite estimate (NaN in the betas).")
+    return list(dict.fromkeys(out))
+
+
+def _nonfinite(ctx: ParticipantContext) -> dict[str, float]:
+    return ctx.nonfinite
+
+
+def _quality(ctx: ParticipantContext, section: Section) -> None:
+    import nibabel as nib
+
+    rois = ctx.rois
+    background, description = ctx.background
+    masks = {roi: nib.load(str(ctx.layout.roi_mask(ctx.subject, roi))) for roi in rois
+             if ctx.layout.roi_mask(ctx.subject, roi).is_file()}
+    section.heading("ROIs")
+    if masks and background is not None:
+        section.add(ctx.figures.figure(
+            f"sub-{ctx.subject}_desc-rois_overlay",
+            lambda fig: figs.draw_roi_overlay(fig, background, masks, rois), (11, 2.6), "ROI overlay",
+            f"ROI masks on the BOLD grid (after intersection with the brain mask) over the {description}."))
+    elif not masks:
+        section.note("No ROI masks were written for this participant.")
+    rows = []
+    nonfinite = _nonfinite(ctx)
+    reliability = ctx.reliability
+    for roi, n in rois.items():
+        path = ctx.layout.roi_mask(ctx.subject, roi)
+        volume = np.nan
+        if path.is_file():
+            zooms = nib.load(str(path)).header.get_zooms()[:3]
+            volume = float(n * np.prod(zooms))
+        rows.append({"roi": roi, "n_voxels": n, "volume_mm3": volume, "nonfinite_pct": 100 * nonfinite.get(roi, np.nan),
+                     "reliability": reliability.get(roi, np.nan)})
+    if rows:
+        table = pd.DataFrame(rows)
+        section.add(table_block(table, [
+            Col("roi", "ROI"), Col("n_voxels", "voxels", fmt_int,
+                                   css=lambda r: "bad" if r["n_voxels"] < MIN_ROI_VOXELS else ""),
+            Col("volume_mm3", "volume (mm³)", fmt_int),
+            Col("nonfinite_pct", "voxels without finite estimate (%)", fmt_fixed(1),
+                css=lambda r: "bad" if r["nonfinite_pct"] > 100 * MAX_NONFINITE_FRACTION else ""),
+            Col("reliability", "split-half reliability", fmt_fixed(3),
+                css=lambda r: "bad" if r["reliability"] < LOW_RELIABILITY else "")],
+            id="rois", caption=f"Split-half reliability: {ctx.reliability_source}." if reliability else ""))
+        if not reliability:
+            section.note("Split-half reliability per ROI is not available for this run (it is recorded when the run "
+                         "writes it to the status file, or derived from the encoding noise-ceiling map).")
+        elif np.isfinite(list(reliability.values())).any():
+            labels = list(reliability)
+            section.add(ctx.figures.figure(
+                f"sub-{ctx.subject}_desc-reliability_bar",
+                lambda fig: figs.draw_bars(fig, labels, [reliability[k] for k in labels], "split-half reliability",
+                                           "Split-half reliability per ROI", LOW_RELIABILITY),
+                (max(3.5, 1.0 * len(labels) + 1.5), 2.8), "split-half reliability per ROI",
+                "Odd vs even runs, Spearman-Brown corrected."))
+    glm_runs = ctx.status.get("glm_runs") or ctx.provenance.get("glm_runs")
+    section.heading("GLM per run")
+    if isinstance(glm_runs, list) and glm_runs:
+        table = pd.DataFrame([{k: (", ".join(map(str, v)) if isinstance(v, list) else v) for k, v in r.items()}
+                              for r in glm_runs if isinstance(r, dict)])
+        section.add(generic_table(table, id="glm-runs"))
+    else:
+        section.note(f"{ctx.status.get('n_runs', 'n/a')} run(s) were fitted; per-run diagnostics were not recorded "
+                     "by this run.")
+    section.heading("Warnings")
+    warnings = _warnings(ctx)
+    for warning in warnings:
+        section.warning(warning)
+    if not warnings:
+        section.note("No warnings: every stimulus was in every run, no ROI is small or mostly without estimates.")
+
+
+def _ordered(square: np.ndarray, ids: list[str], stim: StimulusInfo) -> tuple[np.ndarray, list[str]]:
+    """Reorder an RDM (rows = ``ids``) by category; returns it and its row categories."""
+    category = dict(zip(stim.stim_ids, stim.categories))
+    cats = [category.get(i, "?") for i in ids]
+    first = {c: k for k, c in reversed(list(enumerate(cats)))}
+    order = sorted(range(len(ids)), key=lambda k: (first[cats[k]], k))
+    return square[np.ix_(order, order)], [cats[k] for k in order]
+
+
+def _grid_size(n: int, cols: int) -> tuple[float, float]:
+    c = min(n, cols)
+    blocks = -(-n // c)
+    return 3.1 * c + 0.6, 5.4 * blocks + 0.7
+
+
+def _rdms(ctx: ParticipantContext, section: Section) -> None:
+    seed = ctx.spec.statistics.seed
+    measure = ctx.brain_measure
+    stim = ctx.stimuli
+    panels, cats = [], None
+    missing = []
+    for roi in ctx.rois:
+        path = ctx.layout.brain_rdm(ctx.subject, roi, measure) if measure else None
+        if path is None or not path.is_file():
+            missing.append(roi)
+            continue
+        square, ids = read_relmat(path)
+        ordered, cats = _ordered(square, ids, stim)
+        panels.append((f"{roi} ({measure})", ordered))
+    section.heading("Brain RDMs")
+    if panels:
+        section.blocks += ctx.figures.figures(
+            f"sub-{ctx.subject}_desc-brain_relmat", panels, RDM_PANELS,
+            lambda fig, part: figs.draw_rdm_grid(fig, part, cats, seed, max_cols=4),
+            lambda part: _grid_size(len(part), 4), "brain RDMs",
+            f"Top: RDM per ROI ({measure}), rows and columns grouped by category (white lines); colour range 1st-99th "
+            f"percentile. Bottom: 2D metric MDS of the same RDM (scikit-learn, precomputed dissimilarities, seed "
+            f"{seed}; negative crossnobis distances shifted to be non-negative), dots coloured by category.")
+    else:
+        section.note("No brain RDMs were written for this participant.")
+    if missing and panels:
+        section.note(f"No RDM file for ROI(s) {', '.join(missing)}.")
+    for model in ctx.spec.models:
+        label = model.output_label
+        layers = ctx.layers(label)
+        model_panels = []
+        for layer in layers:
+            path = ctx.layout.model_rdm(label, layer, ctx.spec.rdm.model)
+            if path.is_file():
+                square, ids = read_relmat(path)
+                ordered, cats_m = _ordered(square, ids, stim)
+                model_panels.append((layer, ordered))
+        if not model_panels:
+            continue
+        section.heading(f"Model RDMs: {label}")
+        section.blocks += ctx.figures.figures(
+            f"sub-{ctx.subject}_model-{label}_desc-model_relmat", model_panels, RDM_PANELS,
+            lambda fig, part, c=cats_m: figs.draw_rdm_grid(fig, part, c, seed, max_cols=5),
+            lambda part: _grid_size(len(part), 5), f"model RDMs {label}",
+            f"{ctx.spec.rdm.model} distance between the stimuli's activations per layer of {label}, same order as the "
+            "brain RDMs; MDS below each.")
+
+
+def _rsa(ctx: ParticipantContext, section: Section) -> None:
+    if not ctx.rsa_tables:
+        section.note("ROI RSA was not run (analyses.rsa.enabled is false, or no ROIs)." if not
+                     ctx.spec.analyses.rsa.enabled else "No ROI RSA table was found for this participant.")
+        return
+    alpha = ctx.spec.statistics.alpha
+    for model, table in ctx.rsa_tables.items():
+        layers = ctx.layers(model)
+        comparison = str(table["comparison"].iloc[0]) if "comparison" in table else "score"
+        section.heading(f"Model {model}")
+        section.add(ctx.figures.figure(
+            f"sub-{ctx.subject}_model-{model}_desc-rsa_profile",
+            lambda fig, t=table, lay=layers, c=comparison, m=model: figs.draw_rsa_profile(
+                fig, t, lay, alpha, f"{c} (brain vs model RDM)", f"{m}: RSA score per layer"),
+            (8, 3.8), f"RSA layer profile {model}",
+            f"Score per layer and ROI; stars: stimulus-label permutation p < {alpha:g} "
+            f"({int(table['n_permutations'].iloc[0]) if 'n_permutations' in table else 'n/a'} permutations, one-sided, "
+            "uncorrected)."))
+        section.add(table_block(table, [
+            Col("roi", "ROI"), Col("layer", "layer"), Col("score", comparison, fmt_score),
+            Col("p_permutation", "p (permutation)", fmt_p,
+                css=lambda r: "sig" if r["p_permutation"] < alpha else ""),
+            Col("n_permutations", "permutations", fmt_int), Col("n_voxels", "voxels", fmt_int),
+            Col("brain_rdm", "brain RDM"), Col("model_rdm", "model RDM")],
+            id=f"rsa-{model}", caption=f"{ctx.layout.rsa_table(ctx.subject, model).name}"))
+
+
+def _map_summary_rows(maps: list[MapFile]) -> pd.DataFrame:
+    rows = []
+    for item in maps:
+        values, image = load_volume(item.path)
+        finite = values[np.isfinite(values)]
+        peak_xyz = ""
+        if finite.size:
+            flat = np.where(np.isfinite(values), np.abs(values), -np.inf)
+            ijk = np.unravel_index(int(np.argmax(flat)), values.shape)
+            xyz = image.affine @ np.array([*ijk, 1.0])
+            peak_xyz = f"({xyz[0]:.0f}, {xyz[1]:.0f}, {xyz[2]:.0f})"
+        rows.append({"model": item.model or "", "layer": item.layer or "", "stat": item.stat,
+                     "n_voxels": int(finite.size), "mean": float(finite.mean()) if finite.size else np.nan,
+                     "max": float(finite.max()) if finite.size else np.nan,
+                     "min": float(finite.min()) if finite.size else np.nan, "peak": peak_xyz,
+                     "file": item.path.name})
+    return pd.DataFrame(rows)
+
+
+MAP_COLUMNS = [Col("model", "model"), Col("layer", "layer"), Col("stat", "statistic"),
+               Col("n_voxels", "voxels with a value", fmt_int), Col("mean", "mean", fmt_sig(3)),
+               Col("min", "min", fmt_sig(3)), Col("max", "max", fmt_sig(3)),
+               Col("peak", "peak |value| at (x, y, z) mm")]
+
+
+def _layer_sorted(ctx: ParticipantContext, model: str, items: list[MapFile]) -> list[MapFile]:
+    order = {sanitize_label(layer): i for i, layer in enumerate(ctx.layers(model))}
+    return sorted(items, key=lambda m: (order.get(m.layer_label or "", 10**6), m.layer_label or "", m.stat))
+
+
+def _maps(ctx: ParticipantContext, section: Section) -> None:
+    import nibabel as nib
+
+    background, description = ctx.background
+    searchlight = ctx.maps["searchlight"]
+    if searchlight:
+        section.heading("Searchlight RSA", id="maps-searchlight")
+        wanted = sanitize_label(ctx.spec.analyses.searchlight.comparison)
+        for model in dict.fromkeys(m.model for m in searchlight if m.model):
+            items = [m for m in searchlight if m.model == model]
+            stat = wanted if any(m.stat == wanted for m in items) else next(
+                (m.stat for m in items if m.stat != "z"), items[0].stat)
+            shown = _layer_sorted(ctx, model, [m for m in items if m.stat == stat])
+            rows = [(f"{m.layer}: {stat}", nib.load(str(m.path))) for m in shown]
+            peak = figs.max_abs([image for _, image in rows])
+            section.blocks += ctx.figures.figures(
+                f"sub-{ctx.subject}_model-{model}_desc-searchlight_map", rows, MAP_ROWS,
+                lambda fig, part, v=peak: figs.draw_stat_map_rows(fig, part, background, vmax=v),
+                lambda part: (11, 1.9 * len(part) + 0.3), f"searchlight maps {model}",
+                f"Searchlight {stat} between each sphere's RDM and the layer's model RDM, at the sphere centres "
+                f"(radius {ctx.spec.analyses.searchlight.radius_mm:g} mm), over the {description}; unthresholded, "
+                "shared colour scale.")
+            section.add(table_block(_map_summary_rows(_layer_sorted(ctx, model, items)), MAP_COLUMNS,
+                                    id=f"searchlight-{model}"))
+    encoding = ctx.maps["encoding"]
+    tables = {m.output_label: read_table(ctx.layout.encoding_table(ctx.subject, m.output_label))
+              for m in ctx.spec.models}
+    tables = {k: v for k, v in tables.items() if v is not None and len(v)}
+    if encoding or tables:
+        section.heading("Encoding", id="maps-encoding")
+        ceiling = [m for m in encoding if m.stat == "noiseceiling" and not m.model]
+        for model in dict.fromkeys(m.model for m in encoding if m.model):
+            items = [m for m in encoding if m.model == model]
+            stat = "r" if any(m.stat == "r" for m in items) else items[0].stat
+            shown = _layer_sorted(ctx, model, [m for m in items if m.stat == stat])
+            rows = [(f"{m.layer}: held-out {stat}", nib.load(str(m.path))) for m in shown]
+            peak = figs.max_abs([image for _, image in rows])
+            section.blocks += ctx.figures.figures(
+                f"sub-{ctx.subject}_model-{model}_desc-encoding_map", rows, MAP_ROWS,
+                lambda fig, part, v=peak: figs.draw_stat_map_rows(fig, part, background, vmax=v),
+                lambda part: (11, 1.9 * len(part) + 0.3), f"encoding maps {model}",
+                f"Cross-validated ridge encoding: held-out {stat} per voxel for each layer of {model}, over the "
+                f"{description}; unthresholded, shared colour scale.")
+            section.add(table_block(_map_summary_rows(_layer_sorted(ctx, model, items)), MAP_COLUMNS,
+                                    id=f"encoding-{model}"))
+        if ceiling:
+            rows = [("noise ceiling (split-half reliability)", nib.load(str(ceiling[0].path)))]
+            section.add(ctx.figures.figure(
+                f"sub-{ctx.subject}_desc-encoding_noiseceiling",
+                lambda fig: figs.draw_stat_map_rows(fig, rows, background, cmap="inferno", symmetric=False),
+                (11, 2.2), "encoding noise ceiling",
+                "Split-half reliability of each voxel's stimulus profile (odd vs even runs, Spearman-Brown)."))
+        for model, table in tables.items():
+            present = list(dict.fromkeys(str(x) for x in table["layer"]))
+            layers = [layer for layer in ctx.layers(model) if layer in present]
+            layers += [layer for layer in present if layer not in layers]
+            section.add(ctx.figures.figure(
+                f"sub-{ctx.subject}_model-{model}_desc-encoding_profile",
+                lambda fig, t=table, lay=layers, m=model: figs.draw_line_profile(
+                    fig, t, lay, "mean_r2", "mean held-out R²", f"{m}: encoding per ROI and layer"),
+                (8, 3.6), f"encoding ROI profile {model}", "Mean over the ROI's voxels of the held-out R²."))
+            section.add(table_block(table, [
+                Col("roi", "ROI"), Col("layer", "layer"), Col("n_voxels", "voxels", fmt_int),
+                Col("mean_r", "mean r", fmt_score), Col("mean_r2", "mean R²", fmt_fixed(4)),
+                Col("noise_ceiling", "noise ceiling", fmt_score), Col("normalized_r2", "R² / ceiling", fmt_score),
+                Col("median_alpha", "median alpha", fmt_sig(3)), Col("cv", "CV"), Col("n_folds", "folds", fmt_int)],
+                id=f"encoding-table-{model}", caption=ctx.layout.encoding_table(ctx.subject, model).name))
+
+
+def _methods(ctx: ParticipantContext, section: Section) -> None:
+    facts = {"task": ctx.layout.task, "n_stimuli": ctx.stimuli.n_stimuli,
+             "n_categories": len(set(ctx.stimuli.categories)), "brain_rdm": ctx.brain_measure,
+             "layers": {m.output_label: ctx.layers(m.output_label) for m in ctx.spec.models},
+             "rois": list(ctx.rois), "has_searchlight": bool(ctx.maps["searchlight"]),
+             "has_encoding": bool(ctx.maps["encoding"])}
+    for block in methods_blocks(ctx.spec, "participant", facts):
+        section.add(block)
+
+
+def _provenance(ctx: ParticipantContext, section: Section) -> None:
+    extra = []
+    if ctx.provenance.get("runs"):
+        extra.append(("input runs", ", ".join(str(r) for r in ctx.provenance["runs"])))
+    provenance_section(section, ctx.layout, ctx.log_dir, ctx.provenance, ctx.spec, ctx.spec_source, extra)
+    outputs = ctx.status.get("outputs")
+    if outputs:
+        section.add(Block("pre", text=f"Outputs of this participant ({len(outputs)} files)", body="\n".join(outputs)))
+
+
+# ---------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------
+
+
+def build(layout: drv.OutputLayout, subject: str, stimuli: Any = None, summary: dict[str, Any] | None = None,
+          spec: AnalysisSpec | None = None, run_id: str | None = None) -> Path:
+    """Write ``sub-<subject>.html`` from the participant's outputs; returns its path."""
+    subject = re.sub(r"^sub-", "", str(subject))
+    status = read_json(layout.status(subject))
+    if summary:
+        if status.get("run_id") and run_id and status.get("run_id") != run_id:
+            status = {}  # the status file belongs to an earlier run
+        status = {**status, **summary}
+    run_id = run_id or status.get("run_id")
+    log_dir = find_log_dir(layout.subject_dir(subject) / "log", run_id)
+    provenance = read_json(log_dir / "provenance.json") if log_dir else {}
+    run_id = run_id or provenance.get("run_id") or (log_dir.name if log_dir else "unknown")
+    used_spec, spec_source = spec_from_log(log_dir, spec)
+    ctx = ParticipantContext(layout, subject, used_spec, spec_source, str(run_id), status, provenance, log_dir,
+                             FigureMaker(layout.figures_dir(subject), layout.root), stimulus_set=stimuli)
+    if spec is not None and spec_source == "log" and spec_hash(spec) != spec_hash(used_spec):
+        ctx.notes.append(f"The outputs were made with spec {spec_hash(used_spec)} (shown here), not with the spec "
+                         f"given now ({spec_hash(spec)}).")
+    sections = [
+        guarded_section("summary", "Summary", lambda s: _summary(ctx, s)),
+        guarded_section("stimuli", "Stimuli", lambda s: _stimuli(ctx, s)),
+        guarded_section("quality", "Data quality", lambda s: _quality(ctx, s)),
+        guarded_section("rdms", "RDMs", lambda s: _rdms(ctx, s)),
+        guarded_section("rsa", "ROI RSA", lambda s: _rsa(ctx, s)),
+    ]
+    has_maps = any(ctx.maps.values()) or any(
+        ctx.layout.encoding_table(subject, m.output_label).is_file() for m in ctx.spec.models)
+    if has_maps:
+        sections.append(guarded_section("maps", "Searchlight and encoding maps", lambda s: _maps(ctx, s)))
+    sections += [guarded_section("methods", "Methods", lambda s: _methods(ctx, s)),
+                 guarded_section("provenance", "Provenance", lambda s: _provenance(ctx, s))]
+    subtitle = [f"task {layout.task} · space {layout.space} · run {ctx.run_id} · spec {spec_hash(ctx.spec)}"]
+    if ctx.figures.failures:
+        subtitle.append(f"{len(ctx.figures.failures)} figure(s) could not be drawn; see the notes in their sections.")
+    return render_page(layout.participant_report(subject), f"bids_dnn report: sub-{subject}", subtitle, sections,
+                       ctx.run_id, str(layout.figures_dir(subject).relative_to(layout.root)))
