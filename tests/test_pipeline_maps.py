@@ -1,0 +1,175 @@
+"""End to end on the demo dataset: searchlight, encoding and weighted-RSA outputs.
+
+Planted truth (bids_dnn.demo): ROI ``early`` follows ``features.2``, ``late`` follows
+``classifier.4``, ``control`` and everything outside the ROIs is noise.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.stats
+
+from bids_dnn.cli import main
+from bids_dnn.derivatives import OutputLayout, read_tsv
+from bids_dnn.searchlight import sphere_neighbourhoods
+
+TASK, SPACE = "shapes", "MNI152NLin2009cAsym"
+SUBJECTS = ("01", "02", "03", "04")
+
+
+def layout(out: Path) -> OutputLayout:
+    return OutputLayout(out, TASK, SPACE)
+
+
+def load(path: Path) -> np.ndarray:
+    return np.asarray(nib.load(str(path)).dataobj, dtype=np.float64)
+
+
+def roi_mask(out: Path, subject: str, roi: str) -> np.ndarray:
+    return load(layout(out).roi_mask(subject, roi)) > 0
+
+
+@pytest.mark.parametrize("roi, layer", [("early", "features.2"), ("late", "classifier.4")])
+def test_searchlight_finds_planted_signal(demo_outputs: Path, roi: str, layer: str) -> None:
+    """Per subject the planted layer's searchlight scores are higher inside its ROI than outside any ROI,
+    and the group t map peaks inside the ROI."""
+    lay = layout(demo_outputs)
+    for subject in SUBJECTS:
+        scores = load(lay.searchlight_map(subject, "alexnet", layer, "spearman"))
+        inside = roi_mask(demo_outputs, subject, roi)
+        any_roi = np.any([roi_mask(demo_outputs, subject, r) for r in ("early", "late", "control")], axis=0)
+        outside = np.isfinite(scores) & ~any_roi
+        # spheres of 8 mm reach 2 voxels beyond an ROI: compare with voxels far from every ROI
+        far = outside & ~scipy_dilate(any_roi, 2)
+        assert np.nanmean(scores[inside]) > np.nanmean(scores[far]) + 0.1, subject
+    # group mean score: its peak lies in (or next to) the planted ROI
+    mean = np.mean([load(lay.searchlight_map(s, "alexnet", layer, "spearman")) for s in SUBJECTS], axis=0)
+    peak = np.unravel_index(np.nanargmax(mean), mean.shape)
+    assert scipy_dilate(roi_mask(demo_outputs, "01", roi), 1)[peak]
+
+
+def scipy_dilate(mask: np.ndarray, iterations: int) -> np.ndarray:
+    from scipy.ndimage import binary_dilation
+
+    return binary_dilation(mask, iterations=iterations)
+
+
+def test_searchlight_sidecar_and_centres(demo_outputs: Path) -> None:
+    """The map's centres are those of the stated radius / min_voxels on the map's own mask."""
+    path = layout(demo_outputs).searchlight_map("01", "alexnet", "features.2", "spearman")
+    sidecar = json.loads(path.with_name(path.name.replace(".nii.gz", ".json")).read_text())
+    assert sidecar["RadiusMM"] == 8 and sidecar["MinVoxels"] == 10 and sidecar["BrainRDM"] == "crossnobis"
+    values = load(path)
+    assert np.isfinite(values).sum() == sidecar["NumberOfCentres"]
+    assert np.nanmax(np.abs(values)) <= 1.0
+
+
+def test_group_searchlight_t_equals_scipy(demo_outputs: Path) -> None:
+    """Group t = one-sample t of the Fisher-z participant maps (scipy), voxel by voxel."""
+    lay = layout(demo_outputs)
+    maps = np.stack([load(lay.searchlight_map(s, "alexnet", "classifier.4", "spearman")) for s in SUBJECTS])
+    t = load(lay.group_map("searchlight", "alexnet", "classifier.4", "t"))
+    finite = np.isfinite(maps).all(axis=0)
+    expected = scipy.stats.ttest_1samp(np.arctanh(maps[:, finite]), 0.0, axis=0).statistic
+    np.testing.assert_allclose(t[finite], expected, rtol=1e-4, atol=1e-4)  # float32 maps
+    assert np.isnan(t[~finite]).all()
+    pfwe = load(lay.group_map("searchlight", "alexnet", "classifier.4", "pfwe"))
+    # 4 subjects: 16 sign flips, so no FWE p can be below 1/16
+    assert np.nanmin(pfwe) >= 1 / 16 - 1e-7
+
+
+def test_searchlight_parts_merge_to_single_run(demo_dataset: Path, demo_outputs: Path, tmp_path: Path) -> None:
+    """Four --searchlight-part runs, then a plain run that merges them: maps identical to one run."""
+    out = tmp_path / "out"
+    shutil.copytree(demo_outputs, out, ignore=shutil.ignore_patterns("sub-02*"))
+    spec = demo_dataset / "code" / "spec.yaml"
+    base = [str(demo_dataset), str(out), "participant", "--participant-label", "02", "--spec", str(spec),
+            "--no-progress"]
+    for k in range(1, 5):
+        assert main([*base, "--searchlight-part", f"{k}/4"]) == 0
+    parts = sorted((out / "sub-02" / "parts").glob("*.npz"))
+    assert len(parts) == 4
+    assert not layout(out).status("02").is_file()  # a part is not a finished participant
+    assert main(base) == 0
+    for layer in ("features.2", "classifier.4"):
+        merged = load(layout(out).searchlight_map("02", "alexnet", layer, "spearman"))
+        single = load(layout(demo_outputs).searchlight_map("02", "alexnet", layer, "spearman"))
+        np.testing.assert_array_equal(merged, single)
+
+
+def test_searchlight_part_without_searchlight_is_usage_error(demo_dataset: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tmp_path / "spec.yaml"
+    text = (demo_dataset / "code" / "spec.yaml").read_text().replace("enabled: true, radius_mm",
+                                                                      "enabled: false, radius_mm")
+    spec.write_text(text)
+    code = main([str(demo_dataset), str(tmp_path / "out"), "participant", "--spec", str(spec),
+                 "--searchlight-part", "1/2", "--no-progress"])
+    assert code == 64
+    assert "--searchlight-part" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", ["0/4", "5/4", "2", "a/b"])
+def test_searchlight_part_syntax(bad: str, tmp_path: Path) -> None:
+    assert main([str(tmp_path), str(tmp_path / "out"), "participant", "--searchlight-part", bad]) == 64
+
+
+def test_encoding_outputs_are_consistent(demo_outputs: Path) -> None:
+    """ROI table means equal the means of the written maps over the ROI's voxels."""
+    lay = layout(demo_outputs)
+    table = read_tsv(lay.encoding_table("01", "alexnet"))
+    assert set(table["roi"]) == {"early", "late", "control"} and table["subject"].eq("01").all()
+    ceiling = load(lay.encoding_map("01", None, None, "noiseceiling"))
+    for row in table.itertuples():
+        mask = roi_mask(demo_outputs, "01", row.roi)
+        r2 = load(lay.encoding_map("01", "alexnet", row.layer, "r2"))
+        assert row.mean_r2 == pytest.approx(np.nanmean(r2[mask]), abs=1e-5)
+        assert row.noise_ceiling == pytest.approx(np.nanmean(ceiling[mask]), abs=1e-5)
+        assert row.cv == "kfold" and row.n_folds == 6
+    # the noise ceiling is higher where a signal was planted
+    means = {roi: np.nanmean(ceiling[roi_mask(demo_outputs, "01", roi)]) for roi in ("early", "late", "control")}
+    assert min(means["early"], means["late"]) > means["control"] + 0.1
+
+
+def test_group_encoding_summary_matches_subject_tables(demo_outputs: Path) -> None:
+    lay = layout(demo_outputs)
+    summary = read_tsv(lay.group_table("alexnet", "summary", suffix="encoding"))
+    tables = pd.concat([read_tsv(lay.encoding_table(s, "alexnet")) for s in SUBJECTS])
+    for row in summary.itertuples():
+        values = tables[(tables["roi"] == row.roi) & (tables["layer"] == row.layer)]["mean_r2"].to_numpy()
+        assert row.mean_r2 == pytest.approx(values.mean(), rel=1e-6)
+        assert row.t == pytest.approx(scipy.stats.ttest_1samp(values, 0.0).statistic, rel=1e-6)
+
+
+def test_weighted_rsa_recovers_planted_layers(demo_outputs: Path) -> None:
+    """The fitted weights put most weight on the planted layer; held-out scores are high in signal ROIs."""
+    lay = layout(demo_outputs)
+    summary = read_tsv(lay.group_table("alexnet", "weighted")).set_index("roi")
+    weights = read_tsv(lay.group_table("alexnet", "weights"))
+    for roi, layer in (("early", "features.2"), ("late", "classifier.4")):
+        assert summary.loc[roi, "mean"] > 0.3 and summary.loc[roi, "p"] < 0.05
+        assert summary.loc[roi, "best_single_layer"] == layer
+        mean_weights = weights[weights["roi"] == roi].groupby("layer")["weight"].mean()
+        assert mean_weights.idxmax() == layer
+    assert summary.loc["control", "mean"] < summary.loc["early", "mean"]
+    scores = read_tsv(lay.group_table("alexnet", "weightedscores"))
+    assert len(scores) == 3 * len(SUBJECTS)
+
+
+def test_neighbourhood_radius_in_mm_uses_voxel_size() -> None:
+    """Distances strictly below the radius (rsatoolbox): 8 mm at 4 mm voxels is 27 voxels, 9 mm is 57."""
+    mask = np.ones((9, 9, 9), dtype=bool)
+    assert sphere_neighbourhoods(mask, 8.0, (4.0, 4.0, 4.0)).sizes().max() == 27
+    assert sphere_neighbourhoods(mask, 9.0, (4.0, 4.0, 4.0)).sizes().max() == 57
+    # anisotropic voxels: brute force over offsets in mm
+    offsets = np.array([(i, j, k) for i in range(-3, 4) for j in range(-3, 4) for k in range(-5, 6)])
+    expected = int((np.sqrt(((offsets * [4.0, 4.0, 2.0]) ** 2).sum(axis=1)) < 9.0).sum())
+    big = np.ones((15, 15, 15), dtype=bool)
+    assert sphere_neighbourhoods(big, 9.0, (4.0, 4.0, 2.0)).sizes().max() == expected == 101
