@@ -524,6 +524,15 @@ def chromium() -> str:
     return found
 
 
+# injected first in <head>: records uncaught errors and console.error calls
+ERROR_TRAP = """<script>
+window.__errors = [];
+window.addEventListener("error", function (e) { window.__errors.push(String(e.message || e.type)); }, true);
+(function () { var original = console.error;
+  console.error = function () { window.__errors.push(Array.prototype.join.call(arguments, " "));
+                                return original.apply(console, arguments); }; })();
+</script>"""
+
 PROBE = """<script>
 window.addEventListener("load", function () {
   var imgs = Array.prototype.slice.call(document.images);
@@ -535,6 +544,7 @@ window.addEventListener("load", function () {
   out.setAttribute("data-images", String(imgs.length));
   out.setAttribute("data-loaded", String(loaded.length));
   out.setAttribute("data-remote", String(remote.length));
+  out.setAttribute("data-errors", String(window.__errors.length));
   out.setAttribute("data-sections", Array.prototype.map.call(document.querySelectorAll("section[data-section]"),
     function (s) { return s.id; }).join(","));
   out.setAttribute("data-height", String(document.body.scrollHeight));
@@ -558,7 +568,8 @@ def test_renders_in_headless_chromium(chromium: str, demo_outputs: Path, tmp_pat
 
     text = (demo_outputs / name).read_text(encoding="utf-8")
     page = tmp_path / name
-    page.write_text(text.replace("</body>", PROBE + "\n</body>"), encoding="utf-8")
+    page.write_text(text.replace("<head>", "<head>" + ERROR_TRAP, 1).replace("</body>", PROBE + "\n</body>"),
+                    encoding="utf-8")
     result = _browser(chromium, tmp_path, "--dump-dom", page.as_uri())
     assert result.returncode == 0, result.stderr[-2000:]
     match = re.search(r'<div id="probe"([^>]*)>', result.stdout)
@@ -568,6 +579,7 @@ def test_renders_in_headless_chromium(chromium: str, demo_outputs: Path, tmp_pat
     assert int(attrs["images"]) == n_images > 0
     assert int(attrs["loaded"]) == n_images  # every image decoded with a non-zero natural size
     assert attrs["remote"] == "0"
+    assert attrs["errors"] == "0"  # no console errors, no failed loads of embedded images
     assert attrs["sections"].split(",") == expected_sections(demo_outputs, level)
     assert int(attrs["height"]) > 2000
     shot = tmp_path / "shot.png"
@@ -578,3 +590,29 @@ def test_renders_in_headless_chromium(chromium: str, demo_outputs: Path, tmp_pat
         pixels = np.asarray(image.convert("L"), dtype=np.float64)
     assert pixels.shape == (2400, 1280)
     assert pixels.std() > 10  # not a blank page
+    artifacts = Path(os.environ.get("BIDS_DNN_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts"))
+    artifacts.mkdir(parents=True, exist_ok=True)
+    full = artifacts / f"{name.replace('.html', '')}_screenshot.png"
+    result = _browser(chromium, tmp_path, "--hide-scrollbars", f"--window-size=1280,{int(attrs['height'])}",
+                      f"--screenshot={full}", (demo_outputs / name).as_uri())
+    assert result.returncode == 0 and full.is_file(), result.stderr[-2000:]  # full page, kept as a CI artifact
+
+
+def test_reports_are_deterministic(out_copy: Path) -> None:
+    """Two builds from the same outputs give byte-identical figures and identical HTML bodies."""
+    layout = layout_of(out_copy)
+
+    def snapshot() -> dict[str, bytes]:
+        build_participant_report(layout, "01")
+        build_group_report(layout)
+        files = sorted((out_copy / "sub-01" / "figures").glob("*.png")) + sorted(
+            (out_copy / "group" / "figures").glob("*.png"))
+        assert files
+        return {str(f.relative_to(out_copy)): f.read_bytes() for f in files}
+
+    first = snapshot()
+    html_first = [(out_copy / n).read_text() for n in ("sub-01.html", "group.html")]
+    second = snapshot()
+    assert first == second
+    html_second = [(out_copy / n).read_text() for n in ("sub-01.html", "group.html")]
+    assert html_first == html_second
