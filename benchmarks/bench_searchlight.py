@@ -24,7 +24,7 @@ subset of centres and extrapolated linearly to all centres (the output says whic
 agreement gates use that subset. Timings are medians of 3 repeats (ours and the reference
 interleaved). Usage::
 
-    python benchmarks/bench_searchlight.py           # full sizes (~10 minutes on 2 cores)
+    python benchmarks/bench_searchlight.py           # full sizes (~5 minutes on 2 cores)
     python benchmarks/bench_searchlight.py --smoke   # tiny sizes, agreement only (seconds)
     python benchmarks/bench_searchlight.py --only B1 B2
 

@@ -359,12 +359,14 @@ def _finish_ties(ranks, mode: str, n: int):
     return ranks
 
 
-def _rank_transform(x: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor,
-                                                         torch.Tensor]:
+def _rank_transform(x: torch.Tensor, mode: str, *, numpy_sort: bool | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Ranks of each row of ``x`` (m, n), transformed, in sorted order.
 
     ``mode``: ``"ranks"`` (average ranks), ``"spearman"`` (centred, unit norm) or ``"rho_a"``
     (centred, scaled by ``sqrt(12 / (n^3 - n))``), as in :mod:`bids_dnn.compare`.
+    ``numpy_sort``: use the numpy key sort (default: on CPU) or ``torch.sort`` (CUDA; tests
+    run it on CPU too).
 
     Returns
     -------
@@ -373,9 +375,11 @@ def _rank_transform(x: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Ten
     bad : (m,) bool, rows holding NaN or infinite values
     """
     n = x.shape[1]
-    if x.device.type == "cpu":
-        perm, vals, bad = _rank_transform_numpy(x.numpy(), mode)
-        return torch.from_numpy(perm), torch.from_numpy(vals), torch.from_numpy(bad)
+    if numpy_sort is None:
+        numpy_sort = x.device.type == "cpu"
+    if numpy_sort:
+        perm, vals, bad = _rank_transform_numpy(x.cpu().numpy(), mode)
+        return tuple(torch.from_numpy(v).to(x.device) for v in (perm, vals, bad))  # type: ignore
     svals, perm = torch.sort(x, dim=1)
     eq = svals[:, 1:] == svals[:, :-1]
     tied = torch.nonzero(eq.any(dim=1)).reshape(-1)

@@ -311,6 +311,27 @@ def test_rankdata_average_float64_near_ties():
                                   scipy.stats.rankdata(big, axis=1))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_torch_rank_path_matches_numpy_path(dtype):
+    """The CUDA ranking path (torch.sort), run on CPU tensors, equals the numpy key sort."""
+    rng = np.random.default_rng(SEED + 9)
+    x = np.round(rng.normal(size=(9, 400)) * 4)
+    x[0] = 2.0
+    x[1] = rng.normal(size=400)
+    x[2, 5] = np.nan
+    t = torch.as_tensor(x, dtype=dtype)
+    for mode in ("ranks", "spearman", "rho_a"):
+        p_np, v_np, b_np = SL._rank_transform(t, mode)
+        p_t, v_t, b_t = SL._rank_transform(t, mode, numpy_sort=False)
+        a = torch.empty_like(t).scatter_(1, p_np, v_np)
+        b = torch.empty_like(t).scatter_(1, p_t, v_t)
+        ok = ~b_np
+        np.testing.assert_array_equal(b_np.numpy(), b_t.numpy())
+        np.testing.assert_allclose(a[ok].numpy(), b[ok].numpy(), rtol=1e-6 if dtype ==
+                                   torch.float32 else 1e-15, atol=1e-7)
+    assert b_np[2] and not b_np[[0, 1, 3]].any()
+
+
 def test_torch_tie_ranks_match_numpy():
     """The CUDA ranking path's tie handling, checked on CPU tensors."""
     rng = np.random.default_rng(SEED + 8)
