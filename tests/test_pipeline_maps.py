@@ -173,3 +173,12 @@ def test_neighbourhood_radius_in_mm_uses_voxel_size() -> None:
     expected = int((np.sqrt(((offsets * [4.0, 4.0, 2.0]) ** 2).sum(axis=1)) < 9.0).sum())
     big = np.ones((15, 15, 15), dtype=bool)
     assert sphere_neighbourhoods(big, 9.0, (4.0, 4.0, 2.0)).sizes().max() == expected == 101
+
+
+def test_noise_ceilings_bracket_planted_layer(demo_outputs: Path) -> None:
+    """In the signal ROIs the planted layer's mean score lies between the lower and upper ceiling."""
+    summary = read_tsv(layout(demo_outputs).group_table("alexnet", "summary")).set_index(["roi", "layer"])
+    for roi, layer in (("early", "features.2"), ("late", "classifier.4")):
+        row = summary.loc[(roi, layer)]
+        assert row["noise_ceiling_lower"] < row["noise_ceiling_upper"]
+        assert row["noise_ceiling_lower"] - 0.05 <= row["mean"] <= row["noise_ceiling_upper"]

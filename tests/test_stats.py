@@ -310,3 +310,22 @@ def test_crossvalidated_best_layer_never_sees_held_out(rng):
     assert S.crossvalidated_best_layer(changed)["chosen"][0] == base[0]
     with pytest.raises(ValueError):
         S.crossvalidated_best_layer(scores[:1])
+
+
+def test_fdr_bh_controls_false_discovery_rate():
+    """Independent tests, 20 % true effects: the mean false discovery proportion stays <= q."""
+    rng = np.random.default_rng(7)
+    q, n_tests, n_families = 0.05, 200, 400
+    fdps = []
+    for _ in range(n_families):
+        effect = np.zeros(n_tests)
+        effect[: n_tests // 5] = 3.0
+        z = rng.standard_normal(n_tests) + effect
+        p = scipy.stats.norm.sf(z)
+        rejected = S.fdr_bh(p) <= q
+        false = rejected & (effect == 0)
+        fdps.append(false.sum() / max(rejected.sum(), 1))
+    mean_fdp = float(np.mean(fdps))
+    # BH controls FDR at q * m0 / m = 0.04 here; allow Monte-Carlo error
+    assert mean_fdp <= q * 0.8 + 3 * np.std(fdps) / np.sqrt(n_families)
+    assert mean_fdp > 0.01  # and is not trivially conservative
