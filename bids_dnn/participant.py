@@ -227,6 +227,8 @@ class SubjectPatterns:
     runs: list[RunInputs]
     warnings: list[str]
     dofs: list[int]
+    #: per-run GLM diagnostics (shown in the participant report)
+    run_info: list[dict[str, Any]] = field(default_factory=list)
 
 
 def fit_subject_glms(ctx: Context, subject: str, stimuli: StimulusSet) -> SubjectPatterns:
@@ -255,7 +257,7 @@ def fit_subject_glms(ctx: Context, subject: str, stimuli: StimulusSet) -> Subjec
         images.append(bold)
     stim_pos = {sid: i for i, sid in enumerate(stimuli.stim_ids)}
     run_betas = np.full((len(runs), stimuli.n_stimuli, int(mask.sum())), np.nan)
-    residuals, warnings, dofs = [], [], []
+    residuals, warnings, dofs, run_info = [], [], [], []
     stim_spec = ctx.spec.stimuli
     with progress(f"GLM sub-{subject}", len(runs)) as advance:
         for r, (run, bold) in enumerate(zip(runs, images)):
@@ -276,6 +278,14 @@ def fit_subject_glms(ctx: Context, subject: str, stimuli: StimulusSet) -> Subjec
                     run_betas[r, stim_pos[cond]] = result.betas[c]
             residuals.append(result.residuals)
             dofs.append(int(result.dof))
+            mean_fd = None
+            if confounds is not None and "framewise_displacement" in confounds:
+                mean_fd = round(float(np.nanmean(confounds["framewise_displacement"])), 4)
+            run_info.append({"run": run.key, "n_volumes": int(data.shape[0]),
+                             "n_volumes_used": int(np.asarray(result.sample_mask).sum()), "dof": int(result.dof),
+                             "n_stimuli": int(sum(c in stim_pos for c in result.conditions)),
+                             "n_voxels_fitted": int(np.asarray(result.fitted_voxels).sum()),
+                             "mean_fd": mean_fd, "n_warnings": len(result.warnings)})
             warnings.extend(f"{run.key}: {w}" for w in result.warnings)
             advance()
     missing = [stimuli.stim_ids[i] for i in np.flatnonzero(np.isnan(run_betas[:, :, 0]).all(axis=0))] \
@@ -286,7 +296,7 @@ def fit_subject_glms(ctx: Context, subject: str, stimuli: StimulusSet) -> Subjec
     partial = int(np.isnan(run_betas[:, :, 0]).any(axis=0).sum()) if run_betas.shape[2] else 0
     if partial:
         warnings.append(f"{partial} stimuli are missing from some runs")
-    return SubjectPatterns(run_betas, residuals, mask, reference, runs, warnings, dofs)
+    return SubjectPatterns(run_betas, residuals, mask, reference, runs, warnings, dofs, run_info)
 
 
 def roi_masks(ctx: Context, patterns: SubjectPatterns, subject: str) -> dict[str, np.ndarray]:
@@ -517,7 +527,7 @@ def process_subject(ctx: Context, subject: str, stimuli: StimulusSet,
                                     "warnings": patterns.warnings, "runs": [str(r.bold) for r in patterns.runs]})
     summary = {"subject": subject, "n_runs": len(patterns.runs), "n_stimuli": stimuli.n_stimuli,
                "rois": {r: int(m.sum()) for r, m in masks.items()}, "brain_rdm": brain_measure,
-               "reliability": roi_reliability(patterns, masks),
+               "reliability": roi_reliability(patterns, masks), "glm_runs": patterns.run_info,
                "warnings": patterns.warnings, "seconds": round(time.time() - started, 1),
                "outputs": sorted(str(p.relative_to(layout.root)) for p in outputs)}
     status = {"complete": True, "spec_hash": spec_hash(ctx.spec), "run_id": ctx.run_id,
