@@ -48,6 +48,7 @@ __all__ = [
     "compare_rdms",
     "compare_paired",
     "transform_for_measure",
+    "transform_ranks",
     "kendall_tau_a",
     "whiten_rdm_vectors",
 ]
@@ -105,6 +106,21 @@ def whiten_rdm_vectors(vectors: np.ndarray) -> np.ndarray:
     g = g - mean_row - mean_row.transpose(0, 2, 1) + g.mean(axis=(1, 2), keepdims=True)
     return np.concatenate([np.sqrt(2.0) * g[:, rows, cols],
                            np.diagonal(g, axis1=1, axis2=2)], axis=1)
+
+
+def transform_ranks(ranks: np.ndarray, measure: str) -> np.ndarray:
+    """:func:`transform_for_measure` for ``spearman`` / ``rho_a`` from rows already ranked.
+
+    Ranking is the costly step; callers that hold the average ranks skip it here.
+    """
+    x = _as_rows(ranks, "ranks")
+    x = x - x.mean(axis=1, keepdims=True)
+    if measure == "rho_a":
+        n = x.shape[1]
+        return x * np.sqrt(12.0 / (n ** 3 - n))
+    if measure != "spearman":
+        raise ValueError(f"transform_ranks is for spearman and rho_a, not {measure!r}")
+    return _normalise(x)
 
 
 def transform_for_measure(vectors: np.ndarray, measure: str) -> np.ndarray:

@@ -40,7 +40,7 @@ import numpy as np
 import scipy.stats
 
 from bids_dnn.compare import (COMPARISON_MEASURES, LINEAR_MEASURES, compare_paired, compare_rdms,
-                              kendall_tau_a, transform_for_measure)
+                              kendall_tau_a, transform_for_measure, transform_ranks)
 from bids_dnn.rdm import n_cond_from_pairs, pair_indices
 
 __all__ = [
@@ -471,8 +471,17 @@ def noise_ceiling(data: np.ndarray, measure: str = "spearman", *, per_subject: b
     pooled = np.vstack([total / n, (total[None, :] - rows) / (n - 1)])  # all, then LOO
     if measure in ("pearson", "corr_cov"):
         pooled = pooled - pooled.min(axis=1, keepdims=True)
-    upper = compare_paired(np.broadcast_to(pooled[0], x.shape), x, measure)
-    lower = compare_paired(pooled[1:], x, measure)
+    if measure in LINEAR_MEASURES:  # transform every row once, then dot products
+        if measure in ("spearman", "rho_a"):
+            tx = transform_ranks(rows, measure)  # rows are the subjects' ranks already
+        else:
+            tx = transform_for_measure(x, measure)
+        tp = transform_for_measure(pooled, measure)
+        upper = tx @ tp[0]
+        lower = np.einsum("ij,ij->i", tx, tp[1:])
+    else:
+        upper = compare_paired(np.broadcast_to(pooled[0], x.shape), x, measure)
+        lower = compare_paired(pooled[1:], x, measure)
     if per_subject:
         return float(lower.mean()), float(upper.mean()), lower, upper
     return float(lower.mean()), float(upper.mean())
