@@ -235,6 +235,9 @@ rois:
 analyses:
   rsa: {{comparison: spearman, permutations: 1000}}
   weighted_rsa: {{enabled: true, cv: subjects}}
+  variance_partitioning:
+    enabled: true
+    groups: {{early: ["alexnet:features.2"], late: ["alexnet:classifier.4"]}}
   searchlight: {{enabled: true, radius_mm: 8, comparison: spearman, min_voxels: 10}}
   encoding: {{enabled: true, cv: kfold, n_folds: 6, inner_folds: 5, alphas: "logspace(-1, 5, 13)"}}
 statistics:

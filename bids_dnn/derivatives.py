@@ -61,6 +61,8 @@ DESCRIPTIONS = {
     "weighted": "Cross-validated weighted RSA: non-negative combination of a model's layer RDMs.",
     "weightedscores": "Held-out scores of the weighted RSA per subject.",
     "weights": "Layer weights of the weighted RSA per fold.",
+    "variancepartition": "Unique and shared R2 of brain RDMs from groups of model RDMs, per subject.",
+    "variancepartitionsummary": "Variance partitioning across subjects.",
     "searchlight": "Searchlight RSA: comparison of sphere RDMs with a model RDM at each centre.",
     "encoding": "Cross-validated ridge encoding from layer features to voxel responses.",
 }
@@ -271,6 +273,10 @@ class OutputLayout:
     def group_table(self, model: str, desc: str | None = None, suffix: str = "rsa") -> Path:
         name = _entities(task=self.task, space=self.space, model=sanitize_label(model), desc=desc)
         return self.group_dir / f"{name}_{suffix}.tsv"
+
+    def group_roi_table(self, desc: str, suffix: str = "rsa") -> Path:
+        """A group table across models (e.g. variance partitioning)."""
+        return self.group_dir / f"{_entities(task=self.task, space=self.space, desc=desc)}_{suffix}.tsv"
 
     def group_map(self, analysis: str, model: str, layer: str, stat: str) -> Path:
         """Group statistical map of ``analysis`` ('searchlight' or 'encoding')."""

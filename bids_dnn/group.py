@@ -186,6 +186,57 @@ def weighted_rsa(ctx: Context, subjects: list[str], model: str, table: pd.DataFr
     return pd.DataFrame(summary, columns=list(WEIGHTED_COLUMNS)), pd.DataFrame(scores), pd.DataFrame(weights)
 
 
+def variance_partitioning(ctx: Context, subjects: list[str], rsa_tables: dict[str, pd.DataFrame]
+                          ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Unique / shared variance of each subject's ROI RDMs from the spec's groups of model RDMs.
+
+    Returns the per-subject components and their summary (mean, SEM, one-sample t) per ROI.
+    """
+    import scipy.stats
+
+    from bids_dnn.rdm import square_to_vector
+    from bids_dnn.stats import one_sample_tests
+    from bids_dnn.weighted_rsa import rdm_variance_partitioning
+
+    spec = ctx.spec.analyses.variance_partitioning
+    measure = ctx.spec.rdm.model
+
+    def prepare(vectors: np.ndarray) -> np.ndarray:
+        return scipy.stats.rankdata(vectors, axis=-1) if spec.rank_transform else vectors
+
+    groups = {}
+    for name, refs in spec.groups.items():
+        vectors = []
+        for ref in refs:
+            model, _, layer = ref.partition(":")
+            layers = [layer] if layer else list(dict.fromkeys(rsa_tables[model]["layer"]))
+            for lay in layers:
+                path = ctx.layout.model_rdm(model, lay, measure)
+                if not path.is_file():
+                    raise InputMissingError(f"analyses.variance_partitioning.groups.{name}: no model RDM for "
+                                            f"'{model}:{lay}' ({path.name})", "check the layer name")
+                vectors.append(square_to_vector(read_relmat(path)[0]))
+        groups[name] = prepare(np.stack(vectors))
+    first = next(iter(rsa_tables.values()))
+    brain_measure = str(first["brain_rdm"].iloc[0])
+    rows = []
+    for roi in dict.fromkeys(first["roi"]):
+        data = prepare(np.stack([square_to_vector(read_relmat(ctx.layout.brain_rdm(s, roi, brain_measure))[0])
+                                 for s in subjects]))
+        result = rdm_variance_partitioning(groups, data, method=spec.method)
+        for component, values in result.components.items():
+            rows += [{"subject": s, "roi": roi, "component": component, "r2": float(v)}
+                     for s, v in zip(subjects, np.atleast_1d(values))]
+    table = pd.DataFrame(rows)
+    summary = []
+    for (roi, component), part in table.groupby(["roi", "component"], sort=False):
+        tests = one_sample_tests(part["r2"].to_numpy(), ctx.spec.statistics.alternative)
+        summary.append({"roi": roi, "component": component, "n_subjects": int(tests["n"][0]),
+                        "mean_r2": float(tests["mean"][0]), "sem": float(tests["sem"][0]),
+                        "t": float(tests["t"][0]), "p": float(tests["p_t"][0])})
+    return table, pd.DataFrame(summary)
+
+
 def group_whole_brain(ctx: Context, subjects: list[str]) -> list[Path]:
     """Group searchlight / encoding maps and the encoding ROI summary, as the spec asks."""
     from bids_dnn.group_maps import ENCODING_SUMMARY_COLUMNS, encoding_summary, run_group_maps
@@ -221,9 +272,11 @@ def run_group_level(options: RunOptions) -> None:
     rng = np.random.default_rng(np.random.SeedSequence([stats_spec.seed, 0x6770]))
     layout = ctx.layout
     written: list[Path] = []
+    rsa_tables: dict[str, pd.DataFrame] = {}
     for model_spec in ctx.spec.models if ctx.spec.analyses.rsa.enabled else []:
         model = model_spec.output_label
         table = collect_rsa(ctx, subjects, model)
+        rsa_tables[model] = table
         rois = list(dict.fromkeys(table["roi"]))
         brain_measure = str(table["brain_rdm"].iloc[0])
         ceilings = noise_ceilings(ctx, subjects, rois, brain_measure, str(table["comparison"].iloc[0]))
@@ -254,6 +307,17 @@ def run_group_level(options: RunOptions) -> None:
             best = roi_summary.loc[roi_summary["best_layer_cv"], "layer"]
             logger.info("%s / %s: best layer (cross-validated) %s; significant layers: %d of %d", model, roi,
                         best.iloc[0] if len(best) else "n/a", int(roi_summary["significant"].sum()), len(roi_summary))
+    if ctx.spec.analyses.variance_partitioning.enabled and rsa_tables:
+        vp_table, vp_summary = variance_partitioning(ctx, subjects, rsa_tables)
+        vp = ctx.spec.analyses.variance_partitioning
+        common = {"Groups": vp.groups, "Method": vp.method, "RankTransform": vp.rank_transform,
+                  "Subjects": subjects, "Formulas": "unique:A = R2(all) - R2(all without A); shared regions by "
+                  "inclusion-exclusion over the R2 of every union of groups (bids_dnn.weighted_rsa)"}
+        paths = [layout.group_roi_table("variancepartition"), layout.group_roi_table("variancepartitionsummary")]
+        drv.write_tsv(paths[0], vp_table, {"Description": "R2 components per subject and ROI.", **common})
+        drv.write_tsv(paths[1], vp_summary, {"Description": "Mean R2 components across subjects, one-sample t.",
+                                             **common})
+        written += paths
     written += group_whole_brain(ctx, subjects)
     write_provenance(ctx, layout.group_log_dir(ctx.run_id), {"subjects": subjects,
                                                               "outputs": [str(p.relative_to(layout.root)) for p in written]})

@@ -195,6 +195,13 @@ class BrainSpec(_Strict):
     noise_normalization: Literal["none", "univariate", "multivariate"] = "multivariate"
     noise_estimator: Literal["shrinkage_diag", "shrinkage_eye", "diag"] = "shrinkage_diag"
 
+    @model_validator(mode="after")
+    def _betas_without_residuals(self) -> "BrainSpec":
+        # ready-made betas come without GLM residuals: nothing to normalise the noise with
+        if self.input == "betas" and self.noise_normalization != "none":
+            raise ValueError("input 'betas' has no GLM residuals; set noise_normalization: none")
+        return self
+
 
 class RoiSpec(_Strict):
     """Regions of interest: binary masks, or an atlas plus labels."""
@@ -235,6 +242,30 @@ class RsaSpec(_Strict):
 class WeightedRsaSpec(_Strict):
     enabled: bool = False
     cv: Literal["subjects", "stimuli"] = "subjects"
+
+
+class VariancePartitioningSpec(_Strict):
+    """Unique and shared variance of brain RDMs explained by 2-4 groups of model RDMs (group level)."""
+
+    enabled: bool = False
+    groups: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Group name -> model RDMs: 'model:layer' (model label, layer name) or 'model' for all "
+        "its layers, e.g. {early: ['alexnet:features.2'], late: ['alexnet:classifier.4']}.",
+    )
+    method: Literal["ols", "nnls"] = Field("ols", description="Least squares, or non-negative weights.")
+    rank_transform: bool = Field(
+        True, description="Rank-transform every RDM first (matches a Spearman RSA)."
+    )
+
+    @model_validator(mode="after")
+    def _two_to_four(self) -> "VariancePartitioningSpec":
+        if self.enabled and not 2 <= len(self.groups) <= 4:
+            raise ValueError(f"groups: give 2 to 4 named groups of model RDMs (got {len(self.groups)})")
+        empty = [name for name, refs in self.groups.items() if not refs]
+        if empty:
+            raise ValueError(f"groups: group(s) {', '.join(empty)} name no model RDM")
+        return self
 
 
 class EncodingSpec(_Strict):
@@ -324,6 +355,7 @@ class SearchlightSpec(_Strict):
 class AnalysesSpec(_Strict):
     rsa: RsaSpec = Field(default_factory=RsaSpec)
     weighted_rsa: WeightedRsaSpec = Field(default_factory=WeightedRsaSpec)
+    variance_partitioning: VariancePartitioningSpec = Field(default_factory=VariancePartitioningSpec)
     encoding: EncodingSpec = Field(default_factory=EncodingSpec)
     searchlight: SearchlightSpec = Field(default_factory=SearchlightSpec)
 
@@ -373,12 +405,25 @@ class AnalysisSpec(_Strict):
                 f"models: labels must be unique (duplicate: {', '.join(duplicates)}); "
                 "give each model a distinct 'label'"
             )
-        needs_rois = self.analyses.rsa.enabled or self.analyses.weighted_rsa.enabled
+        needs_rois = (self.analyses.rsa.enabled or self.analyses.weighted_rsa.enabled
+                      or self.analyses.variance_partitioning.enabled)
         if needs_rois and self.rois is None:
             raise ValueError(
                 "rois: required for analyses.rsa (add 'rois: {atlas: ...}' or 'rois: {masks: ...}', "
                 "or set analyses.rsa.enabled: false)"
             )
+        ana = self.analyses
+        if (ana.weighted_rsa.enabled or ana.variance_partitioning.enabled) and not ana.rsa.enabled:
+            raise ValueError("analyses.weighted_rsa and analyses.variance_partitioning build on the ROI RSA; "
+                             "set analyses.rsa.enabled: true")
+        if self.analyses.variance_partitioning.enabled:
+            for group, refs in self.analyses.variance_partitioning.groups.items():
+                for ref in refs:
+                    if ref.split(":", 1)[0] not in labels:
+                        raise ValueError(
+                            f"analyses.variance_partitioning.groups.{group}: '{ref}' names no model "
+                            f"(models: {', '.join(labels)}); use 'model:layer' or 'model'"
+                        )
         return self
 
     def with_seed(self, seed: int | None) -> "AnalysisSpec":

@@ -182,3 +182,28 @@ def test_noise_ceilings_bracket_planted_layer(demo_outputs: Path) -> None:
         row = summary.loc[(roi, layer)]
         assert row["noise_ceiling_lower"] < row["noise_ceiling_upper"]
         assert row["noise_ceiling_lower"] - 0.05 <= row["mean"] <= row["noise_ceiling_upper"]
+
+
+def test_variance_partitioning_recovers_planted_layers(demo_outputs: Path) -> None:
+    """Each signal ROI's RDMs are explained uniquely by its planted layer's group; components add up."""
+    lay = layout(demo_outputs)
+    summary = read_tsv(lay.group_roi_table("variancepartitionsummary")).set_index(["roi", "component"])
+    assert summary.loc[("early", "unique:early"), "mean_r2"] > 5 * summary.loc[("early", "unique:late"), "mean_r2"]
+    assert summary.loc[("late", "unique:late"), "mean_r2"] > 5 * summary.loc[("late", "unique:early"), "mean_r2"]
+    table = read_tsv(lay.group_roi_table("variancepartition"))
+    for (subject, roi), part in table.groupby(["subject", "roi"]):
+        parts = part.set_index("component")["r2"]
+        assert parts["unique:early"] + parts["unique:late"] + parts["shared:early+late"] == \
+            pytest.approx(parts["total"], abs=1e-9)
+
+
+def test_variance_partitioning_needs_two_groups_and_known_models(tmp_path: Path) -> None:
+    from bids_dnn.errors import SpecError
+    from bids_dnn.spec import parse_spec
+
+    base = {"models": [{"name": "alexnet", "layers": ["features.2"]}], "rois": {"atlas": "a.nii.gz"}}
+    with pytest.raises(SpecError, match="2 to 4"):
+        parse_spec({**base, "analyses": {"variance_partitioning": {"enabled": True, "groups": {"a": ["alexnet"]}}}})
+    with pytest.raises(SpecError, match="names no model"):
+        parse_spec({**base, "analyses": {"variance_partitioning": {
+            "enabled": True, "groups": {"a": ["alexnet"], "b": ["vgg16:features.3"]}}}})
