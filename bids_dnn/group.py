@@ -26,8 +26,8 @@ SUMMARY_COLUMNS = {
     "mean": "Mean score across subjects.", "sem": "Standard error of the mean.",
     "t": "One-sample t statistic against 0.", "p_ttest": "p-value of the t-test (alternative in the JSON).",
     "wilcoxon_w": "Wilcoxon signed-rank statistic.", "p_wilcoxon": "p-value of the Wilcoxon test.",
-    "ci_low": "Lower subject-bootstrap percentile CI bound of the mean.",
-    "ci_high": "Upper subject-bootstrap percentile CI bound of the mean.",
+    "ci_low": "Lower bootstrap percentile CI bound of the mean (statistics.bootstrap_method in the JSON).",
+    "ci_high": "Upper bootstrap percentile CI bound of the mean.",
     "p_group": "p-value of the chosen group test (statistics.group_test).",
     "p_fdr": "Benjamini-Hochberg adjusted p_group across ROI x layer of this model.",
     "p_bonferroni": "Bonferroni adjusted p_group across ROI x layer of this model.",
@@ -92,6 +92,22 @@ def noise_ceilings(ctx: Context, subjects: list[str], rois: list[str], brain_mea
     return out
 
 
+def dual_bootstrap_ci(ctx: Context, roi_table: pd.DataFrame, subjects: list[str], layers: list[str],
+                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile CIs of each layer's mean score, resampling subjects and stimuli together."""
+    from bids_dnn.rdm import square_to_vector
+    from bids_dnn.stats import bootstrap_dual
+
+    roi, model = roi_table["roi"].iloc[0], roi_table["model"].iloc[0]
+    brain_measure = str(roi_table["brain_rdm"].iloc[0])
+    data = np.stack([square_to_vector(read_relmat(ctx.layout.brain_rdm(s, roi, brain_measure))[0]) for s in subjects])
+    models = np.stack([square_to_vector(read_relmat(ctx.layout.model_rdm(model, layer, ctx.spec.rdm.model))[0])
+                       for layer in layers])
+    result = bootstrap_dual(data, models, str(roi_table["comparison"].iloc[0]), ctx.spec.statistics.bootstrap,
+                            rng=rng, ci=ctx.spec.statistics.ci)
+    return np.asarray(result.ci_low, dtype=float), np.asarray(result.ci_high, dtype=float)
+
+
 def summarise_model(ctx: Context, table: pd.DataFrame, ceilings: dict[str, tuple[float, float]],
                     rng: np.random.Generator) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Group summary and pairwise layer comparisons of one model's RSA table."""
@@ -112,7 +128,9 @@ def summarise_model(ctx: Context, table: pd.DataFrame, ceilings: dict[str, tuple
         wide = wide[layers]
         values = wide.to_numpy(dtype=np.float64)
         tests = one_sample_tests(values, alternative=stats_spec.alternative)
-        if stats_spec.bootstrap and values.shape[0] >= 2:
+        if stats_spec.bootstrap and values.shape[0] >= 2 and stats_spec.bootstrap_method == "dual":
+            low, high = dual_bootstrap_ci(ctx, roi_table, list(wide.index), layers, rng)
+        elif stats_spec.bootstrap and values.shape[0] >= 2:
             low, high, _ = bootstrap_subjects(values, stats_spec.bootstrap, rng, ci=stats_spec.ci)
         else:
             low = high = np.full(values.shape[1], np.nan)
@@ -283,7 +301,8 @@ def run_group_level(options: RunOptions) -> None:
         summary, comparisons = summarise_model(ctx, table, ceilings, rng)
         sidecar_common = {"Subjects": subjects, "Seed": stats_spec.seed, "Alternative": stats_spec.alternative,
                           "GroupTest": stats_spec.group_test, "Correction": stats_spec.correction,
-                          "Alpha": stats_spec.alpha, "BootstrapResamples": stats_spec.bootstrap, "CI": stats_spec.ci}
+                          "Alpha": stats_spec.alpha, "BootstrapResamples": stats_spec.bootstrap, "CI": stats_spec.ci,
+                          "BootstrapMethod": stats_spec.bootstrap_method}
         drv.write_tsv(layout.group_table(model), table, {"Description": "RSA scores of all subjects.",
                                                           "Subjects": subjects})
         drv.write_tsv(layout.group_table(model, "summary"), summary,

@@ -367,7 +367,11 @@ class StatisticsSpec(_Strict):
     )
     correction: Literal["fdr_bh", "bonferroni", "none"] = "fdr_bh"
     alpha: float = Field(0.05, gt=0, lt=1)
-    bootstrap: int = Field(1000, ge=0, description="Subject-bootstrap resamples for CIs.")
+    bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples for CIs.")
+    bootstrap_method: Literal["subjects", "dual"] = Field(
+        "subjects", description="CIs of the group mean from resampling subjects, or subjects and stimuli "
+        "together (rsatoolbox eval_dual_bootstrap; wider, generalises to new stimuli)."
+    )
     ci: float = Field(0.95, gt=0, lt=1)
     seed: int = Field(42, ge=0, description="Seed of every random step (overridden by --random-seed).")
     map_permutations: int = Field(
