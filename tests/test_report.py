@@ -25,7 +25,7 @@ from bids_dnn.report import build_group_report, build_participant_report
 TASK = "shapes"
 SPACE = "MNI152NLin2009cAsym"
 PARTICIPANT_SECTIONS = ["summary", "stimuli", "quality", "rdms", "rsa", "methods", "provenance"]
-GROUP_SECTIONS = ["summary", "participants", "rsa", "comparisons", "methods", "provenance"]
+GROUP_SECTIONS = ["summary", "participants", "rsa", "comparisons", "combined", "methods", "provenance"]
 MAP_GLOBS = ("*_desc-searchlight_statmap.*", "*_desc-encoding_statmap.*", "*_encoding.tsv", "*_encoding.json")
 
 
@@ -241,6 +241,15 @@ def test_group_report_sections_and_numbers(demo_outputs: Path) -> None:
     assert check_images(page, demo_outputs) >= 2
     group = demo_outputs / "group"
     summary = read(group / f"task-{TASK}_space-{SPACE}_model-alexnet_desc-summary_rsa.tsv").set_index(["roi", "layer"])
+    weighted = read(group / f"task-{TASK}_space-{SPACE}_model-alexnet_desc-weighted_rsa.tsv").set_index("roi")
+    assert len(page.tables["weighted-alexnet"]) == len(weighted)
+    for row in page.tables["weighted-alexnet"]:
+        assert_printed(row["mean"], weighted.loc[row["roi"], "mean"])
+    partition = read(group / f"task-{TASK}_space-{SPACE}_desc-variancepartitionsummary_rsa.tsv")
+    partition = partition.set_index(["roi", "component"])
+    assert len(page.tables["variance-partitioning"]) == len(partition)
+    for row in page.tables["variance-partitioning"]:
+        assert_printed(row["mean_r2"], partition.loc[(row["roi"], row["component"]), "mean_r2"])
     rows = page.tables["group-summary-alexnet"]
     assert len(rows) == len(summary)
     for row in rows:

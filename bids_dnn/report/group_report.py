@@ -408,6 +408,41 @@ def _methods(ctx: GroupContext, section: Section) -> None:
 # ---------------------------------------------------------------------------------------
 
 
+def _combined(ctx: GroupContext, section: Section) -> None:
+    """Weighted RSA and variance partitioning tables (when the spec enabled them)."""
+    alpha = ctx.spec.statistics.alpha
+    for model in ctx.spec.models:
+        label = model.output_label
+        table = read_table(ctx.layout.group_table(label, "weighted"))
+        if table is None or not len(table):
+            continue
+        section.heading(f"Weighted RSA, model {label}")
+        section.add(Block("paragraph", text=(
+            "Non-negative layer weights fitted on training data and scored on held-out data "
+            f"(cross-validation over {table['cv'].iloc[0]}); compared with the best single layer on the same folds.")))
+        section.add(table_block(table, [
+            Col("roi", "ROI"), Col("mean", "mean held-out score", fmt_score), Col("sem", "SEM", fmt_score),
+            Col("t", "t", fmt_fixed(2)), Col("p", "p", fmt_p, css=lambda r: "sig" if r["p"] < alpha else ""),
+            Col("best_single_layer", "best single layer"), Col("best_single_mean", "its score", fmt_score),
+            Col("t_vs_best_single", "t (weighted - single)", fmt_fixed(2)),
+            Col("p_vs_best_single", "p (two-sided)", fmt_p)], id=f"weighted-{label}"))
+    partition = read_table(ctx.layout.group_roi_table("variancepartitionsummary"))
+    if partition is not None and len(partition):
+        section.heading("Variance partitioning")
+        section.add(Block("paragraph", text=(
+            "R2 of each participant's ROI RDM explained uniquely by one group of model RDMs, or shared by "
+            "several (inclusion-exclusion over the R2 of every union of groups); mean over participants.")))
+        section.add(table_block(partition, [
+            Col("roi", "ROI"), Col("component", "component"), Col("mean_r2", "mean R2", fmt_score),
+            Col("sem", "SEM", fmt_score), Col("t", "t", fmt_fixed(2)),
+            Col("p", "p", fmt_p, css=lambda r: "sig" if r["p"] < alpha else "")], id="variance-partitioning"))
+
+
+def _has_combined(ctx: GroupContext) -> bool:
+    return ctx.layout.group_roi_table("variancepartitionsummary").is_file() or any(
+        ctx.layout.group_table(m.output_label, "weighted").is_file() for m in ctx.spec.models)
+
+
 def build(layout: drv.OutputLayout, spec: AnalysisSpec | None = None, subjects: list[str] | None = None,
           run_id: str | None = None, excluded: dict[str, str] | None = None) -> Path:
     """Write ``group.html`` from the group outputs; returns its path."""
@@ -428,6 +463,9 @@ def build(layout: drv.OutputLayout, spec: AnalysisSpec | None = None, subjects: 
         guarded_section("rsa", "ROI RSA across participants", lambda s: _rsa(ctx, s)),
         guarded_section("comparisons", "Pairwise layer comparisons", lambda s: _comparisons(ctx, s)),
     ]
+    if _has_combined(ctx):
+        sections.append(guarded_section("combined", "Weighted RSA and variance partitioning",
+                                        lambda s: _combined(ctx, s)))
     has_maps = any(ctx.maps.values()) or any(
         layout.group_table(m.output_label, "summary", suffix="encoding").is_file() for m in ctx.spec.models)
     if has_maps:
