@@ -50,6 +50,7 @@ COPY --from=build /opt/torch /opt/torch
 # HOME and caches point to /tmp, so any -u UID:GID works and, with --read-only, only OUT_DIR and a
 # --tmpfs /tmp are written.
 ENV PATH=/opt/venv/bin:$PATH \
+    BIDS_DNN_CONTAINER="bids_dnn:${VERSION}-${VARIANT}" \
     TORCH_HOME=/opt/torch \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1 \
