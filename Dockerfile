@@ -51,6 +51,8 @@ COPY --from=build /opt/torch /opt/torch
 # --tmpfs /tmp are written.
 ENV PATH=/opt/venv/bin:$PATH \
     BIDS_DNN_CONTAINER="bids_dnn:${VERSION}-${VARIANT}" \
+    MALLOC_MMAP_THRESHOLD_=268435456 \
+    MALLOC_TRIM_THRESHOLD_=536870912 \
     TORCH_HOME=/opt/torch \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1 \

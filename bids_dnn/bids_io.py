@@ -102,6 +102,9 @@ class RunInputs:
     mask: Path | None = None
     confounds: Path | None = None
     t_r: float | None = None
+    #: ``brain.input: betas``: the sidecar naming the stimulus of every volume of ``bold``
+    #: (which is then the ready-made 4D statmap, not a BOLD series)
+    volume_stimuli: Path | None = None
 
     @property
     def key(self) -> str:
@@ -255,6 +258,160 @@ class DatasetIndex:
             raise UsageError(f"several {what} files match {run.key}: {names}",
                              "narrow the choice with brain.resolution or --bids-filter-file")
         return files[0]
+
+
+    def betas_runs(self, task: str, subject: str, space: str, resolution: str | None,
+                   sessions: list[str] | None = None, derivatives: str = "betas") -> list[RunInputs]:
+        """Ready-made per-run stimulus maps of one subject (``brain.input: betas``).
+
+        Looks in the derivatives folder ``derivatives`` (``-d betas=PATH``, default
+        ``BIDS_DIR/derivatives/betas``) for
+        ``sub-<s>[_ses-<x>]_task-<t>[_run-<r>]_space-<space>[_res-<res>]_desc-stimuli_stat-effect_statmap.nii[.gz]``
+        with a sidecar naming the stimulus of every volume (see :func:`read_volume_stimuli`) and
+        an optional ``..._desc-brain_mask.nii[.gz]`` with the same entities (task, run and
+        session may be left out of the mask's name). Entities are read from the file names, so
+        the folder needs no pybids indexing; ``--bids-filter-file`` key ``betas`` filters them.
+
+        Returns
+        -------
+        list of RunInputs
+            Sorted by session and run; ``bold`` is the statmap, ``mask`` the brain mask (None
+            when there is none), ``volume_stimuli`` the sidecar, ``events`` the run's events
+            file when the raw dataset has one (else None).
+        """
+        root = Path(self.derivatives.get(derivatives) or (Path(self.bids_dir) / "derivatives" / derivatives))
+        if not root.is_dir():
+            raise InputMissingError(f"derivatives '{derivatives}' not found (looked for {root})",
+                                    f"pass -d {derivatives}=PATH to point at the ready-made betas")
+        wanted: dict[str, Any] = {"sub": subject, "task": task, "space": space, "desc": "stimuli", "stat": "effect"}
+        if resolution is not None:
+            wanted["res"] = resolution
+        filters = {_SHORT_ENTITIES.get(k, k): v for k, v in self._filter("betas").items()
+                   if k not in ("suffix", "extension", "datatype")}
+        found = []
+        for path in sorted((root / f"sub-{subject}").rglob(f"sub-{subject}_*_statmap.nii*")):
+            entities = _entities(path.name)
+            if any(not _same(entities.get(k), v) for k, v in {**wanted, **filters}.items()):
+                continue
+            if sessions and entities.get("ses") not in sessions:
+                continue
+            found.append((path, entities))
+        if not found:
+            raise InputMissingError(
+                f"no ready-made betas for sub-{subject} task-{task} space-{space}"
+                + (f" res-{resolution}" if resolution else "") + f" in {root}",
+                "expected sub-<label>[_ses-<label>]_task-<label>[_run-<index>]_space-<label>"
+                "_desc-stimuli_stat-effect_statmap.nii.gz (check brain.space / brain.resolution)")
+        keys = [(e.get("ses") or "", _run_sort_key(e.get("run"))) for _, e in found]
+        if len(set(keys)) < len(keys):
+            names = ", ".join(p.name for p, _ in found[:4])
+            raise UsageError(f"several betas maps per run for sub-{subject}: {names}",
+                             "narrow the choice with brain.resolution or --bids-filter-file (key 'betas')")
+        events = {(r.session or "", _run_sort_key(r.run)): r.events for r in self.events(task, [subject], sessions)}
+        masks = [(p, _entities(p.name)) for p in sorted((root / f"sub-{subject}").rglob(f"sub-{subject}_*_mask.nii*"))]
+        runs = []
+        for (path, entities), key in sorted(zip(found, keys), key=lambda item: item[1]):
+            run = entities.get("run")
+            run = _label(int(run)) if run is not None and run.isdigit() else run  # as events() labels runs
+            runs.append(RunInputs(subject=subject, session=entities.get("ses"), task=task, run=run,
+                                  events=events.get(key), bold=path, mask=_matching_mask(entities, masks),
+                                  volume_stimuli=volume_stimuli_sidecar(path)))
+        return runs
+
+
+#: pybids entity names (as in ``--bids-filter-file``) -> the keys in file names
+_SHORT_ENTITIES = {"subject": "sub", "session": "ses", "acquisition": "acq", "reconstruction": "rec",
+                   "resolution": "res", "description": "desc", "direction": "dir", "echo": "echo"}
+
+
+def _entities(name: str) -> dict[str, str]:
+    """``sub-01_task-x_run-1_bold.nii.gz`` -> {'sub': '01', 'task': 'x', 'run': '1', 'suffix': 'bold'}."""
+    stem = name.split(".", 1)[0]
+    parts = stem.split("_")
+    out = dict(part.split("-", 1) for part in parts if "-" in part)
+    if parts and "-" not in parts[-1]:
+        out["suffix"] = parts[-1]
+    return out
+
+
+def _same(value: str | None, wanted: Any) -> bool:
+    if isinstance(wanted, (list, tuple)):
+        return any(_same(value, w) for w in wanted)
+    if value is None or wanted is None:
+        return value is None and wanted is None
+    if str(value).isdigit() and str(wanted).isdigit():
+        return int(value) == int(wanted)
+    return str(value) == str(wanted)
+
+
+def _run_sort_key(run: str | None) -> tuple[int, str]:
+    if run is None:
+        return (-1, "")
+    return (int(run), "") if str(run).isdigit() else (1 << 30, str(run))
+
+
+def _matching_mask(entities: dict[str, str], masks: list[tuple[Path, dict[str, str]]]) -> Path | None:
+    """The most specific ``desc-brain`` mask whose entities agree with a statmap's.
+
+    The mask must have the statmap's space (and res, when the statmap has one); sub, ses, task
+    and run must agree when the mask names them.
+    """
+    best, best_score = None, -1
+    for path, ent in masks:
+        if ent.get("suffix") != "mask" or ent.get("desc") != "brain":
+            continue
+        if not all(_same(ent.get(k), entities.get(k)) for k in ("space", "res") if k in entities or k in ent):
+            continue
+        optional = [k for k in ("ses", "task", "run") if k in ent]
+        if not all(_same(ent[k], entities.get(k)) for k in optional):
+            continue
+        if len(optional) > best_score:
+            best, best_score = path, len(optional)
+    return best
+
+
+def volume_stimuli_sidecar(statmap: Path) -> Path | None:
+    """The JSON sidecar (with ``VolumeStimuli``) or TSV naming the stimuli of a statmap's volumes."""
+    stem = statmap.name.split(".", 1)[0]
+    candidates = [statmap.with_name(stem + ".json"), statmap.with_name(stem + ".tsv"),
+                  statmap.with_name(stem.replace("_stat-effect", "") + ".tsv")]
+    for candidate in candidates:
+        if candidate.suffix == ".json" and candidate.is_file():
+            try:
+                data = json.loads(candidate.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                data = {}
+            if isinstance(data, dict) and "VolumeStimuli" in data:
+                return candidate
+        elif candidate.is_file():
+            return candidate
+    return None
+
+
+def read_volume_stimuli(statmap: Path, sidecar: Path | None) -> list[str]:
+    """The stimulus (stim_file or stim_id, as the events name them) of every volume of a statmap.
+
+    From the JSON sidecar's ``VolumeStimuli`` list or from the ``stim_file`` / ``stim_id``
+    column of ``..._desc-stimuli[_stat-effect]_statmap.tsv`` (one row per volume). Empty or
+    ``n/a`` entries name no stimulus (the volume is ignored).
+    """
+    if sidecar is None:
+        raise InputMissingError(f"{statmap.name} has no sidecar naming the stimulus of each volume",
+                                "add a JSON sidecar with 'VolumeStimuli' (one entry per volume) or a "
+                                "..._desc-stimuli_statmap.tsv with a stim_file or stim_id column")
+    if sidecar.suffix == ".json":
+        values = json.loads(sidecar.read_text(encoding="utf-8"))["VolumeStimuli"]
+        if not isinstance(values, list):
+            raise BidsValidationError(f"{sidecar.name}: VolumeStimuli must be a list (one entry per volume)")
+        return ["" if v is None else str(v) for v in values]
+    import pandas as pd
+
+    table = pd.read_csv(sidecar, sep="\t", dtype=str, keep_default_na=False)
+    column = next((c for c in ("stim_file", "stim_id") if c in table.columns), None)
+    if column is None:
+        raise BidsValidationError(f"{sidecar.name} needs a stim_file or stim_id column (one row per volume)",
+                                  f"it has: {', '.join(table.columns)}")
+    return ["" if v in ("n/a", "") else v for v in table[column]]
 
 
 def _label(value: Any) -> str | None:

@@ -302,16 +302,10 @@ def make_demo_dataset(directory: Path, n_subjects: int = 4, n_runs: int = 3, see
     brain = _brain_mask()
     rois = _roi_masks(brain)
     _write_atlas(directory / "derivatives" / "rois", rois, affine)
-    n_brain = int(brain.sum())
     brain_index = np.flatnonzero(brain.ravel())
     for subject in subjects:
         sub_rng = np.random.default_rng([seed, int(subject)])
-        responses = np.zeros((len(stimuli), n_brain))
-        for roi, layer in PLANTED.items():
-            if layer is None:
-                continue
-            columns = np.searchsorted(brain_index, np.flatnonzero(rois[roi].ravel()))
-            responses[:, columns] = true_patterns(features[layer], len(columns), sub_rng)
+        responses = _subject_responses(features, brain, rois, sub_rng)
         for run in range(1, n_runs + 1):
             events = _events_for_run(stimuli, sub_rng)
             n_vols = int(np.ceil((events["onset"].max() + 20) / T_R))
@@ -340,6 +334,52 @@ def make_demo_dataset(directory: Path, n_subjects: int = 4, n_runs: int = 3, see
     (directory / "README.md").write_text(_readme(n_subjects, n_runs, seed, rois))
     (directory / ".bidsignore").write_text("code/\n")
     return directory
+
+
+def _subject_responses(features: dict[str, np.ndarray], brain: np.ndarray, rois: dict[str, np.ndarray],
+                       sub_rng: np.random.Generator) -> np.ndarray:
+    """Planted responses (n_stimuli, n_brain_voxels) of one subject; draws from ``sub_rng`` first."""
+    brain_index = np.flatnonzero(brain.ravel())
+    n_stimuli = next(iter(features.values())).shape[0]
+    responses = np.zeros((n_stimuli, brain_index.size))
+    for roi, layer in PLANTED.items():
+        if layer is None:
+            continue
+        columns = np.searchsorted(brain_index, np.flatnonzero(rois[roi].ravel()))
+        responses[:, columns] = true_patterns(features[layer], len(columns), sub_rng)
+    return responses
+
+
+def planted_responses(directory: Path, subjects: list[str], seed: int = 0) -> dict[str, np.ndarray]:
+    """The planted (noise-free) responses of a demo dataset, per subject.
+
+    Parameters
+    ----------
+    directory : Path
+        A dataset written by :func:`make_demo_dataset` (its ``stimuli/`` are read).
+    subjects : list of str
+        Labels without ``sub-``.
+    seed : int
+        The seed the dataset was made with.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        subject -> (n_stimuli, SHAPE) response volumes (zero outside the signal ROIs), stimuli
+        in the demo's order (category, then index: ``disc01`` ... ``texture06``).
+    """
+    names = [f"{category}{index + 1:02d}.png" for category in CATEGORIES for index in range(N_PER_CATEGORY)]
+    features = planted_layer_features([Path(directory) / "stimuli" / n for n in names],
+                                      [layer for layer in PLANTED.values() if layer])
+    brain = _brain_mask()
+    rois = _roi_masks(brain)
+    out = {}
+    for subject in subjects:
+        responses = _subject_responses(features, brain, rois, np.random.default_rng([seed, int(subject)]))
+        volume = np.zeros((len(names),) + SHAPE)
+        volume.reshape(len(names), -1)[:, np.flatnonzero(brain.ravel())] = responses
+        out[subject] = volume
+    return out
 
 
 def _write_atlas(folder: Path, rois: dict[str, np.ndarray], affine: np.ndarray) -> None:

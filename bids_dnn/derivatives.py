@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -73,6 +75,38 @@ DESCRIPTIONS = {
 # ---------------------------------------------------------------------------------------
 
 
+#: written into temp names so a later run can tell a dead writer's leftovers from a live one's
+_WRITER = f"~{socket.gethostname()}~{os.getpid()}~."
+_TEMP_NAME = re.compile(r"^\..*~(?P<host>[^~/]+)~(?P<pid>\d+)~\..*\.tmp")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: Path) -> int:
+    """Delete temp files under ``folder`` left by killed writers on this host; returns how many.
+
+    A temp file of a live process, or of another host (shared file systems), is kept.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    host, removed = socket.gethostname(), 0
+    for path in folder.rglob(".*"):
+        match = _TEMP_NAME.match(path.name)
+        if match and match["host"] == host and not _alive(int(match["pid"])):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temp path next to ``path``; on success fsync and rename it onto ``path``.
@@ -82,7 +116,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{_WRITER}", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:

@@ -286,6 +286,7 @@ def run_group_level(options: RunOptions) -> None:
 
         build_group_report(ctx.layout, ctx.spec, subjects, ctx.run_id)
         return
+    drv.remove_stale_temporaries(ctx.layout.group_dir)
     stats_spec = ctx.spec.statistics
     rng = np.random.default_rng(np.random.SeedSequence([stats_spec.seed, 0x6770]))
     layout = ctx.layout

@@ -6,6 +6,7 @@ stimuli -> features (cached per model) -> model RDMs -> per run GLM -> patterns 
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 import time
@@ -26,6 +27,9 @@ from bids_dnn.console import logger, progress
 from bids_dnn.errors import AnalysisError, BidsDnnError, InputMissingError, NothingSelectedError, UsageError
 from bids_dnn.spec import AnalysisSpec, ModelSpec, load_spec, spec_hash, spec_to_dict
 from bids_dnn.stimuli import StimulusSet, build_stimulus_set, condition_column, read_events
+
+#: set in the container image (Dockerfile): its tag, recorded in the provenance and dataset_description
+CONTAINER_ENV = "BIDS_DNN_CONTAINER"
 
 RSA_COLUMNS = {
     "subject": "Participant label.",
@@ -232,25 +236,27 @@ class SubjectPatterns:
 
 
 def fit_subject_glms(ctx: Context, subject: str, stimuli: StimulusSet) -> SubjectPatterns:
-    """Per-run GLMs of one participant on fMRIPrep outputs."""
+    """Per-run GLMs of one participant on fMRIPrep outputs (or ready-made betas, ``brain.input: betas``)."""
     import nibabel as nib
 
     from bids_dnn.glm import fit_run_glm
-    from bids_dnn.patterns import check_same_grid
+    from bids_dnn.patterns import check_same_grid, image_data, load_nifti
 
     brain = ctx.spec.brain
+    if brain.input == "betas":
+        return load_subject_betas(ctx, subject, stimuli)
     runs = ctx.index.events(ctx.task, [subject], ctx.options.session_labels)
     if not runs:
         raise NothingSelectedError(f"sub-{subject} has no events for task '{ctx.task}' with the given filters")
     runs = [ctx.index.fmriprep_run(r, brain.space, brain.resolution, brain.derivatives) for r in runs]
-    reference = nib.load(str(runs[0].mask))
+    reference = load_nifti(runs[0].mask, "brain mask")
     mask = np.asarray(reference.dataobj) > 0
     images = []
     for run in runs:
-        bold = nib.load(str(run.bold))
+        bold = load_nifti(run.bold, "preprocessed BOLD")
         if bold.ndim != 4:
             raise InputMissingError(f"{run.bold.name} is not a 4D image", "expected preprocessed BOLD")
-        run_mask = nib.load(str(run.mask))
+        run_mask = load_nifti(run.mask, "brain mask")
         check_same_grid(bold.slicer[..., 0], run_mask, f"{run.bold.name} and {run.mask.name}")
         check_same_grid(run_mask, reference, f"{run.mask.name} and {runs[0].mask.name}")
         mask &= np.asarray(run_mask.dataobj) > 0
@@ -261,7 +267,7 @@ def fit_subject_glms(ctx: Context, subject: str, stimuli: StimulusSet) -> Subjec
     stim_spec = ctx.spec.stimuli
     with progress(f"GLM sub-{subject}", len(runs)) as advance:
         for r, (run, bold) in enumerate(zip(runs, images)):
-            data = np.asarray(bold.dataobj, dtype=np.float64)[mask].T
+            data = image_data(bold, run.bold.name)[mask].T
             events = read_events(run.events)
             events["condition"] = condition_column(events, stimuli, stim_spec.source, stim_spec.trial_type_map,
                                                    stim_spec.ignore_trial_types)
@@ -297,6 +303,100 @@ def fit_subject_glms(ctx: Context, subject: str, stimuli: StimulusSet) -> Subjec
     if partial:
         warnings.append(f"{partial} stimuli are missing from some runs")
     return SubjectPatterns(run_betas, residuals, mask, reference, runs, warnings, dofs, run_info)
+
+
+def betas_derivatives_name(brain: Any) -> str:
+    """The derivatives name of ready-made betas: ``brain.derivatives``, where its default
+    ``fmriprep`` means ``betas`` (``-d betas=PATH``, else ``BIDS_DIR/derivatives/betas``)."""
+    return "betas" if brain.derivatives == "fmriprep" else brain.derivatives
+
+
+def load_subject_betas(ctx: Context, subject: str, stimuli: StimulusSet) -> SubjectPatterns:
+    """Patterns of one participant from ready-made per-run betas (``brain.input: betas``).
+
+    Every run is a 4D ``..._desc-stimuli_stat-effect_statmap.nii.gz`` (one volume per stimulus
+    or per presentation) whose sidecar names the stimulus of each volume (stim_file or stim_id,
+    as in the events); volumes of the same stimulus in a run are averaged, volumes naming no
+    stimulus of the task are ignored (with a warning). The brain mask is the intersection over
+    runs of each run's ``desc-brain`` mask, or, for a run without one, of its voxels that are
+    finite in every volume and non-zero in at least one. There are no GLM residuals:
+    ``residuals`` and ``dofs`` are empty lists and ``brain.noise_normalization`` must be
+    ``none``.
+    """
+    import nibabel as nib
+
+    from bids_dnn.bids_io import read_volume_stimuli
+    from bids_dnn.patterns import check_same_grid, image_data, load_nifti
+
+    brain = ctx.spec.brain
+    if brain.noise_normalization != "none":
+        raise AnalysisError(f"brain.input: betas has no GLM residuals, so brain.noise_normalization "
+                            f"'{brain.noise_normalization}' is not possible",
+                            "set brain.noise_normalization: none (crossnobis then uses no noise precision)")
+    runs = ctx.index.betas_runs(ctx.task, subject, brain.space, brain.resolution, ctx.options.session_labels,
+                                derivatives=betas_derivatives_name(brain))
+    by_file, by_id = stimuli.file_to_id(), set(stimuli.stim_ids)
+    stim_pos = {sid: i for i, sid in enumerate(stimuli.stim_ids)}
+    reference = None
+    mask = None
+    loaded = []
+    warnings: list[str] = []
+    for run in runs:
+        image = load_nifti(run.bold, "betas map")
+        if image.ndim == 3:
+            image = nib.Nifti1Image(np.asarray(image.dataobj)[..., None], image.affine, image.header)
+        if image.ndim != 4:
+            raise InputMissingError(f"{run.bold.name} is not a 3D or 4D image", "one volume per stimulus")
+        labels = read_volume_stimuli(run.bold, run.volume_stimuli)
+        if len(labels) != image.shape[3]:
+            raise AnalysisError(f"{run.bold.name} has {image.shape[3]} volumes but its sidecar names "
+                                f"{len(labels)} stimuli", "one VolumeStimuli entry (or TSV row) per volume")
+        first = image.slicer[..., 0]
+        reference = first if reference is None else reference
+        check_same_grid(first, reference, f"{run.bold.name} and {runs[0].bold.name}")
+        data = image_data(image, run.bold.name)
+        if run.mask is not None:
+            run_mask_img = load_nifti(run.mask, "brain mask")
+            check_same_grid(first, run_mask_img, f"{run.bold.name} and {run.mask.name}")
+            run_mask = np.asarray(run_mask_img.dataobj) > 0
+        else:
+            run_mask = np.isfinite(data).all(axis=3) & (np.nan_to_num(data) != 0).any(axis=3)
+        mask = run_mask if mask is None else mask & run_mask
+        loaded.append((data, labels))
+    assert mask is not None and reference is not None
+    run_betas = np.full((len(runs), stimuli.n_stimuli, int(mask.sum())), np.nan)
+    run_info = []
+    for r, (run, (data, labels)) in enumerate(zip(runs, loaded)):
+        values = data[mask]  # (n_voxels, n_volumes)
+        sums = np.zeros((stimuli.n_stimuli, values.shape[0]))
+        counts = np.zeros(stimuli.n_stimuli, dtype=int)
+        unknown = []
+        for v, label in enumerate(labels):
+            sid = by_file.get(label, label if label in by_id else None)
+            if sid is None:
+                if label:
+                    unknown.append(label)
+                continue
+            sums[stim_pos[sid]] += values[:, v]
+            counts[stim_pos[sid]] += 1
+        shown = counts > 0
+        run_betas[r, shown] = sums[shown] / counts[shown, None]
+        if unknown:
+            warnings.append(f"{run.key}: {len(unknown)} volume(s) name no stimulus of the task "
+                            f"({', '.join(sorted(set(unknown))[:5])}); ignored")
+        run_info.append({"run": run.key, "input": "betas", "n_volumes": int(len(labels)),
+                         "n_stimuli": int(shown.sum()), "n_voxels": int(mask.sum()),
+                         "n_warnings": int(bool(unknown))})
+    missing = [stimuli.stim_ids[i] for i in np.flatnonzero(np.isnan(run_betas).all(axis=(0, 2)))] \
+        if run_betas.shape[2] else []
+    if missing:
+        raise AnalysisError(f"sub-{subject} has no betas for {len(missing)} stimuli ({', '.join(missing[:5])}...)",
+                            "every participant must have a map of every stimulus of the task")
+    partial = int(np.isnan(run_betas).all(axis=2).any(axis=0).sum()) if run_betas.shape[2] else 0
+    if partial:
+        warnings.append(f"{partial} stimuli are missing from some runs")
+    reference = nib.Nifti1Image(np.zeros(mask.shape, dtype=np.uint8), reference.affine, reference.header)
+    return SubjectPatterns(run_betas, [], mask, reference, runs, warnings, [], run_info)
 
 
 def roi_masks(ctx: Context, patterns: SubjectPatterns, subject: str) -> dict[str, np.ndarray]:
@@ -382,7 +482,9 @@ def brain_rdms(ctx: Context, patterns: SubjectPatterns, masks: dict[str, np.ndar
             valid = np.isfinite(mean_betas).all(axis=0) & np.all([np.isfinite(r).all(axis=0) for r in residuals], axis=0)
             if not valid.any():
                 raise AnalysisError(f"ROI {roi} has no voxel with finite estimates in every run")
-            normalized = noise_normalize(mean_betas[:, valid], np.concatenate([r[:, valid] for r in residuals]),
+            noise = (np.concatenate([r[:, valid] for r in residuals]) if residuals
+                     else np.empty((0, int(valid.sum()))))  # ready-made betas: no residuals
+            normalized = noise_normalize(mean_betas[:, valid], noise,
                                          brain.noise_normalization, brain.noise_estimator, dof=sum(patterns.dofs))
             out[roi] = calc_rdm(normalized, measure)
     return measure, out
@@ -460,6 +562,7 @@ def write_provenance(ctx: Context, subject_dir_log: Path, extra: dict[str, Any])
         "bids_dnn_version": __version__, "run_id": ctx.run_id, "spec_hash": spec_hash(ctx.spec),
         "seed": ctx.spec.statistics.seed, "command": [sys.argv[0], *ctx.options.argv],
         "library_versions": library_versions(), "platform": platform.platform(),
+        "container": os.environ.get(CONTAINER_ENV),
         "device": ctx.options.device, **extra})
 
 
@@ -488,8 +591,10 @@ def process_subject(ctx: Context, subject: str, stimuli: StimulusSet,
         path = layout.betas(subject)
         drv.write_nifti(path, nib.Nifti1Image(volume, patterns.reference.affine), {
             "VolumeStimuli": stimuli.stim_ids, "Statistic": ctx.spec.brain.glm.output,
-            "Description": "GLM estimate per stimulus, averaged over runs.",
-            "GLM": ctx.spec.brain.glm.model_dump(mode="json"),
+            **({"Description": "Ready-made estimate per stimulus (brain.input: betas), averaged over runs."}
+               if ctx.spec.brain.input == "betas" else
+               {"Description": "GLM estimate per stimulus, averaged over runs.",
+                "GLM": ctx.spec.brain.glm.model_dump(mode="json")}),
             "Sources": [str(r.bold) for r in patterns.runs]})
         outputs.append(path)
     for roi, mask in masks.items():
@@ -569,7 +674,8 @@ def run_participant_level(options: RunOptions) -> None:
 
         rebuild_participant_reports(ctx.layout, ctx.subjects, stimuli, ctx.spec, ctx.run_id)
         return
-    drv.initialise_root(Path(options.output_dir), Path(options.bids_dir))
+    drv.initialise_root(Path(options.output_dir), Path(options.bids_dir), os.environ.get(CONTAINER_ENV))
+    drv.remove_stale_temporaries(Path(options.output_dir))  # temp files of killed runs on this host
     write_stimulus_table(ctx, stimuli)
     logger.info("task %s: %d stimuli, %d participant(s): %s", ctx.task, stimuli.n_stimuli, len(ctx.subjects),
                 ", ".join(ctx.subjects))

@@ -145,7 +145,8 @@ def searchlight_inputs(ctx: "Context", patterns: "SubjectPatterns") -> Searchlig
     if measure == "crossnobis":
         finite &= np.isfinite(used).all(axis=(0, 1))
     finite &= np.all([np.isfinite(r).all(axis=0) for r in patterns.residuals], axis=0)
-    residuals = np.concatenate([r[:, finite] for r in patterns.residuals])
+    residuals = (np.concatenate([r[:, finite] for r in patterns.residuals]) if patterns.residuals
+                 else np.empty((0, int(finite.sum()))))  # ready-made betas: no residuals
     method = "none" if ctx.spec.brain.noise_normalization == "none" else "univariate"
     if measure == "crossnobis":
         n_runs, n_cond = used.shape[:2]

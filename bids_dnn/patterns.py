@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Callable, Mapping, Sequence, Union
+from typing import Any, Callable, Mapping, Sequence, Union
 
 import nibabel as nib
 import numpy as np
@@ -41,7 +41,8 @@ AFFINE_ATOL = 1e-3
 # ---------------------------------------------------------------------------------------
 
 
-def _load(img: ImageLike, what: str) -> nib.spatialimages.SpatialImage:
+def load_nifti(img: ImageLike, what: str) -> nib.spatialimages.SpatialImage:
+    """Load an image from a path (or pass an image through); unreadable input is exit 66."""
     if isinstance(img, (str, Path)):
         path = Path(img)
         if not path.is_file():
@@ -51,6 +52,15 @@ def _load(img: ImageLike, what: str) -> nib.spatialimages.SpatialImage:
         except Exception as exc:  # noqa: BLE001 - any reader error means unreadable input
             raise InputMissingError(f"{what}: cannot read {path.name} as an image ({exc.__class__.__name__})") from None
     return img
+
+
+def image_data(img: nib.spatialimages.SpatialImage, what: str, dtype: Any = np.float64) -> np.ndarray:
+    """The voxel array of ``img``; a truncated or corrupt file is exit 66, naming ``what``."""
+    try:
+        return np.asarray(img.dataobj, dtype=dtype)
+    except Exception as exc:  # noqa: BLE001 - any reader error means unreadable input
+        raise InputMissingError(f"{what}: cannot read the image data ({exc.__class__.__name__}: {exc})",
+                                "the file is truncated or corrupt; regenerate or re-download it") from None
 
 
 def _grid(img: nib.spatialimages.SpatialImage) -> tuple[tuple[int, int, int], np.ndarray]:
@@ -73,7 +83,7 @@ def check_same_grid(img_a: ImageLike, img_b: ImageLike, what: str) -> None:
         When shapes differ or affines differ by more than 1e-3 in any element; the message
         gives both shapes and voxel sizes and the largest affine difference.
     """
-    a, b = _load(img_a, what), _load(img_b, what)
+    a, b = load_nifti(img_a, what), load_nifti(img_b, what)
     (shape_a, aff_a), (shape_b, aff_b) = _grid(a), _grid(b)
     if shape_a == shape_b and np.allclose(aff_a, aff_b, atol=AFFINE_ATOL, rtol=0):
         return
@@ -92,7 +102,7 @@ def check_same_grid(img_a: ImageLike, img_b: ImageLike, what: str) -> None:
 
 def _reference(target_img: ImageLike) -> nib.Nifti1Image:
     """A 3D reference image on the target grid."""
-    target = _load(target_img, "reference image")
+    target = load_nifti(target_img, "reference image")
     shape, affine = _grid(target)
     return nib.Nifti1Image(np.zeros(shape, dtype=np.int8), affine)
 
@@ -161,7 +171,7 @@ def load_roi_masks_from_atlas(
     AnalysisError
         An ROI has no voxel inside the brain mask after resampling.
     """
-    atlas = _load(atlas_img, "atlas")
+    atlas = load_nifti(atlas_img, "atlas")
     reference = _reference(target_img)
     mask = _check_brain_mask(brain_mask, reference)
     missing_cols = [c for c in ("index", "name") if c not in labels_table.columns]
@@ -257,7 +267,7 @@ def load_roi_masks_from_files(
     mask = _check_brain_mask(brain_mask, reference)
     masks: dict[str, np.ndarray] = {}
     for name, img in paths.items():
-        loaded = _load(img, f"ROI mask '{name}'")
+        loaded = load_nifti(img, f"ROI mask '{name}'")
         data = _to_grid(loaded, reference)
         if data.ndim == 4:
             if data.shape[3] != 1:

@@ -135,10 +135,19 @@ def resolve_stimulus(file: str, search_dirs: list[Path], dataset_root: Path) -> 
     """
     if not _is_safe_relative(file):
         return None, None, f"{file}: path must be relative to stimuli/ and must not contain '..'"
+    if "\x00" in file:
+        return None, None, f"{file!r}: not a valid file name (contains a NUL character)"
     for folder in search_dirs:
         candidate = folder / file
-        if candidate.exists() or candidate.is_symlink():
-            real = candidate.resolve()
+        try:
+            present = candidate.exists() or candidate.is_symlink()
+        except (OSError, ValueError) as exc:  # e.g. name too long
+            return None, None, f"{file}: not a valid file name ({getattr(exc, 'strerror', None) or exc})"
+        if present:
+            try:
+                real = candidate.resolve()
+            except (OSError, RuntimeError):  # symlink loop
+                return None, None, f"{file}: unreadable (symbolic link loop)"
             allowed = [dataset_root.resolve(), folder.resolve()]
             if not any(real == a or a in real.parents for a in allowed):
                 return None, None, f"{file}: symlink leaves the dataset ({real})"
@@ -165,7 +174,9 @@ def check_stimulus_file(path: Path) -> str | None:
         with Image.open(path) as image:
             image.load()
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for corrupt images
-        return f"{path.name}: not a readable image ({exc.__class__.__name__})"
+        detail = str(exc).replace(str(path), path.name)
+        detail = detail if len(detail) <= 100 else detail[:97] + "..."
+        return f"{path.name}: not a readable image ({exc.__class__.__name__}: {detail})"
     return None
 
 
@@ -238,7 +249,8 @@ def build_stimulus_set(events_tables: list[pd.DataFrame], bids_dir: Path, *, sou
     resolved: dict[str, tuple[Path, Path]] = {}
     for file in sorted(categories):
         path, folder, problem = resolve_stimulus(file, search_dirs, bids_dir)
-        if problem and ("relative" in problem or "leaves" in problem):
+        detail = problem[len(file):] if problem and problem.startswith(file) else (problem or "")
+        if problem and ("must be relative" in detail or "symlink leaves" in detail):
             unsafe.append(problem)
         elif problem:
             problems.append(problem)

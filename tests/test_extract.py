@@ -257,3 +257,58 @@ def test_cuda_channels_last_matches_cpu(resnet18: LoadedModel, images: list[Imag
     resnet18.module.to("cpu")
     for name in cpu:
         np.testing.assert_allclose(gpu[name], cpu[name], atol=1e-2, rtol=1e-2)
+
+
+class _InPlace(torch.nn.Module):
+    """Outputs changed in place later in the pass: by a module, a functional op and ``+=``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+        self.relu = torch.nn.ReLU(inplace=True)
+        self.lin = torch.nn.Linear(4 * 6 * 6, 5)
+        self.lin2 = torch.nn.Linear(5, 5)
+        self.keep = torch.nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.relu(self.conv(x))            # conv output is clipped in place
+        h = self.lin(y.flatten(1))
+        k = self.keep(h)                       # Identity returns h itself ...
+        torch.nn.functional.relu(h, inplace=True)  # ... which is then changed in place
+        out = self.lin2(k)
+        out += 1.0                             # lin2 output changed by +=
+        return out
+
+
+def test_outputs_changed_in_place_later_are_copied(rng: np.random.Generator) -> None:
+    """Only layers whose output is untouched afterwards skip the copy; values stay exact."""
+    torch.manual_seed(0)
+    module = _InPlace().eval()
+    inputs = [torch.from_numpy(rng.normal(size=(3, 8, 8)).astype(np.float32)) for _ in range(7)]
+    loaded = LoadedModel(module, lambda t: t, {}, "inplace", "custom", "random", None)
+    layers = ["conv", "relu", "lin", "keep", "lin2"]
+    collector = _Collector()
+    stimuli = [(lambda t=t: t) for t in inputs]
+    import bids_dnn.extract as E
+
+    original = E._as_frames
+    try:  # tensors as stimuli: bypass the PIL loader
+        E._as_frames = lambda item: [item()]
+        extract_features(loaded, stimuli, layers, batch_size=2, on_batch=collector.on_batch)
+    finally:
+        E._as_frames = original
+    got = collector.features()
+    # batches of 2 vs 7 at once: float rounding only; in-place damage would be >= 1e-2
+    _close = lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)  # noqa: E731
+    with torch.no_grad():
+        x = torch.stack(inputs)
+        conv = module.conv(x)
+        lin = module.lin(torch.relu(conv).flatten(1))
+        lin2 = module.lin2(torch.relu(lin))
+    _close(got["conv"], _rows(conv))          # negatives survive
+    assert (got["conv"] < 0).any()
+    _close(got["relu"], _rows(torch.relu(conv)))
+    _close(got["lin"], _rows(lin))
+    _close(got["keep"], _rows(lin))
+    assert (got["lin"] < 0).any()
+    _close(got["lin2"], _rows(lin2))          # before the += 1

@@ -257,3 +257,15 @@ def test_features_module_does_not_import_torch() -> None:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_float16_cast_matches_numpy(rng: np.random.Generator) -> None:
+    """The torch cast used for speed rounds exactly like NumPy (round to nearest even)."""
+    array = (rng.normal(size=(3, 70001)) * 3000).astype(np.float32)
+    array[0, :6] = [np.nan, np.inf, -np.inf, 65519.0, 1e-8, -0.0]
+    cast = F._as_dtype(array, "float16")
+    assert cast.dtype == np.float16 and cast.shape == array.shape
+    np.testing.assert_array_equal(cast, array.astype(np.float16))
+    assert F._as_dtype(array, "float32") is array
+    assert F._max_abs(np.array([1.0, np.nan, -7.0], dtype=np.float32)) == 7.0
+    assert F._max_abs(np.array([[2.0, -3.0]], dtype=np.float32)) == 3.0

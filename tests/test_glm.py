@@ -337,3 +337,66 @@ def test_haxby_lsa_betas_classify_categories(shared_data):
 
     assert loro_accuracy(np.stack(raw)) > 0.25  # chance 0.125
     assert loro_accuracy(np.stack(whitened)) > 0.45  # multivariate noise normalisation helps
+
+
+# ---------------------------------------------------------------------------------------
+# Recovery of the planted demo responses (participant outputs of the demo dataset)
+# ---------------------------------------------------------------------------------------
+
+#: minimum Pearson r (stimuli x voxels of a signal ROI) between the run-averaged LSA betas of a
+#: demo participant and its planted responses. The demo is noise-limited: the residual noise SD of
+#: a run-averaged beta is ~1.5 planted units (control-ROI RMS), so r can be at most about
+#: 1 / sqrt(1 + 1.5**2) ~ 0.55; observed 0.53-0.57 (seed 0, 4 subjects). A broken design (wrong
+#: onsets or stimulus order) gives r ~ 0.
+DEMO_RECOVERY_MIN_R = 0.45
+#: the least-squares gain of the betas (in planted units) on the truth must be ~1 (observed
+#: 0.97-1.05): the GLM is unbiased and the betas are in BOLD units.
+DEMO_GAIN_RANGE = (0.85, 1.15)
+#: the control ROI carries no planted response: its betas correlate with no planted pattern
+#: (|r| with the planted responses of either signal ROI, on the first 80 voxels; observed < 0.03).
+DEMO_CONTROL_MAX_ABS_R = 0.1
+
+
+def test_demo_glm_recovers_planted_responses(demo_dataset, demo_outputs):
+    """Estimated betas follow the planted responses in the signal ROIs; the control ROI has none.
+
+    Betas are in BOLD units: a unit planted response is ``BASELINE * SIGNAL_PSC / 100`` (600 x 3 %
+    = 18); the planted responses are regenerated with :func:`bids_dnn.demo.planted_responses`.
+    """
+    import json
+
+    import nibabel as nib
+
+    from bids_dnn.demo import (BASELINE, CATEGORIES, N_PER_CATEGORY, PLANTED, SIGNAL_PSC, SPACE, _brain_mask,
+                               _roi_masks, planted_responses)
+
+    subjects = sorted(p.name[4:] for p in demo_outputs.glob("sub-*") if p.is_dir())
+    assert len(subjects) == 4
+    truth = planted_responses(demo_dataset, subjects, seed=0)
+    demo_ids = [f"{c}{i + 1:02d}" for c in CATEGORIES for i in range(N_PER_CATEGORY)]
+    rois = _roi_masks(_brain_mask())
+    scale = BASELINE * SIGNAL_PSC / 100
+    for subject in subjects:
+        path = demo_outputs / f"sub-{subject}" / "func" / (
+            f"sub-{subject}_task-shapes_space-{SPACE}_desc-stimuli_stat-effect_statmap.nii.gz")
+        order = json.loads(path.with_name(path.name.replace(".nii.gz", ".json")).read_text())["VolumeStimuli"]
+        estimated = np.moveaxis(np.asarray(nib.load(path).dataobj, dtype=np.float64), -1, 0) / scale
+        planted = truth[subject][[demo_ids.index(s) for s in order]]
+        signal = [roi for roi, layer in PLANTED.items() if layer is not None]
+        for roi, layer in PLANTED.items():
+            est, true = estimated[:, rois[roi]], planted[:, rois[roi]]
+            if layer is None:
+                assert np.abs(true).max() == 0
+                for other in signal:
+                    pattern = planted[:, rois[other]][:, :est.shape[1]]
+                    r = np.corrcoef(est[:, :pattern.shape[1]].ravel(), pattern.ravel())[0, 1]
+                    assert abs(r) < DEMO_CONTROL_MAX_ABS_R, (subject, roi, other, r)
+            else:
+                r = np.corrcoef(est.ravel(), true.ravel())[0, 1]
+                gain = float(est.ravel() @ true.ravel() / (true.ravel() @ true.ravel()))
+                assert r > DEMO_RECOVERY_MIN_R, (subject, roi, r)
+                assert DEMO_GAIN_RANGE[0] < gain < DEMO_GAIN_RANGE[1], (subject, roi, gain)
+                # the other signal ROI's truth does not explain these betas
+                other = next(o for o in signal if o != roi)
+                wrong = np.corrcoef(est.ravel(), planted[:, rois[other]][:, :est.shape[1]].ravel())[0, 1]
+                assert abs(wrong) < DEMO_CONTROL_MAX_ABS_R, (subject, roi, other, wrong)
