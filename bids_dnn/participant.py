@@ -311,6 +311,26 @@ def betas_derivatives_name(brain: Any) -> str:
     return "betas" if brain.derivatives == "fmriprep" else brain.derivatives
 
 
+def check_subject_inputs(ctx: Context, subject: str) -> None:
+    """Find a subject's runs and read their image headers (no voxel data): missing or unreadable
+    inputs are reported before any feature extraction."""
+    from bids_dnn.patterns import load_nifti
+
+    brain = ctx.spec.brain
+    if brain.input == "betas":
+        runs = ctx.index.betas_runs(ctx.task, subject, brain.space, brain.resolution, ctx.options.session_labels,
+                                    derivatives=betas_derivatives_name(brain))
+        paths = [(r.bold, "betas map") for r in runs] + [(r.mask, "brain mask") for r in runs if r.mask]
+    else:
+        runs = ctx.index.events(ctx.task, [subject], ctx.options.session_labels)
+        if not runs:
+            raise NothingSelectedError(f"sub-{subject} has no events for task '{ctx.task}' with the given filters")
+        runs = [ctx.index.fmriprep_run(r, brain.space, brain.resolution, brain.derivatives) for r in runs]
+        paths = [(r.bold, "preprocessed BOLD") for r in runs] + [(r.mask, "brain mask") for r in runs]
+    for path, what in paths:
+        load_nifti(path, what)
+
+
 def load_subject_betas(ctx: Context, subject: str, stimuli: StimulusSet) -> SubjectPatterns:
     """Patterns of one participant from ready-made per-run betas (``brain.input: betas``).
 
@@ -679,9 +699,17 @@ def run_participant_level(options: RunOptions) -> None:
     write_stimulus_table(ctx, stimuli)
     logger.info("task %s: %d stimuli, %d participant(s): %s", ctx.task, stimuli.n_stimuli, len(ctx.subjects),
                 ", ".join(ctx.subjects))
-    models = model_rdms(ctx, stimuli)
     failures: list[tuple[str, BidsDnnError | Exception]] = []
-    for subject in ctx.subjects:
+    ready = []
+    for subject in ctx.subjects:  # fail fast: cheap input checks before the costly extraction
+        try:
+            check_subject_inputs(ctx, subject)
+            ready.append(subject)
+        except BidsDnnError as exc:
+            logger.error("sub-%s failed: %s", subject, exc)
+            failures.append((subject, exc))
+    models = model_rdms(ctx, stimuli) if ready else {}
+    for subject in ready:
         try:
             summary = process_subject(ctx, subject, stimuli, models)
             logger.info("sub-%s done in %.1f s", subject, summary["seconds"])

@@ -142,11 +142,17 @@ def methods_blocks(spec: AnalysisSpec, level: str, facts: dict[str, Any]) -> lis
         measure_text = MEASURE_TEXT.get(measure, measure)
         if measure == "crossnobis":
             measure_text += f" {cite('crossnobis')}"
+    if spec.brain.input == "betas" or spec.brain.noise_normalization == "none":
+        noise_text = "without noise normalisation" + (
+            " (ready-made response estimates, no GLM residuals)" if spec.brain.input == "betas" else "")
+    else:
+        noise_text = (f"after {spec.brain.noise_normalization} noise normalisation with a "
+                      f"{spec.brain.noise_estimator.replace('_', ' ')} estimate of the noise covariance from the GLM "
+                      "residuals")
     paragraphs.append(
-        f"Brain RDMs were computed per ROI with the {measure_text}, after {spec.brain.noise_normalization} noise "
-        f"normalisation with a {spec.brain.noise_estimator.replace('_', ' ')} estimate of the noise covariance from "
-        f"the GLM residuals. Model RDMs used the {MEASURE_TEXT.get(spec.rdm.model, spec.rdm.model)} between the "
-        f"stimuli's activation patterns of each layer {cite('rsa')}.")
+        f"Brain RDMs were computed per ROI with the {measure_text}, {noise_text}. Model RDMs used the "
+        f"{MEASURE_TEXT.get(spec.rdm.model, spec.rdm.model)} between the stimuli's activation patterns of each "
+        f"layer {cite('rsa')}.")
 
     if analyses.rsa.enabled:
         perm = (f"Participant-level p-values come from {analyses.rsa.permutations} permutations of the stimulus labels "
