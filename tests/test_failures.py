@@ -22,27 +22,10 @@ from hypothesis import strategies as st
 from bids_dnn.cli import main
 from bids_dnn.errors import BidsDnnError
 from bids_dnn.stimuli import StimulusSet, build_stimulus_set, read_events
+from _specs import SMALL_SPEC
 
 SPACE = "MNI152NLin2009cAsym"
-SPEC = """\
-schema_version: 1
-models:
-  - name: alexnet
-    weights: random
-    init_seed: 0
-    layers: [features.2, features.12]
-rois:
-  atlas: derivatives/rois/space-MNI152NLin2009cAsym_atlas-planted_dseg.nii.gz
-analyses:
-  rsa: {comparison: spearman, permutations: 20}
-  weighted_rsa: {enabled: false}
-  searchlight: {enabled: false}
-  encoding: {enabled: false}
-statistics:
-  bootstrap: 20
-  map_permutations: 20
-  seed: 42
-"""
+SPEC = SMALL_SPEC
 EVENTS = "sub-01/func/sub-01_task-shapes_run-1_events.tsv"
 FUNC = "derivatives/fmriprep/sub-01/func"
 BOLD = f"{FUNC}/sub-01_task-shapes_run-1_space-{SPACE}_desc-preproc_bold.nii.gz"

@@ -26,26 +26,9 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+from _specs import SMALL_SPEC
 
-SPEC = """\
-schema_version: 1
-models:
-  - name: alexnet
-    weights: random
-    init_seed: 0
-    layers: [features.2, features.12]
-rois:
-  atlas: derivatives/rois/space-MNI152NLin2009cAsym_atlas-planted_dseg.nii.gz
-analyses:
-  rsa: {comparison: spearman, permutations: 20}
-  weighted_rsa: {enabled: false}
-  searchlight: {enabled: false}
-  encoding: {enabled: false}
-statistics:
-  bootstrap: 20
-  map_permutations: 20
-  seed: 42
-"""
+SPEC = SMALL_SPEC
 FEATURES = Path("model-alexnet") / "task-shapes_model-alexnet_features.h5"
 RUN_ID_DIR = re.compile(r"^\d{8}-\d{6}-")
 VOLATILE_KEYS = {"run_id", "seconds"}
