@@ -101,11 +101,6 @@ def group_map(ctx: "Context", analysis: str, model: str, layer: str, paths: list
         drv.write_nifti(path, nib.Nifti1Image(volume, affine), {**common, "Statistic": stat_name,
                                                                  "Description": descriptions[stat_name]})
         written.append(path)
-    smallest_p = 1.0 / max(int(result.n_permutations), 1)
-    if stats_spec.map_permutations and smallest_p > stats_spec.alpha:
-        logger.warning("%s %s / %s: with %d subjects the smallest sign-flip p is %.3g > alpha %.3g, so no voxel "
-                       "can be FWE-significant; more subjects are needed", analysis, model, layer, values.shape[0],
-                       smallest_p, stats_spec.alpha)
     n_fwe = int((result.p_fwe <= stats_spec.alpha).sum()) if stats_spec.map_permutations else 0
     logger.info("%s %s / %s: %d of %d voxels FWE-significant at %.3g", analysis, model, layer, n_fwe,
                 int(mask.sum()), stats_spec.alpha)
@@ -137,6 +132,11 @@ def run_group_maps(ctx: "Context", subjects: list[str]) -> list[Path]:
     if analyses.encoding.enabled:
         jobs += [("encoding", m, lay, ENCODING_STAT, True) for m, lay in layers]
     written: list[Path] = []
+    n_flips = min(2 ** len(subjects), ctx.spec.statistics.map_permutations)
+    if jobs and n_flips and 1.0 / n_flips > ctx.spec.statistics.alpha:
+        logger.warning("group maps: with %d subjects the smallest sign-flip p is %.3g > alpha %.3g, so no voxel can "
+                       "be FWE-significant; more subjects are needed", len(subjects), 1.0 / n_flips,
+                       ctx.spec.statistics.alpha)
     with progress("group maps", len(jobs)) as advance:
         for offset, (analysis, model, layer, stat, correlation) in enumerate(jobs):
             builder = ctx.layout.searchlight_map if analysis == "searchlight" else ctx.layout.encoding_map

@@ -267,7 +267,8 @@ def fit_subject_glms(ctx: Context, subject: str, stimuli: StimulusSet) -> Subjec
     stim_spec = ctx.spec.stimuli
     with progress(f"GLM sub-{subject}", len(runs)) as advance:
         for r, (run, bold) in enumerate(zip(runs, images)):
-            data = image_data(bold, run.bold.name)[mask].T
+            # float32 read (fMRIPrep stores float32) halves the peak of the full 4D array; the GLM runs in float64
+            data = image_data(bold, run.bold.name, np.float32)[mask].T.astype(np.float64)
             events = read_events(run.events)
             events["condition"] = condition_column(events, stimuli, stim_spec.source, stim_spec.trial_type_map,
                                                    stim_spec.ignore_trial_types)
