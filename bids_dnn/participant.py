@@ -240,7 +240,7 @@ def fit_subject_glms(ctx: Context, subject: str, stimuli: StimulusSet) -> Subjec
     import nibabel as nib
 
     from bids_dnn.glm import fit_run_glm
-    from bids_dnn.patterns import check_same_grid, image_data, load_nifti
+    from bids_dnn.patterns import check_same_grid, load_nifti, masked_timeseries
 
     brain = ctx.spec.brain
     if brain.input == "betas":
@@ -267,8 +267,8 @@ def fit_subject_glms(ctx: Context, subject: str, stimuli: StimulusSet) -> Subjec
     stim_spec = ctx.spec.stimuli
     with progress(f"GLM sub-{subject}", len(runs)) as advance:
         for r, (run, bold) in enumerate(zip(runs, images)):
-            # float32 read (fMRIPrep stores float32) halves the peak of the full 4D array; the GLM runs in float64
-            data = image_data(bold, run.bold.name, np.float32)[mask].T.astype(np.float64)
+            # read a few volumes at a time: memory is the masked series, not the whole 4D image
+            data = masked_timeseries(run.bold, mask, run.bold.name)
             events = read_events(run.events)
             events["condition"] = condition_column(events, stimuli, stim_spec.source, stim_spec.trial_type_map,
                                                    stim_spec.ignore_trial_types)

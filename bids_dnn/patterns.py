@@ -63,6 +63,46 @@ def image_data(img: nib.spatialimages.SpatialImage, what: str, dtype: Any = np.f
                                 "the file is truncated or corrupt; regenerate or re-download it") from None
 
 
+def masked_timeseries(path: str | Path, mask: np.ndarray, what: str, chunk_volumes: int = 32) -> np.ndarray:
+    """The time series of the ``mask`` voxels of a 4D image, read a few volumes at a time.
+
+    The file is kept open and read forward in chunks of ``chunk_volumes`` volumes (cheap for
+    ``.nii.gz`` too), so memory is the masked array plus one chunk, not the whole 4D image.
+
+    Parameters
+    ----------
+    path : path of a 4D NIfTI image, shape (X, Y, Z, n_time)
+    mask : numpy.ndarray of bool, shape (X, Y, Z)
+    what : str
+        Named in error messages.
+
+    Returns
+    -------
+    numpy.ndarray of float64, shape (n_time, n_mask_voxels)
+    """
+    try:
+        img = nib.load(str(path), keep_file_open=True)
+    except Exception as exc:  # noqa: BLE001 - any reader error means unreadable input
+        raise InputMissingError(f"{what}: cannot read {Path(path).name} as an image ({exc.__class__.__name__})") from None
+    if img.ndim != 4 or tuple(img.shape[:3]) != tuple(mask.shape):
+        raise AnalysisError(f"{what}: expected a 4D image on the mask's grid {mask.shape}, got shape {img.shape}")
+    n_time = img.shape[3]
+    out = np.empty((n_time, int(mask.sum())), dtype=np.float64)
+    try:
+        for start in range(0, n_time, chunk_volumes):
+            stop = min(start + chunk_volumes, n_time)
+            block = np.asarray(img.dataobj[..., start:stop], dtype=np.float32)
+            out[start:stop] = block[mask].T
+    except Exception as exc:  # noqa: BLE001 - truncated / corrupt data
+        raise InputMissingError(f"{what}: cannot read the image data ({exc.__class__.__name__}: {exc})",
+                                "the file is truncated or corrupt; regenerate or re-download it") from None
+    finally:
+        opener = getattr(img.dataobj, "_opener", None)  # nibabel's kept-open file handle
+        if opener is not None:
+            opener.close()
+    return out
+
+
 def _grid(img: nib.spatialimages.SpatialImage) -> tuple[tuple[int, int, int], np.ndarray]:
     return tuple(int(n) for n in img.shape[:3]), np.asarray(img.affine, dtype=float)
 

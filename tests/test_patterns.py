@@ -228,3 +228,34 @@ def test_split_half_reliability_nan_safe(rng):
     assert rel[0] == pytest.approx(2 * r / (1 + r))
     with pytest.raises(AnalysisError, match="at least 2 runs"):
         split_half_reliability(runs[:1])
+
+
+def test_masked_timeseries_equals_full_read(tmp_path):
+    """Chunked forward reading of a .nii.gz equals reading the whole 4D image, for any chunk size."""
+    import nibabel as nib
+
+    from bids_dnn.patterns import masked_timeseries
+
+    rng = np.random.default_rng(5)
+    data = rng.normal(100, 5, size=(6, 7, 5, 23)).astype(np.float32)
+    mask = rng.random((6, 7, 5)) > 0.4
+    path = tmp_path / "bold.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
+    expected = data[mask].T.astype(np.float64)
+    for chunk in (1, 4, 23, 100):
+        np.testing.assert_array_equal(masked_timeseries(path, mask, "bold", chunk_volumes=chunk), expected)
+
+
+def test_masked_timeseries_truncated_file_is_exit_66(tmp_path):
+    import nibabel as nib
+
+    from bids_dnn.errors import InputMissingError
+    from bids_dnn.patterns import masked_timeseries
+
+    data = np.random.default_rng(6).normal(size=(8, 8, 8, 40)).astype(np.float32)
+    path = tmp_path / "bold.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
+    path.write_bytes(path.read_bytes()[:20000])
+    with pytest.raises(InputMissingError, match="cannot read the image data") as info:
+        masked_timeseries(path, np.ones((8, 8, 8), bool), "bold.nii.gz")
+    assert info.value.exit_code == 66
