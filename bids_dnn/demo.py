@@ -429,7 +429,13 @@ cosine drifts, motion-like random walks (written as trans_*/rot_* confounds) wit
 loadings, and AR(1) noise (rho {AR1_RHO}, SD {NOISE_SD_PSC:g} %).
 
 Expected results: for ROI `early` the layer `features.2` has the highest RSA score, for ROI
-`late` the layer `classifier.4`; ROI `control` has no significant score.
+`late` the layer `classifier.4`; ROI `control` has no score that survives family-wise correction
+(with 4 subjects an FDR-corrected false positive in `control` can happen by chance). The
+weighted RSA puts its largest weight on the planted layer, the variance partitioning finds the
+planted group's unique variance, and the searchlight maps peak in the planted ROIs. With 4
+subjects no group map can reach FWE significance (16 sign flips: smallest p = 1/16). The
+encoding maps are there to show the outputs: 24 stimuli are too few for a ridge model of
+thousands of units to generalise to held-out stimuli.
 
 ## Files
 
