@@ -430,10 +430,11 @@ loadings, and AR(1) noise (rho {AR1_RHO}, SD {NOISE_SD_PSC:g} %).
 
 Expected results: for ROI `early` the layer `features.2` has the highest RSA score, for ROI
 `late` the layer `classifier.4`; ROI `control` has no score that survives family-wise correction
-(with 4 subjects an FDR-corrected false positive in `control` can happen by chance). The
+(with few subjects an FDR-corrected false positive in `control` can happen by chance). The
 weighted RSA puts its largest weight on the planted layer, the variance partitioning finds the
-planted group's unique variance, and the searchlight maps peak in the planted ROIs. With 4
-subjects no group map can reach FWE significance (16 sign flips: smallest p = 1/16). The
+planted group's unique variance, and the searchlight maps peak in the planted ROIs. Group maps
+use 2^n sign flips for n subjects (smallest p = 1/2^n): the default 4 subjects cannot reach FWE
+significance at 0.05. The
 encoding maps are there to show the outputs: 24 stimuli are too few for a ridge model of
 thousands of units to generalise to held-out stimuli.
 
