@@ -33,10 +33,11 @@ import numpy as np
 os.environ.setdefault("TQDM_DISABLE", "1")  # rsatoolbox's progress bars
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _common import finish, report  # noqa: E402
+
 from bids_dnn.compare import RSATOOLBOX_NAMES  # noqa: E402
 from bids_dnn.stats import bootstrap_dual, bootstrap_patterns  # noqa: E402
 
-TOL = 1e-10
 
 
 class Recorder:
@@ -93,22 +94,6 @@ def max_diff(pairs) -> float:
     return out
 
 
-def report(name: str, t_ours: float | None, t_ref: float | None, diff: float,
-           target: float | None, failures: list[str], check_speed: bool) -> None:
-    flag = ""
-    if diff > TOL:
-        flag = "  DISAGREES"
-        failures.append(f"{name}: max |diff| {diff:.2e}")
-    if t_ours is None or t_ref is None:
-        print(f"{name:<36} {'':>58} max|diff| {diff:.1e}{flag}")
-        return
-    ratio = t_ref / t_ours
-    if target is not None and check_speed and ratio < target:
-        flag += f"  BELOW TARGET {target:g}x"
-        failures.append(f"{name}: {ratio:.1f}x < {target:g}x")
-    tgt = f"(target >= {target:g}x)" if target is not None else ""
-    print(f"{name:<36} ours {t_ours * 1e3:9.1f} ms  ref {t_ref * 1e3:9.1f} ms  "
-          f"ratio {ratio:7.1f}x {tgt:<16} max|diff| {diff:.1e}{flag}")
 
 
 def bench_pattern(rng, n_boot: int, n_subj: int, n_models: int, n_cond: int, measure: str,
@@ -187,12 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         bench_pattern(rng, 1000, 10, 5, 60, "spearman", 3, 5.0, failures, check_speed)
         bench_pattern(rng, 1000, 10, 5, 60, "pearson", 3, None, failures, check_speed)
         bench_dual(rng, 100, 10, 5, 60, "spearman", failures, check_speed)
-    print()
-    if failures:
-        print("FAILED:\n  " + "\n  ".join(failures))
-        return 1
-    print("all agreement checks passed" + ("" if args.smoke else " and speed targets met"))
-    return 0
+    return finish(failures, args.smoke)
 
 
 if __name__ == "__main__":

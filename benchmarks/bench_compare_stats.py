@@ -19,10 +19,7 @@ Exit status 1 when a result disagrees (> 1e-10) or, in the full run, a speed tar
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -30,41 +27,16 @@ import scipy.stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _common import finish, report, timed_pair  # noqa: E402
+
 from bids_dnn.compare import COMPARISON_MEASURES, RSATOOLBOX_NAMES, compare_rdms  # noqa: E402
 from bids_dnn.stats import (noise_ceiling, permutation_indices,  # noqa: E402
                             permutation_test, permuted_pair_indices)
 
-TOL = 1e-10
 
 
-def timed_pair(ours, reference, repeats: int = 3):
-    """Median-of-``repeats`` wall times of two callables, run interleaved (so that load from
-    other processes hits both alike), and their last results."""
-    times: tuple[list[float], list[float]] = ([], [])
-    outs = [None, None]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for _ in range(repeats):
-            for k, fn in enumerate((ours, reference)):
-                t0 = time.perf_counter()
-                outs[k] = fn()
-                times[k].append(time.perf_counter() - t0)
-    return statistics.median(times[0]), statistics.median(times[1]), outs[0], outs[1]
 
 
-def report(name: str, t_ours: float, t_ref: float, diff: float, target: float | None,
-           failures: list[str], check_speed: bool) -> None:
-    ratio = t_ref / t_ours
-    flag = ""
-    if diff > TOL:
-        flag = "  DISAGREES"
-        failures.append(f"{name}: max |diff| {diff:.2e}")
-    if target is not None and check_speed and ratio < target:
-        flag += f"  BELOW TARGET {target:g}x"
-        failures.append(f"{name}: {ratio:.1f}x < {target:g}x")
-    tgt = f"(target >= {target:g}x)" if target is not None else ""
-    print(f"{name:<34} ours {t_ours * 1e3:9.1f} ms  ref {t_ref * 1e3:9.1f} ms  "
-          f"ratio {ratio:7.1f}x {tgt:<16} max|diff| {diff:.1e}{flag}")
 
 
 def bench_compare(rng, n_data: int, n_models: int, n_cond: int, failures, check_speed):
@@ -137,12 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         bench_compare(rng, 200, 50, 60, failures, check_speed)
         bench_permutations(rng, 60, 10000, failures, check_speed)
         bench_noise_ceiling(rng, 20, 60, failures, check_speed)
-    print()
-    if failures:
-        print("FAILED:\n  " + "\n  ".join(failures))
-        return 1
-    print("all agreement checks passed" + ("" if args.smoke else " and speed targets met"))
-    return 0
+    return finish(failures, args.smoke)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,8 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _common import timed_pair  # noqa: E402
+
 from bids_dnn.searchlight import (Neighbourhoods, searchlight_rdms,  # noqa: E402
                                   searchlight_rsa, sphere_neighbourhoods)
 
@@ -78,16 +80,6 @@ def timed(fn, repeats: int):
     return statistics.median(times), out
 
 
-def timed_pair(ours, reference, repeats: int):
-    """Median wall times of two callables run interleaved, and their last results."""
-    times: tuple[list[float], list[float]] = ([], [])
-    outs = [None, None]
-    for _ in range(repeats):
-        for k, fn in enumerate((ours, reference)):
-            t0 = time.perf_counter()
-            outs[k] = fn()
-            times[k].append(time.perf_counter() - t0)
-    return statistics.median(times[0]), statistics.median(times[1]), outs[0], outs[1]
 
 
 def _status_kb(key: str) -> int | None:

@@ -72,47 +72,48 @@ def collect_rsa(ctx: Context, subjects: list[str], model: str) -> pd.DataFrame:
     return pd.concat(tables, ignore_index=True)
 
 
-def noise_ceilings(ctx: Context, subjects: list[str], rois: list[str], brain_measure: str,
-                   comparison: str) -> dict[str, tuple[float, float]]:
-    """Lower / upper noise ceiling per ROI from the subjects' brain RDMs."""
+def relmat_vector(path: Path) -> np.ndarray:
+    """The upper-triangle vector of a written RDM."""
     from bids_dnn.rdm import square_to_vector
+
+    return square_to_vector(read_relmat(path)[0])
+
+
+def brain_rdm_vectors(ctx: Context, subjects: list[str], rois: list[str], measure: str) -> dict[str, np.ndarray]:
+    """Every subject's brain RDM per ROI, read once: roi -> (n_subjects, n_pairs), rows in ``subjects`` order."""
+    return {roi: np.stack([relmat_vector(ctx.layout.brain_rdm(s, roi, measure)) for s in subjects]) for roi in rois}
+
+
+def model_rdm_vectors(ctx: Context, model: str, layers: list[str]) -> np.ndarray:
+    """A model's layer RDMs, (n_layers, n_pairs) in ``layers`` order."""
+    return np.stack([relmat_vector(ctx.layout.model_rdm(model, layer, ctx.spec.rdm.model)) for layer in layers])
+
+
+def noise_ceilings(brain: dict[str, np.ndarray], comparison: str) -> dict[str, tuple[float, float]]:
+    """Lower / upper noise ceiling per ROI from the subjects' brain RDMs (roi -> (n_subjects, n_pairs))."""
     from bids_dnn.stats import noise_ceiling
 
     out = {}
-    for roi in rois:
-        vectors = []
-        for subject in subjects:
-            square, _ = read_relmat(ctx.layout.brain_rdm(subject, roi, brain_measure))
-            vectors.append(square_to_vector(square))
-        if len(vectors) < 2:
+    for roi, data in brain.items():
+        if data.shape[0] < 2:
             out[roi] = (np.nan, np.nan)
             continue
-        lower, upper = noise_ceiling(np.stack(vectors), measure=comparison)[:2]
+        lower, upper = noise_ceiling(data, measure=comparison)[:2]
         out[roi] = (float(lower), float(upper))
     return out
 
 
-def dual_bootstrap_ci(ctx: Context, roi_table: pd.DataFrame, subjects: list[str], layers: list[str],
-                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile CIs of each layer's mean score, resampling subjects and stimuli together."""
-    from bids_dnn.rdm import square_to_vector
-    from bids_dnn.stats import bootstrap_dual
-
-    roi, model = roi_table["roi"].iloc[0], roi_table["model"].iloc[0]
-    brain_measure = str(roi_table["brain_rdm"].iloc[0])
-    data = np.stack([square_to_vector(read_relmat(ctx.layout.brain_rdm(s, roi, brain_measure))[0]) for s in subjects])
-    models = np.stack([square_to_vector(read_relmat(ctx.layout.model_rdm(model, layer, ctx.spec.rdm.model))[0])
-                       for layer in layers])
-    result = bootstrap_dual(data, models, str(roi_table["comparison"].iloc[0]), ctx.spec.statistics.bootstrap,
-                            rng=rng, ci=ctx.spec.statistics.ci)
-    return np.asarray(result.ci_low, dtype=float), np.asarray(result.ci_high, dtype=float)
-
-
 def summarise_model(ctx: Context, table: pd.DataFrame, ceilings: dict[str, tuple[float, float]],
-                    rng: np.random.Generator) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Group summary and pairwise layer comparisons of one model's RSA table."""
+                    rng: np.random.Generator, brain: dict[str, np.ndarray] | None = None,
+                    model_rdms: np.ndarray | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Group summary and pairwise layer comparisons of one model's RSA table.
+
+    ``brain`` (roi -> (n_subjects, n_pairs), rows in ``table``'s subject order) and ``model_rdms``
+    ((n_layers, n_pairs), the table's layer order) are needed for ``statistics.bootstrap_method: dual``.
+    """
     from bids_dnn.stats import (
         bonferroni,
+        bootstrap_dual,
         bootstrap_subjects,
         crossvalidated_best_layer,
         fdr_bh,
@@ -123,13 +124,15 @@ def summarise_model(ctx: Context, table: pd.DataFrame, ceilings: dict[str, tuple
     stats_spec = ctx.spec.statistics
     rows, comparisons = [], []
     for roi, roi_table in table.groupby("roi", sort=False):
-        wide = roi_table.pivot(index="subject", columns="layer", values="score")
         layers = list(dict.fromkeys(roi_table["layer"]))
-        wide = wide[layers]
+        wide = roi_table.pivot(index="subject", columns="layer", values="score")
+        wide = wide.loc[list(dict.fromkeys(roi_table["subject"])), layers]
         values = wide.to_numpy(dtype=np.float64)
         tests = one_sample_tests(values, alternative=stats_spec.alternative)
         if stats_spec.bootstrap and values.shape[0] >= 2 and stats_spec.bootstrap_method == "dual":
-            low, high = dual_bootstrap_ci(ctx, roi_table, list(wide.index), layers, rng)
+            result = bootstrap_dual(brain[roi], model_rdms, str(roi_table["comparison"].iloc[0]), stats_spec.bootstrap,
+                                    rng=rng, ci=stats_spec.ci)
+            low, high = np.asarray(result.ci_low, dtype=float), np.asarray(result.ci_high, dtype=float)
         elif stats_spec.bootstrap and values.shape[0] >= 2:
             low, high, _ = bootstrap_subjects(values, stats_spec.bootstrap, rng, ci=stats_spec.ci)
         else:
@@ -171,24 +174,22 @@ WEIGHTED_COLUMNS = {
 }
 
 
-def weighted_rsa(ctx: Context, subjects: list[str], model: str, table: pd.DataFrame,
-                 rng: np.random.Generator) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Cross-validated weighted RSA of one model per ROI: summary, subject scores, fold weights."""
-    from bids_dnn.rdm import square_to_vector
+def weighted_rsa(ctx: Context, subjects: list[str], model: str, table: pd.DataFrame, brain: dict[str, np.ndarray],
+                 predictors: np.ndarray, rng: np.random.Generator) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Cross-validated weighted RSA of one model per ROI: summary, subject scores, fold weights.
+
+    ``brain``: roi -> (n_subjects, n_pairs); ``predictors``: the layer RDMs (n_layers, n_pairs) in
+    the table's layer order.
+    """
     from bids_dnn.stats import one_sample_tests, paired_tests
     from bids_dnn.weighted_rsa import crossvalidated_weighted_rsa
 
     spec = ctx.spec.analyses.weighted_rsa
     comparison = str(table["comparison"].iloc[0])
-    brain_measure = str(table["brain_rdm"].iloc[0])
     layers = list(dict.fromkeys(table["layer"]))
-    predictors = np.stack([square_to_vector(read_relmat(ctx.layout.model_rdm(model, layer, ctx.spec.rdm.model))[0])
-                           for layer in layers])
     summary, scores, weights = [], [], []
     for roi in dict.fromkeys(table["roi"]):
-        data = np.stack([square_to_vector(read_relmat(ctx.layout.brain_rdm(s, roi, brain_measure))[0])
-                         for s in subjects])
-        result = crossvalidated_weighted_rsa(predictors, data, cv=spec.cv, measure=comparison, rng=rng)
+        result = crossvalidated_weighted_rsa(predictors, brain[roi], cv=spec.cv, measure=comparison, rng=rng)
         tests = one_sample_tests(result.scores, ctx.spec.statistics.alternative)
         best = int(np.nanargmax(np.nanmean(result.single_scores, axis=0)))
         versus = paired_tests(result.scores, result.single_scores[:, best])
@@ -204,15 +205,14 @@ def weighted_rsa(ctx: Context, subjects: list[str], model: str, table: pd.DataFr
     return pd.DataFrame(summary, columns=list(WEIGHTED_COLUMNS)), pd.DataFrame(scores), pd.DataFrame(weights)
 
 
-def variance_partitioning(ctx: Context, subjects: list[str], rsa_tables: dict[str, pd.DataFrame]
-                          ) -> tuple[pd.DataFrame, pd.DataFrame]:
+def variance_partitioning(ctx: Context, subjects: list[str], rsa_tables: dict[str, pd.DataFrame],
+                          brain: dict[str, np.ndarray]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Unique / shared variance of each subject's ROI RDMs from the spec's groups of model RDMs.
 
     Returns the per-subject components and their summary (mean, SEM, one-sample t) per ROI.
     """
     import scipy.stats
 
-    from bids_dnn.rdm import square_to_vector
     from bids_dnn.stats import one_sample_tests
     from bids_dnn.weighted_rsa import rdm_variance_partitioning
 
@@ -233,15 +233,11 @@ def variance_partitioning(ctx: Context, subjects: list[str], rsa_tables: dict[st
                 if not path.is_file():
                     raise InputMissingError(f"analyses.variance_partitioning.groups.{name}: no model RDM for "
                                             f"'{model}:{lay}' ({path.name})", "check the layer name")
-                vectors.append(square_to_vector(read_relmat(path)[0]))
+                vectors.append(relmat_vector(path))
         groups[name] = prepare(np.stack(vectors))
-    first = next(iter(rsa_tables.values()))
-    brain_measure = str(first["brain_rdm"].iloc[0])
     rows = []
-    for roi in dict.fromkeys(first["roi"]):
-        data = prepare(np.stack([square_to_vector(read_relmat(ctx.layout.brain_rdm(s, roi, brain_measure))[0])
-                                 for s in subjects]))
-        result = rdm_variance_partitioning(groups, data, method=spec.method)
+    for roi, data in brain.items():
+        result = rdm_variance_partitioning(groups, prepare(data), method=spec.method)
         for component, values in result.components.items():
             rows += [{"subject": s, "roi": roi, "component": component, "r2": float(v)}
                      for s, v in zip(subjects, np.atleast_1d(values))]
@@ -292,14 +288,17 @@ def run_group_level(options: RunOptions) -> None:
     layout = ctx.layout
     written: list[Path] = []
     rsa_tables: dict[str, pd.DataFrame] = {}
+    brain: dict[str, np.ndarray] = {}  # roi -> (n_subjects, n_pairs): the same for every model, read once
     for model_spec in ctx.spec.models if ctx.spec.analyses.rsa.enabled else []:
         model = model_spec.output_label
         table = collect_rsa(ctx, subjects, model)
         rsa_tables[model] = table
-        rois = list(dict.fromkeys(table["roi"]))
-        brain_measure = str(table["brain_rdm"].iloc[0])
-        ceilings = noise_ceilings(ctx, subjects, rois, brain_measure, str(table["comparison"].iloc[0]))
-        summary, comparisons = summarise_model(ctx, table, ceilings, rng)
+        if not brain:
+            brain = brain_rdm_vectors(ctx, subjects, list(dict.fromkeys(table["roi"])), str(table["brain_rdm"].iloc[0]))
+        needs_model_rdms = stats_spec.bootstrap_method == "dual" or ctx.spec.analyses.weighted_rsa.enabled
+        model_rdms = model_rdm_vectors(ctx, model, list(dict.fromkeys(table["layer"]))) if needs_model_rdms else None
+        ceilings = noise_ceilings(brain, str(table["comparison"].iloc[0]))
+        summary, comparisons = summarise_model(ctx, table, ceilings, rng, brain, model_rdms)
         sidecar_common = {"Subjects": subjects, "Seed": stats_spec.seed, "Alternative": stats_spec.alternative,
                           "GroupTest": stats_spec.group_test, "Correction": stats_spec.correction,
                           "Alpha": stats_spec.alpha, "BootstrapResamples": stats_spec.bootstrap, "CI": stats_spec.ci,
@@ -313,7 +312,7 @@ def run_group_level(options: RunOptions) -> None:
         written += [layout.group_table(model), layout.group_table(model, "summary"),
                     layout.group_table(model, "comparisons")]
         if ctx.spec.analyses.weighted_rsa.enabled and len(subjects) >= 2:
-            w_summary, w_scores, w_weights = weighted_rsa(ctx, subjects, model, table, rng)
+            w_summary, w_scores, w_weights = weighted_rsa(ctx, subjects, model, table, brain, model_rdms, rng)
             paths = [layout.group_table(model, "weighted"), layout.group_table(model, "weightedscores"),
                      layout.group_table(model, "weights")]
             drv.write_tsv(paths[0], w_summary, {**{k: {"Description": v} for k, v in WEIGHTED_COLUMNS.items()},
@@ -328,7 +327,7 @@ def run_group_level(options: RunOptions) -> None:
             logger.info("%s / %s: best layer (cross-validated) %s; significant layers: %d of %d", model, roi,
                         best.iloc[0] if len(best) else "n/a", int(roi_summary["significant"].sum()), len(roi_summary))
     if ctx.spec.analyses.variance_partitioning.enabled and rsa_tables:
-        vp_table, vp_summary = variance_partitioning(ctx, subjects, rsa_tables)
+        vp_table, vp_summary = variance_partitioning(ctx, subjects, rsa_tables, brain)
         vp = ctx.spec.analyses.variance_partitioning
         common = {"Groups": vp.groups, "Method": vp.method, "RankTransform": vp.rank_transform,
                   "Subjects": subjects, "Formulas": "unique:A = R2(all) - R2(all without A); shared regions by "

@@ -52,8 +52,6 @@ if TYPE_CHECKING:
 CORRELATION_MEASURES = ("spearman", "pearson", "rho_a", "corr_cov")
 #: default memory budget of the searchlight engine when --mem is not given
 DEFAULT_SEARCHLIGHT_MEMORY = 2 * 1024**3
-#: centre ranges of a plain (unpartitioned) run: progress granularity only
-PROGRESS_STEPS = 20
 
 ENCODING_COLUMNS = {
     "subject": "Participant label.",
@@ -206,14 +204,8 @@ def searchlight_scores(ctx: "Context", subject: str, inputs: SearchlightInputs, 
     if merged is not None:
         logger.info("sub-%s: searchlight merged from %s", subject, ctx.layout.searchlight_part(subject, 1, 1, key).parent)
         return merged
-    ranges = partition_centres(n_centres, min(PROGRESS_STEPS, max(n_centres, 1)))
-    blocks = []
-    with progress(f"searchlight sub-{subject}", len(ranges)) as advance:
-        for start, stop in ranges:
-            blocks.append(searchlight_rsa(inputs.patterns, neighbourhoods, model_rows, centre_range=(start, stop),
-                                          **kwargs))
-            advance()
-    return np.concatenate(blocks, axis=1)
+    with progress(f"searchlight sub-{subject}", n_centres) as advance:
+        return searchlight_rsa(inputs.patterns, neighbourhoods, model_rows, on_chunk=advance, **kwargs)
 
 
 def merge_parts(ctx: "Context", subject: str, key: str, n_centres: int, n_rows: int) -> np.ndarray | None:

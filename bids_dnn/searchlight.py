@@ -791,8 +791,8 @@ def _n_workers(device: torch.device, num_threads: int | None) -> int:
 
 
 def _run_chunks(eng: _Engine, start: int, stop: int, size: int, n_workers: int,
-                work: Callable[[int, int, int], None]) -> None:
-    """Call ``work(chunk_start, lo, hi)`` for every chunk.
+                work: Callable[[int, int, int], None], on_chunk: Callable[[int], None] | None = None) -> None:
+    """Call ``work(chunk_start, lo, hi)`` for every chunk, then ``on_chunk(hi - lo)`` (progress).
 
     On CPU the chunks are shared among ``n_workers`` Python threads while torch runs with one
     intra-op thread (:func:`_single_threaded_torch`; the ops release the GIL). This keeps the
@@ -805,10 +805,14 @@ def _run_chunks(eng: _Engine, start: int, stop: int, size: int, n_workers: int,
         if n_workers == 1 or len(chunks) < 2:
             for chunk in chunks:
                 work(*chunk)
+                if on_chunk is not None:
+                    on_chunk(chunk[2] - chunk[1])
             return
         with ThreadPoolExecutor(min(n_workers, len(chunks))) as pool:
-            for future in [pool.submit(_no_grad_call, work, *c) for c in chunks]:
+            for chunk, future in [(c, pool.submit(_no_grad_call, work, *c)) for c in chunks]:
                 future.result()
+                if on_chunk is not None:
+                    on_chunk(chunk[2] - chunk[1])
 
 
 def _no_grad_call(work: Callable[[int, int, int], None], a: int, lo: int, hi: int) -> None:
@@ -899,7 +903,8 @@ def searchlight_rsa(patterns: np.ndarray, neighbourhoods: Neighbourhoods,
                     device: str | torch.device = "cpu", dtype: np.dtype | type = np.float64,
                     memory_budget_bytes: int = 2 ** 30,
                     noise_variance: np.ndarray | None = None,
-                    num_threads: int | None = None) -> np.ndarray:
+                    num_threads: int | None = None,
+                    on_chunk: Callable[[int], None] | None = None) -> np.ndarray:
     """Compare every searchlight RDM with every model RDM, without storing the RDMs.
 
     Parameters
@@ -924,6 +929,8 @@ def searchlight_rsa(patterns: np.ndarray, neighbourhoods: Neighbourhoods,
         As in :func:`searchlight_rdms`.
     num_threads : int, optional
         CPU worker threads (default ``torch.get_num_threads()``).
+    on_chunk : callable, optional
+        Called with the number of centres of each finished chunk (progress reporting).
 
     Returns
     -------
@@ -935,11 +942,11 @@ def searchlight_rsa(patterns: np.ndarray, neighbourhoods: Neighbourhoods,
     with _single_threaded_torch(device):
         return _searchlight_rsa(patterns, neighbourhoods, model_rdms, rdm_measure, comparison,
                                 centre_range, device, dtype, memory_budget_bytes,
-                                noise_variance, n_workers)
+                                noise_variance, n_workers, on_chunk)
 
 
 def _searchlight_rsa(patterns, nb, model_rdms, rdm_measure, comparison, centre_range, device,
-                     dtype, memory_budget_bytes, noise_variance, n_workers) -> np.ndarray:
+                     dtype, memory_budget_bytes, noise_variance, n_workers, on_chunk=None) -> np.ndarray:
     start, stop = _check_range(centre_range, nb.n_centres)
     eng = _Engine(patterns, nb, rdm_measure, dtype, device, noise_variance)
     models = np.asarray(model_rdms, dtype=np.float64)
@@ -971,5 +978,5 @@ def _searchlight_rsa(patterns, nb, model_rdms, rdm_measure, comparison, centre_r
         scores = (transform(rdm, live) @ tm)[live]  # (hi - lo, n_models)
         out[:, lo - start:hi - start] = scores.T.cpu().numpy()
 
-    _run_chunks(eng, start, stop, size, n_workers, work)
+    _run_chunks(eng, start, stop, size, n_workers, work, on_chunk)
     return out

@@ -534,3 +534,15 @@ def test_cuda_matches_cpu(nb, patterns, run_patterns, models):
              for p in SL.partition_centres(nb.n_centres, 4)]
     full = SL.searchlight_rsa(patterns, nb, models, device="cuda", memory_budget_bytes=40_000)
     assert np.array_equal(np.concatenate(parts, 1), full, equal_nan=True)
+
+
+def test_on_chunk_reports_every_centre_once(rng):
+    """The progress callback receives each chunk's centre count; they add up to the range."""
+    mask = rng.random((8, 9, 7)) > 0.2
+    nb = SL.sphere_neighbourhoods(mask, 2.0, (1.0, 1.0, 1.0), min_voxels=3)
+    patterns = rng.standard_normal((10, int(mask.sum())))
+    models = rng.random((2, 45))
+    counts: list[int] = []
+    full = SL.searchlight_rsa(patterns, nb, models, memory_budget_bytes=64 * 1024, on_chunk=counts.append)
+    assert len(counts) > 1 and sum(counts) == nb.n_centres
+    np.testing.assert_array_equal(full, SL.searchlight_rsa(patterns, nb, models, memory_budget_bytes=64 * 1024))
