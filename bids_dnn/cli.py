@@ -116,7 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     ana.add_argument("--spec", type=Path, metavar="FILE", help="analysis spec (YAML or JSON)")
     ana.add_argument("--random-seed", type=_seed, help="overrides statistics.seed of the spec")
     ana.add_argument("--reports-only", action="store_true", help="rebuild the HTML reports from existing outputs")
-    ana.add_argument("--force", action="store_true", help="recompute outputs that already exist")
+    ana.add_argument("--force", action="store_true",
+                     help="recompute every stage (features included); without it a rerun recomputes only "
+                          "the stages whose inputs, spec section or outputs changed")
     ana.add_argument("--searchlight-part", type=parse_part, default=None, metavar="K/N",
                      help="compute only the K-th of N centre ranges of the searchlight (e.g. one per array "
                           "task or GPU); a later run without the option merges the parts")

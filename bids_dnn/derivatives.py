@@ -137,22 +137,34 @@ def write_bytes(path: Path, data: bytes) -> Path:
     return path
 
 
-def write_text(path: Path, text: str) -> Path:
-    """Write UTF-8 ``text`` atomically."""
-    return write_bytes(path, text.encode("utf-8"))
+def write_text(path: Path, text: str, *, if_changed: bool = False) -> Path:
+    """Write UTF-8 ``text`` atomically (``if_changed``: leave an identical file untouched)."""
+    data = text.encode("utf-8")
+    if if_changed and _same_bytes(Path(path), data):
+        return path
+    return write_bytes(path, data)
 
 
-def write_json(path: Path, data: Any) -> Path:
+def _same_bytes(path: Path, data: bytes) -> bool:
+    try:
+        return path.stat().st_size == len(data) and path.read_bytes() == data
+    except OSError:
+        return False
+
+
+def write_json(path: Path, data: Any, *, if_changed: bool = False) -> Path:
     """Write deterministic, indented JSON atomically."""
-    return write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    return write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", if_changed=if_changed)
 
 
-def write_tsv(path: Path, table: pd.DataFrame, sidecar: dict[str, Any] | None = None) -> Path:
-    """Write a TSV (``n/a`` for missing values) and, if given, its JSON data dictionary."""
+def write_tsv(path: Path, table: pd.DataFrame, sidecar: dict[str, Any] | None = None, *,
+              if_changed: bool = False) -> Path:
+    """Write a TSV (``n/a`` for missing values) and, if given, its JSON data dictionary
+    (``if_changed``: files with identical content are left untouched)."""
     text = table.to_csv(sep="\t", index=False, na_rep="n/a", float_format="%.10g", lineterminator="\n")
-    write_text(path, text)
+    write_text(path, text, if_changed=if_changed)
     if sidecar is not None:
-        write_json(sidecar_path(path), sidecar)
+        write_json(sidecar_path(path), sidecar, if_changed=if_changed)
     return path
 
 
@@ -390,6 +402,4 @@ def initialise_root(out_dir: Path, source_dir: Path, container: str | None = Non
 
 
 def _write_if_changed(path: Path, text: str) -> None:
-    if path.is_file() and path.read_text(encoding="utf-8") == text:
-        return
-    write_text(path, text)
+    write_text(path, text, if_changed=True)

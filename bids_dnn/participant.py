@@ -117,7 +117,7 @@ def write_stimulus_table(ctx: Context, stimuli: StimulusSet) -> None:
                "sha256": {"Description": "SHA-256 of the file."},
                "source": {"Description": "Folder the file was read from."},
                "StimulusSetHash": stimuli.set_hash()}
-    drv.write_tsv(ctx.layout.stimuli_table(), stimuli.to_table(), sidecar)
+    drv.write_tsv(ctx.layout.stimuli_table(), stimuli.to_table(), sidecar, if_changed=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -176,23 +176,39 @@ def read_checked_features(ctx: Context, model: str, layers: list[str]) -> Any:
 
 
 def model_rdms(ctx: Context, stimuli: StimulusSet) -> dict[str, dict[str, np.ndarray]]:
-    """Model RDM vectors: model label -> layer -> (n_pairs,). Written once at the root."""
+    """Model RDM vectors: model label -> layer -> (n_pairs,). Written once at the root; a file
+    whose sidecar holds the same content key (features + measure) is left as it is."""
     from bids_dnn.rdm import calc_rdm, vector_to_square
+    from bids_dnn.stages import content_key
 
     measure = ctx.spec.rdm.model
     out: dict[str, dict[str, np.ndarray]] = {}
     for model_spec in ctx.spec.models:
         features = model_features(ctx, model_spec, stimuli)
-        out[model_spec.output_label] = {}
+        label = model_spec.output_label
+        out[label] = {}
         for layer, values in features.items():
             vector = calc_rdm(values.astype(np.float64), measure)
-            out[model_spec.output_label][layer] = vector
-            path = ctx.layout.model_rdm(model_spec.output_label, layer, measure)
+            out[label][layer] = vector
+            path = ctx.layout.model_rdm(label, layer, measure)
+            key = content_key("model_rdm", ctx.feature_keys[label], layer, measure)
+            if not ctx.options.force and path.is_file() and _sidecar_value(path, "ContentKey") == key:
+                continue
             write_relmat(path, vector_to_square(vector, stimuli.n_stimuli), stimuli.stim_ids, {
-                "Measure": measure, "Model": model_spec.name, "ModelLabel": model_spec.output_label,
-                "Layer": layer, "NumberOfUnits": int(values.shape[1]),
-                "Sources": [str(ctx.layout.features(model_spec.output_label).relative_to(ctx.layout.root))]})
+                "Measure": measure, "Model": model_spec.name, "ModelLabel": label,
+                "Layer": layer, "NumberOfUnits": int(values.shape[1]), "ContentKey": key,
+                "Sources": [str(ctx.layout.features(label).relative_to(ctx.layout.root))]})
     return out
+
+
+def _sidecar_value(path: Path, name: str) -> Any:
+    """A field of ``path``'s JSON sidecar (None when missing or unreadable)."""
+    import json
+
+    try:
+        return json.loads(drv.sidecar_path(path).read_text()).get(name)
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def write_relmat(path: Path, square: np.ndarray, stim_ids: list[str], sidecar: dict[str, Any]) -> None:
@@ -312,24 +328,59 @@ def betas_derivatives_name(brain: Any) -> str:
     return "betas" if brain.derivatives == "fmriprep" else brain.derivatives
 
 
+def subject_runs(ctx: Context, subject: str) -> list[RunInputs]:
+    """A subject's runs with their input files (fMRIPrep outputs, or ready-made betas)."""
+    brain = ctx.spec.brain
+    if brain.input == "betas":
+        return ctx.index.betas_runs(ctx.task, subject, brain.space, brain.resolution, ctx.options.session_labels,
+                                    derivatives=betas_derivatives_name(brain))
+    runs = ctx.index.events(ctx.task, [subject], ctx.options.session_labels)
+    if not runs:
+        raise NothingSelectedError(f"sub-{subject} has no events for task '{ctx.task}' with the given filters")
+    return [ctx.index.fmriprep_run(r, brain.space, brain.resolution, brain.derivatives) for r in runs]
+
+
 def check_subject_inputs(ctx: Context, subject: str) -> None:
     """Find a subject's runs and read their image headers (no voxel data): missing or unreadable
     inputs are reported before any feature extraction."""
     from bids_dnn.patterns import load_nifti
 
-    brain = ctx.spec.brain
-    if brain.input == "betas":
-        runs = ctx.index.betas_runs(ctx.task, subject, brain.space, brain.resolution, ctx.options.session_labels,
-                                    derivatives=betas_derivatives_name(brain))
-        paths = [(r.bold, "betas map") for r in runs] + [(r.mask, "brain mask") for r in runs if r.mask]
-    else:
-        runs = ctx.index.events(ctx.task, [subject], ctx.options.session_labels)
-        if not runs:
-            raise NothingSelectedError(f"sub-{subject} has no events for task '{ctx.task}' with the given filters")
-        runs = [ctx.index.fmriprep_run(r, brain.space, brain.resolution, brain.derivatives) for r in runs]
-        paths = [(r.bold, "preprocessed BOLD") for r in runs] + [(r.mask, "brain mask") for r in runs]
-    for path, what in paths:
-        load_nifti(path, what)
+    what = "betas map" if ctx.spec.brain.input == "betas" else "preprocessed BOLD"
+    for run in subject_runs(ctx, subject):
+        for path, kind in ((run.bold, what), (run.mask, "brain mask")):
+            if path is not None:
+                load_nifti(path, kind)
+
+
+def subject_input_files(ctx: Context, subject: str) -> list[Path]:
+    """Every file a subject's patterns are computed from (images, JSON sidecars, events,
+    confounds, betas sidecars): their fingerprints are part of the resume keys."""
+    from bids_dnn.derivatives import sidecar_path
+
+    files: list[Path] = []
+    for run in subject_runs(ctx, subject):
+        for path in (run.bold, run.mask, run.events, run.confounds, run.volume_stimuli):
+            if path is not None:
+                files.append(Path(path))
+        if run.bold is not None and sidecar_path(run.bold).is_file():
+            files.append(sidecar_path(run.bold))
+    return sorted(set(files))
+
+
+def roi_input_files(ctx: Context, subject: str) -> list[Path]:
+    """The atlas (+ labels table) or mask files the subject's ROIs come from."""
+    rois = ctx.spec.rois
+    if rois is None:
+        return []
+    root = Path(ctx.options.bids_dir)
+    if rois.atlas:
+        atlas = root / rois.atlas if not Path(rois.atlas).is_absolute() else Path(rois.atlas)
+        return [atlas, Path(str(atlas).replace(".nii.gz", ".tsv").replace(".nii", ".tsv"))]
+    folder = root / rois.masks if not Path(rois.masks).is_absolute() else Path(rois.masks)
+    if not folder.is_dir():
+        return [folder]
+    return sorted(folder.rglob(f"sub-{subject}_*_mask.nii*")) + sorted(
+        p for p in folder.rglob("*_mask.nii*") if not p.name.startswith("sub-"))
 
 
 def load_subject_betas(ctx: Context, subject: str, stimuli: StimulusSet) -> SubjectPatterns:
@@ -539,30 +590,6 @@ def rsa_table(ctx: Context, subject: str, stimuli: StimulusSet, brain_measure: s
     return tables
 
 
-def whole_brain_analyses(ctx: Context, subject: str, stimuli: StimulusSet, patterns: SubjectPatterns,
-                         masks: dict[str, np.ndarray], models: dict[str, dict[str, np.ndarray]]) -> list[Path]:
-    """Searchlight and encoding maps (and encoding ROI tables) of one subject, as the spec asks."""
-    from bids_dnn.participant_maps import ENCODING_COLUMNS, run_encoding, run_searchlight
-
-    analyses = ctx.spec.analyses
-    outputs: list[Path] = []
-    if analyses.searchlight.enabled and models:
-        outputs += run_searchlight(ctx, subject, stimuli, patterns, models) or []
-    if analyses.encoding.enabled and models:
-        def layer_features(model: str) -> dict[str, np.ndarray]:
-            return read_checked_features(ctx, model, list(models[model])).layers
-
-        paths, tables = run_encoding(ctx, subject, stimuli, patterns, masks, layer_features)
-        outputs += paths
-        for model, table in tables.items():
-            if len(table):
-                path = ctx.layout.encoding_table(subject, model)
-                drv.write_tsv(path, table, {**{k: {"Description": v} for k, v in ENCODING_COLUMNS.items()},
-                                            "Seed": ctx.spec.statistics.seed})
-                outputs.append(path)
-    return outputs
-
-
 def library_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -587,23 +614,184 @@ def write_provenance(ctx: Context, subject_dir_log: Path, extra: dict[str, Any])
         "device": ctx.options.device, **extra})
 
 
+def subject_stage_keys(ctx: Context, subject: str, stimuli: StimulusSet,
+                       models: dict[str, dict[str, np.ndarray]]) -> dict[str, str]:
+    """Content key of every participant-level stage of ``subject`` (see :mod:`bids_dnn.stages`).
+
+    ``brain`` (betas, ROI masks, brain RDMs, ROI summary) depends on the subject's input files,
+    the stimulus set, ``brain``, ``stimuli``, ``rois`` and ``rdm.brain``; ``rsa:<model>`` on
+    ``brain``, the model's features and ``analyses.rsa``; ``searchlight:<model>`` and
+    ``encoding`` on the patterns, the features and their own spec section; ``report`` on all.
+    """
+    from bids_dnn.stages import content_key, files_fingerprint
+
+    spec = ctx.spec
+    root = Path(ctx.options.bids_dir)
+
+    def dump(section: Any) -> Any:
+        return section.model_dump(mode="json") if section is not None else None
+
+    patterns = content_key("patterns", subject, ctx.task, stimuli.set_hash(), list(stimuli.stim_ids),
+                           dump(spec.brain), dump(spec.stimuli), ctx.options.session_labels,
+                           files_fingerprint(subject_input_files(ctx, subject), root))
+    rois = content_key("rois", dump(spec.rois), files_fingerprint(roi_input_files(ctx, subject), root))
+    seed = spec.statistics.seed
+    keys = {"brain": content_key("brain", patterns, rois, spec.rdm.brain, spec.outputs.save_betas)}
+    analyses = spec.analyses
+    for model in models:
+        features = ctx.feature_keys[model]
+        if analyses.rsa.enabled and spec.rois is not None:
+            keys[f"rsa:{model}"] = content_key("rsa", keys["brain"], features, spec.rdm.model,
+                                               dump(analyses.rsa), seed)
+        if analyses.searchlight.enabled:
+            keys[f"searchlight:{model}"] = content_key("searchlight", patterns, features, spec.rdm.model,
+                                                       spec.rdm.brain, dump(analyses.searchlight), seed)
+    if analyses.encoding.enabled and models:
+        keys["encoding"] = content_key("encoding", patterns, rois, {m: ctx.feature_keys[m] for m in models},
+                                       dump(analyses.encoding), seed)
+    if spec.outputs.report:
+        keys["report"] = content_key("report", keys)
+    return keys
+
+
+def read_status(layout: drv.OutputLayout, subject: str) -> dict[str, Any]:
+    """A participant's status file (empty when missing or unreadable)."""
+    import json
+
+    try:
+        status = json.loads(layout.status(subject).read_text())
+    except (OSError, ValueError):
+        return {}
+    return status if isinstance(status, dict) else {}
+
+
+def write_status(ctx: Context, subject: str, summary: dict[str, Any], ledger: Any, *, complete: bool,
+                 run_id: str | None = None) -> None:
+    """The participant's status file: summary, spec hash and the completed stages (written after
+    every stage, so an interrupted run resumes where it stopped)."""
+    status = {**summary, "complete": complete, "spec_hash": spec_hash(ctx.spec), "run_id": run_id or ctx.run_id,
+              "bids_dnn_version": __version__, "outputs": ledger.outputs(), "stages": dict(sorted(ledger.done.items()))}
+    drv.write_json(ctx.layout.status(subject), status)
+
+
 def process_subject(ctx: Context, subject: str, stimuli: StimulusSet,
                     models: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
-    """Run and write every participant-level output of one subject."""
-    import nibabel as nib
+    """Run and write the participant-level outputs of one subject that are not current.
+
+    Stages whose content key and outputs are recorded in the status file are kept as they are
+    (``--force`` recomputes them all); the GLM runs only when a stale stage needs the patterns.
+    """
+    from bids_dnn.stages import StageLedger, recorded_stages
 
     layout = ctx.layout
     started = time.time()
-    patterns = fit_subject_glms(ctx, subject, stimuli)
-    for warning in patterns.warnings:
-        logger.warning("sub-%s: %s", subject, warning)
     if ctx.options.searchlight_part is not None:
         from bids_dnn.participant_maps import run_searchlight
 
-        run_searchlight(ctx, subject, stimuli, patterns, models)
+        run_searchlight(ctx, subject, stimuli, fit_subject_glms(ctx, subject, stimuli), models)
         k, n_parts = ctx.options.searchlight_part
         return {"subject": subject, "searchlight_part": f"{k}/{n_parts}", "seconds": round(time.time() - started, 1)}
+    keys = subject_stage_keys(ctx, subject, stimuli, models)
+    previous = read_status(layout, subject)
+    ledger = StageLedger(layout.root, {} if ctx.options.force else recorded_stages(previous))
+    stale = [name for name, key in keys.items() if not ledger.is_current(name, key)]
+    for name in keys:
+        if name not in stale:
+            ledger.keep(name)
+    if not stale:
+        if previous.get("spec_hash") != spec_hash(ctx.spec) or not previous.get("complete"):
+            write_status(ctx, subject, _previous_summary(previous), ledger, complete=True,
+                         run_id=previous.get("run_id"))
+        logger.info("sub-%s: all %d stages up to date; nothing to do (--force recomputes)", subject, len(keys))
+        return {**_previous_summary(previous), "skipped": True, "seconds": round(time.time() - started, 1)}
+    analysis_stale = [name for name in stale if name != "report"]
+    if analysis_stale:
+        logger.info("sub-%s: computing %s", subject, ", ".join(analysis_stale))
+        summary = compute_subject_stages(ctx, subject, stimuli, models, keys, ledger, set(analysis_stale))
+        summary["seconds"] = round(time.time() - started, 1)
+        run_id = ctx.run_id
+    else:
+        summary, run_id = _previous_summary(previous), previous.get("run_id")
+    write_status(ctx, subject, summary, ledger, complete=True, run_id=run_id)
+    if "report" in stale:
+        from bids_dnn.report import build_participant_report
+
+        try:
+            report = build_participant_report(layout, subject, stimuli, summary, ctx.spec, run_id)
+            ledger.record("report", keys["report"], [report])
+            write_status(ctx, subject, summary, ledger, complete=True, run_id=run_id)
+        except Exception as exc:  # noqa: BLE001 - a figure must not lose the results
+            logger.warning("sub-%s: report failed (%s); results are kept", subject, exc)
+    return summary
+
+
+#: status fields that are bookkeeping, not part of a participant's summary
+_STATUS_FIELDS = ("complete", "spec_hash", "run_id", "bids_dnn_version", "outputs", "stages")
+
+
+def _previous_summary(status: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in status.items() if k not in _STATUS_FIELDS}
+
+
+def compute_subject_stages(ctx: Context, subject: str, stimuli: StimulusSet, models: dict[str, dict[str, np.ndarray]],
+                           keys: dict[str, str], ledger: Any, stale: set[str]) -> dict[str, Any]:
+    """Fit the subject's patterns and write the outputs of the ``stale`` stages, recording each
+    stage in the status file as soon as its outputs are written. Returns the summary."""
+    layout = ctx.layout
+    patterns = fit_subject_glms(ctx, subject, stimuli)
+    for warning in patterns.warnings:
+        logger.warning("sub-%s: %s", subject, warning)
     masks = roi_masks(ctx, patterns, subject)
+    brain_measure = brain_rdm_measure(ctx, patterns.run_betas.shape[0]) if masks else None
+    summary = {"subject": subject, "n_runs": len(patterns.runs), "n_stimuli": stimuli.n_stimuli,
+               "rois": {r: int(m.sum()) for r, m in masks.items()}, "brain_rdm": brain_measure,
+               "reliability": roi_reliability(patterns, masks), "glm_runs": patterns.run_info,
+               "warnings": patterns.warnings}
+
+    def done(stage: str, outputs: list[Path]) -> None:
+        sidecars = [drv.sidecar_path(p) for p in outputs if drv.sidecar_path(p).is_file()]
+        ledger.record(stage, keys[stage], [*outputs, *sidecars])
+        write_status(ctx, subject, summary, ledger, complete=False)
+
+    log_dir = layout.log_dir(subject, ctx.run_id)
+    write_provenance(ctx, log_dir, {"subject": subject,
+                                    "subject_seed_entropy": [ctx.spec.statistics.seed, zlib.crc32(subject.encode())],
+                                    "stages_computed": sorted(stale), "warnings": patterns.warnings,
+                                    "runs": [str(r.bold) for r in patterns.runs]})
+    rsa_stale = [m for m in models if f"rsa:{m}" in stale]
+    brain: dict[str, np.ndarray] = {}
+    if masks and ("brain" in stale or rsa_stale):
+        brain_measure, brain = brain_rdms(ctx, patterns, masks)
+    if "brain" in stale:
+        done("brain", write_brain_outputs(ctx, subject, stimuli, patterns, masks, brain_measure, brain))
+    if rsa_stale:
+        tables = rsa_table(ctx, subject, stimuli, brain_measure, brain, {m: models[m] for m in rsa_stale}, masks)
+        for model, table in tables.items():
+            path = layout.rsa_table(subject, model)
+            drv.write_tsv(path, table, {**{k: {"Description": v} for k, v in RSA_COLUMNS.items()},
+                                        "Seed": ctx.spec.statistics.seed})
+            done(f"rsa:{model}", [path])
+    searchlight_stale = {m: models[m] for m in models if f"searchlight:{m}" in stale}
+    if searchlight_stale:
+        from bids_dnn.participant_maps import run_searchlight
+
+        paths = run_searchlight(ctx, subject, stimuli, patterns, searchlight_stale) or []
+        for model in searchlight_stale:
+            done(f"searchlight:{model}", [p for p in paths if f"_model-{model}_" in p.name])
+    if "encoding" in stale:
+        done("encoding", encoding_outputs(ctx, subject, stimuli, patterns, masks, models))
+    return summary
+
+
+def write_brain_outputs(ctx: Context, subject: str, stimuli: StimulusSet, patterns: SubjectPatterns,
+                        masks: dict[str, np.ndarray], brain_measure: str | None,
+                        brain: dict[str, np.ndarray]) -> list[Path]:
+    """Stage ``brain``: mean betas (``outputs.save_betas``), ROI masks, brain RDMs, ROI summary."""
+    import nibabel as nib
+
+    from bids_dnn.rdm import vector_to_square
+
+    layout = ctx.layout
     outputs: list[Path] = []
     if ctx.spec.outputs.save_betas:
         mean_betas = np.nanmean(patterns.run_betas, axis=0)
@@ -623,50 +811,37 @@ def process_subject(ctx: Context, subject: str, stimuli: StimulusSet,
         drv.write_nifti(path, nib.Nifti1Image(mask.astype(np.uint8), patterns.reference.affine),
                         {"Label": roi, "NumberOfVoxels": int(mask.sum()), "Type": "ROI"})
         outputs.append(path)
-    rsa_tables: dict[str, pd.DataFrame] = {}
-    brain_measure = None
-    if masks:
-        brain_measure, brain = brain_rdms(ctx, patterns, masks)
-        from bids_dnn.rdm import vector_to_square
-
-        for roi, vector in brain.items():
-            path = layout.brain_rdm(subject, roi, brain_measure)
-            write_relmat(path, vector_to_square(vector, stimuli.n_stimuli), stimuli.stim_ids, {
-                "Measure": brain_measure, "ROI": roi, "NumberOfVoxels": int(masks[roi].sum()),
-                "NoiseNormalization": ctx.spec.brain.noise_normalization,
-                "NumberOfRuns": int(patterns.run_betas.shape[0]),
-                "Sources": [str(r.bold) for r in patterns.runs]})
-            outputs.append(path)
-        if ctx.spec.analyses.rsa.enabled and models:
-            rsa_tables = rsa_table(ctx, subject, stimuli, brain_measure, brain, models, masks)
-            for model, table in rsa_tables.items():
-                path = layout.rsa_table(subject, model)
-                drv.write_tsv(path, table, {**{k: {"Description": v} for k, v in RSA_COLUMNS.items()},
-                                            "Seed": ctx.spec.statistics.seed})
-                outputs.append(path)
-    outputs += whole_brain_analyses(ctx, subject, stimuli, patterns, masks, models)
+    for roi, vector in brain.items():
+        path = layout.brain_rdm(subject, roi, brain_measure)
+        write_relmat(path, vector_to_square(vector, stimuli.n_stimuli), stimuli.stim_ids, {
+            "Measure": brain_measure, "ROI": roi, "NumberOfVoxels": int(masks[roi].sum()),
+            "NoiseNormalization": ctx.spec.brain.noise_normalization,
+            "NumberOfRuns": int(patterns.run_betas.shape[0]),
+            "Sources": [str(r.bold) for r in patterns.runs]})
+        outputs.append(path)
     counts = pd.DataFrame({"roi": list(masks), "n_voxels": [int(m.sum()) for m in masks.values()]})
     drv.write_tsv(layout.roi_summary(subject), counts, {"roi": {"Description": "ROI name"},
                                                         "n_voxels": {"Description": "voxels on the BOLD grid"}})
-    log_dir = layout.log_dir(subject, ctx.run_id)
-    write_provenance(ctx, log_dir, {"subject": subject, "subject_seed_entropy": [ctx.spec.statistics.seed, zlib.crc32(subject.encode())],
-                                    "warnings": patterns.warnings, "runs": [str(r.bold) for r in patterns.runs]})
-    summary = {"subject": subject, "n_runs": len(patterns.runs), "n_stimuli": stimuli.n_stimuli,
-               "rois": {r: int(m.sum()) for r, m in masks.items()}, "brain_rdm": brain_measure,
-               "reliability": roi_reliability(patterns, masks), "glm_runs": patterns.run_info,
-               "warnings": patterns.warnings, "seconds": round(time.time() - started, 1),
-               "outputs": sorted(str(p.relative_to(layout.root)) for p in outputs)}
-    status = {"complete": True, "spec_hash": spec_hash(ctx.spec), "run_id": ctx.run_id,
-              "bids_dnn_version": __version__, **summary}
-    drv.write_json(layout.status(subject), status)
-    if ctx.spec.outputs.report:
-        from bids_dnn.report import build_participant_report
+    return outputs + [layout.roi_summary(subject)]
 
-        try:
-            build_participant_report(layout, subject, stimuli, summary, ctx.spec, ctx.run_id)
-        except Exception as exc:  # noqa: BLE001 - a figure must not lose the results
-            logger.warning("sub-%s: report failed (%s); results are kept", subject, exc)
-    return summary
+
+def encoding_outputs(ctx: Context, subject: str, stimuli: StimulusSet, patterns: SubjectPatterns,
+                     masks: dict[str, np.ndarray], models: dict[str, dict[str, np.ndarray]]) -> list[Path]:
+    """Stage ``encoding``: encoding maps and the per-model ROI tables."""
+    from bids_dnn.participant_maps import ENCODING_COLUMNS, run_encoding
+
+    def layer_features(model: str) -> dict[str, np.ndarray]:
+        return read_checked_features(ctx, model, list(models[model])).layers
+
+    paths, tables = run_encoding(ctx, subject, stimuli, patterns, masks, layer_features)
+    outputs = list(paths)
+    for model, table in tables.items():
+        if len(table):
+            path = ctx.layout.encoding_table(subject, model)
+            drv.write_tsv(path, table, {**{k: {"Description": v} for k, v in ENCODING_COLUMNS.items()},
+                                        "Seed": ctx.spec.statistics.seed})
+            outputs.append(path)
+    return outputs
 
 
 def roi_reliability(patterns: SubjectPatterns, masks: dict[str, np.ndarray]) -> dict[str, float | None]:
@@ -713,7 +888,8 @@ def run_participant_level(options: RunOptions) -> None:
     for subject in ready:
         try:
             summary = process_subject(ctx, subject, stimuli, models)
-            logger.info("sub-%s done in %.1f s", subject, summary["seconds"])
+            if not summary.get("skipped"):
+                logger.info("sub-%s done in %.1f s", subject, summary["seconds"])
         except BidsDnnError as exc:
             logger.error("sub-%s failed: %s", subject, exc)
             failures.append((subject, exc))

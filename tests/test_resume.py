@@ -1,0 +1,180 @@
+"""Resume: a rerun skips current stages, recomputes exactly the stale ones, ``--force`` all.
+
+Runs the participant level on two demo subjects with a small spec (ROI RSA + searchlight), then
+reruns it unchanged, with a changed RSA section, with a touched events file, with a deleted
+output and with ``--force``, checking which files were rewritten (modification times) and that
+the outputs equal a run from scratch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from bids_dnn.cli import main
+from tests._specs import SMALL_SPEC
+
+SPEC = SMALL_SPEC.replace("searchlight: {enabled: false}",
+                          "searchlight: {enabled: true, radius_mm: 6, comparison: spearman}")
+SUBJECTS = ["01", "02"]
+
+
+def _participant(bids: Path, out: Path, spec: Path, *extra: str) -> None:
+    argv = [str(bids), str(out), "participant", "--spec", str(spec), "--participant-label", *SUBJECTS,
+            "--no-progress", *extra]
+    assert main(argv) == 0
+
+
+def _results(out: Path) -> dict[str, Path]:
+    """Result files (not logs, status files or reports) by relative path."""
+    files = {}
+    for path in out.rglob("*"):
+        rel = path.relative_to(out)
+        if (path.is_file() and "log" not in rel.parts and "figures" not in rel.parts and path.suffix != ".html"
+                and not path.name.endswith(".lock")):
+            files[str(rel)] = path
+    return files
+
+
+def _mtimes(out: Path) -> dict[str, int]:
+    return {rel: path.stat().st_mtime_ns for rel, path in _results(out).items()}
+
+
+def _changed(before: dict[str, int], after: dict[str, int]) -> set[str]:
+    return {rel for rel in after if before.get(rel) != after[rel]}
+
+
+def _status(out: Path, subject: str) -> dict:
+    return json.loads(next(out.glob(f"sub-{subject}/log/*_status.json")).read_text())
+
+
+def _pause() -> None:
+    time.sleep(0.02)  # distinct modification times even on coarse clocks
+
+
+@pytest.fixture(scope="module")
+def resumed(demo_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Runs the sequence once; each test checks one step."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("resume")
+    bids = root / "bids"
+    shutil.copytree(demo_dataset, bids)
+    out = root / "out"
+    spec = root / "spec.yaml"
+    spec.write_text(SPEC)
+    steps: dict = {}
+
+    _participant(bids, out, spec)
+    steps["first"] = _mtimes(out)
+    steps["first_logs"] = sorted(p.name for p in out.glob("sub-01/log/*") if p.is_dir())
+    steps["first_status"] = _status(out, "01")
+
+    _pause()
+    _participant(bids, out, spec)
+    steps["same"] = _mtimes(out)
+    steps["same_logs"] = sorted(p.name for p in out.glob("sub-01/log/*") if p.is_dir())
+
+    _pause()
+    changed_spec = root / "spec_rsa.yaml"
+    changed_spec.write_text(SPEC.replace("permutations: 20", "permutations: 30"))
+    _participant(bids, out, changed_spec)
+    steps["rsa"] = _mtimes(out)
+    scratch = root / "scratch"
+    _participant(bids, scratch, changed_spec)
+    steps["scratch"] = scratch
+
+    _pause()
+    events = sorted((bids / "sub-01").rglob("*_events.tsv"))[0]
+    os.utime(events, ns=(time.time_ns(), time.time_ns()))
+    _participant(bids, out, changed_spec)
+    steps["touched"] = _mtimes(out)
+
+    deleted = next(out.glob("sub-02/**/*label-early*_relmat.tsv"))
+    steps["deleted_name"] = str(deleted.relative_to(out))
+    steps["deleted_text"] = deleted.read_text()
+    deleted.unlink()
+    _pause()
+    _participant(bids, out, changed_spec)
+    steps["restored"] = _mtimes(out)
+    steps["restored_text"] = (out / steps["deleted_name"]).read_text()
+
+    _pause()
+    _participant(bids, out, changed_spec, "--force")
+    steps["forced"] = _mtimes(out)
+    steps["out"] = out
+    steps["spec"] = changed_spec
+    steps["bids"] = bids
+    return steps
+
+
+def test_stages_are_recorded(resumed: dict) -> None:
+    stages = resumed["first_status"]["stages"]
+    assert set(stages) == {"brain", "rsa:alexnet", "searchlight:alexnet", "report"}
+    assert all(len(record["key"]) == 64 for record in stages.values())
+    outputs = {rel for record in stages.values() for rel in record["outputs"]}
+    assert any("relmat" in rel for rel in stages["brain"]["outputs"])
+    assert all("searchlight" in rel for rel in stages["searchlight:alexnet"]["outputs"])
+    assert outputs == set(resumed["first_status"]["outputs"])
+
+
+def test_unchanged_rerun_rewrites_nothing(resumed: dict) -> None:
+    assert _changed(resumed["first"], resumed["same"]) == set()
+    assert resumed["same_logs"] == resumed["first_logs"]  # no new provenance folder: nothing computed
+
+
+def test_changed_rsa_section_recomputes_only_rsa_tables(resumed: dict) -> None:
+    changed = _changed(resumed["same"], resumed["rsa"])
+    assert changed, "the RSA tables must be rewritten"
+    assert all(("_rsa." in rel) or rel.endswith("_status.json") for rel in changed), changed
+    assert {rel for rel in changed if rel.endswith(".tsv")} == {
+        rel for rel in resumed["rsa"] if "_rsa.tsv" in rel and rel.startswith("sub-")}
+
+
+def test_resumed_outputs_equal_a_run_from_scratch(resumed: dict) -> None:
+    out, scratch = resumed["out"], resumed["scratch"]
+    ours, theirs = _results(out), _results(scratch)
+    ours = {k: v for k, v in ours.items() if not k.endswith("_status.json")}
+    theirs = {k: v for k, v in theirs.items() if not k.endswith("_status.json")}
+    assert set(ours) == set(theirs)
+    different = [rel for rel in ours if ours[rel].read_bytes() != theirs[rel].read_bytes()]
+    assert different == []
+
+
+def test_touched_input_recomputes_that_subject_only(resumed: dict) -> None:
+    changed = _changed(resumed["rsa"], resumed["touched"])
+    assert any(rel.startswith("sub-01/") and "relmat" in rel for rel in changed)
+    assert any(rel.startswith("sub-01/") and "searchlight" in rel for rel in changed)
+    assert not any(rel.startswith("sub-02/") for rel in changed), changed
+
+
+def test_deleted_output_is_recomputed(resumed: dict) -> None:
+    changed = _changed(resumed["touched"], resumed["restored"])
+    assert resumed["deleted_name"] in changed
+    assert resumed["restored_text"] == resumed["deleted_text"]
+    assert not any(rel.startswith("sub-01/") for rel in changed), changed
+    assert not any("searchlight" in rel for rel in changed), changed  # only the brain stage was stale
+
+
+def test_force_recomputes_everything(resumed: dict) -> None:
+    changed = _changed(resumed["restored"], resumed["forced"])
+    subject_files = {rel for rel in resumed["forced"] if rel.startswith("sub-")}
+    assert subject_files <= changed
+
+
+def test_group_runs_after_a_group_only_spec_change(resumed: dict, tmp_path: Path) -> None:
+    """A change of a group-level setting leaves the participant outputs current: the participant
+    rerun rewrites only the status files (new spec hash) and the group level accepts them."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(resumed["spec"].read_text().replace("bootstrap: 20", "bootstrap: 25"))
+    out = resumed["out"]
+    before = _mtimes(out)
+    _participant(resumed["bids"], out, spec)
+    changed = _changed(before, _mtimes(out))
+    assert changed and all(rel.endswith("_status.json") for rel in changed), changed
+    assert main([str(resumed["bids"]), str(out), "group", "--spec", str(spec), "--participant-label", *SUBJECTS,
+                 "--no-progress"]) == 0
