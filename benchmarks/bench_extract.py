@@ -37,7 +37,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bids_dnn.extract import extract_features, resolve_device  # noqa: E402
+from bids_dnn.extract import extract_features, resolve_device, tune_allocator  # noqa: E402
 from bids_dnn.features import ensure_features, read_features  # noqa: E402
 from bids_dnn.models import LoadedModel, load_model, resolve_layers  # noqa: E402
 from bids_dnn.spec import ModelSpec  # noqa: E402
@@ -174,10 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(args.device)
     channels_last = args.channels_last or device.startswith("cuda")
     torch.set_flush_denormal(True)
+    # both passes run under the allocator settings bids_dnn uses (extract.tune_allocator)
+    tuned = tune_allocator()
     images = _images(args.n_images)
     results = []
     for name in args.models.split(","):
-        results.append(bench_b9(name, images, args.batch_size, device, args.repeats, channels_last))
+        results.append({**bench_b9(name, images, args.batch_size, device, args.repeats, channels_last),
+                        "allocator_tuned": tuned})
         print(json.dumps(results[-1]), flush=True)
     rate = next((r["hooked_img_per_s"] for r in results if r["model"] == "alexnet"), 0.0)
     with tempfile.TemporaryDirectory() as folder:

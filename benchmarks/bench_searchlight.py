@@ -231,7 +231,8 @@ def bench_b2(setup: Setup, rng, report: Report) -> None:
     n_cond = args.n_cond
     patterns = rng.normal(size=(n_cond, nb.n_mask_voxels))
     data_2d = volume_data(patterns, nb)
-    print(f"\nB2 searchlight RDMs: {nb.n_centres} spheres x {n_cond} conditions")
+    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
+    print(f"\nB2 searchlight RDMs: {nb.n_centres} spheres x {n_cond} conditions{load}")
     for ours_m, ref_m in (("correlation", "correlation"), ("sqeuclidean", "euclidean")):
         t_ours, t_ref, ours, ref = timed_pair(
             lambda: searchlight_rdms(patterns, nb, ours_m),
@@ -420,8 +421,10 @@ def main(argv: list[str] | None = None) -> int:
             args.b5_run_centres = 0 if args.device.startswith("cuda") else 2000
     rng = np.random.default_rng(args.seed)
     report = Report(check_speed=not args.smoke)
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
+          + (f", load average {load[0]:.1f} (1 min)" if load else "")
           + (f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
     need_setup = any(b in args.only for b in ("B1", "B2", "B3", "B3b", "B4"))
     setup = Setup(args, report) if need_setup else None

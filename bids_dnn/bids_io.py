@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Iterable
 
 from bids_dnn.errors import (
@@ -177,19 +177,40 @@ class DatasetIndex:
         return sorted(self.raw.get_tasks())
 
     def choose_task(self, task: str | None) -> str:
-        """The task to analyse: the one given, or the only task with events."""
+        """The task to analyse: the one given, or the only task with events.
+
+        A dataset without any events file (ready-made betas, ``brain.input: betas``) takes its
+        tasks from ready-made betas maps (:meth:`betas_tasks`) instead.
+        """
         tasks = sorted({f.entities["task"] for f in self.raw.get(suffix="events", extension=".tsv")
                         if "task" in f.entities})
+        if not tasks:
+            tasks = self.betas_tasks()
         if task is not None:
             if task not in tasks:
                 raise NothingSelectedError(f"task '{task}' has no events files",
                                            f"available tasks: {', '.join(tasks) or 'none'}")
             return task
         if not tasks:
-            raise NothingSelectedError("the dataset has no *_events.tsv files", "events must name the stimuli")
+            raise NothingSelectedError("the dataset has no *_events.tsv files (nor ready-made betas maps)",
+                                       "events must name the stimuli")
         if len(tasks) > 1:
             raise UsageError(f"the dataset has several tasks ({', '.join(tasks)})", "choose one with --task")
         return tasks[0]
+
+    def betas_tasks(self) -> list[str]:
+        """Tasks of the ready-made betas maps (``*_desc-stimuli_stat-effect_statmap.nii[.gz]``)
+        in the named derivatives folders and under ``BIDS_DIR/derivatives``."""
+        roots = [Path(p) for p in self.derivatives.values()]
+        default = Path(self.bids_dir) / "derivatives"
+        roots += sorted(p for p in default.iterdir() if p.is_dir()) if default.is_dir() else []
+        tasks: set[str] = set()
+        for root in dict.fromkeys(roots):
+            for path in root.glob("sub-*/**/sub-*_statmap.nii*"):
+                entities = _entities(path.name)
+                if entities.get("task") and entities.get("desc") == "stimuli" and entities.get("stat") == "effect":
+                    tasks.add(entities["task"])
+        return sorted(tasks)
 
     def select_subjects(self, labels: list[str] | None) -> list[str]:
         """Subjects to process; an unknown label or an empty selection is an error (exit 18)."""
@@ -412,6 +433,89 @@ def read_volume_stimuli(statmap: Path, sidecar: Path | None) -> list[str]:
         raise BidsValidationError(f"{sidecar.name} needs a stim_file or stim_id column (one row per volume)",
                                   f"it has: {', '.join(table.columns)}")
     return ["" if v in ("n/a", "") else v for v in table[column]]
+
+
+def betas_stimulus_tables(runs: Iterable[RunInputs], search_dirs: list[Path],
+                          dataset_root: Path) -> tuple[list[Any], str]:
+    """Events-like tables of the stimuli named by ready-made betas (datasets without events).
+
+    The labels of every run's sidecar (:func:`read_volume_stimuli`) are resolved the way
+    ``stimuli.build_stimulus_set`` resolves events: when a ``stimuli.tsv`` in ``search_dirs``
+    knows every label, they are its ``stim_id`` values; otherwise a label is a ``stim_file``
+    (a path under a stimulus folder) or, when it has no file extension and is not a file,
+    a stimulus id, the path without its extension: the one file ``<label>.*`` in the first
+    stimulus folder that has one. Empty labels name no stimulus.
+
+    Parameters
+    ----------
+    runs : iterable of RunInputs
+        Runs with ``bold`` (the statmap) and ``volume_stimuli`` (its sidecar).
+    search_dirs : list of Path
+        Stimulus folders in search order (stimulus derivatives, then ``BIDS_DIR/stimuli``).
+    dataset_root : Path
+        The dataset (symlinks may point anywhere inside it).
+
+    Returns
+    -------
+    tables : list of pandas.DataFrame
+        One per run, one row per labelled volume: column ``stim_file`` (files) or ``stim_id``
+        (``stimuli.tsv`` ids), ready for ``build_stimulus_set``.
+    source : {"stim_file", "stimuli_tsv"}
+        How the tables name the stimuli.
+
+    Raises
+    ------
+    InputMissingError
+        Labels that are neither a file nor the id of exactly one file (all listed at once).
+    """
+    import pandas as pd
+
+    from bids_dnn.stimuli import find_stimuli_table, read_stimuli_table, resolve_stimulus
+
+    labels = [[label.strip() for label in read_volume_stimuli(run.bold, run.volume_stimuli)] for run in runs]
+    named = sorted({label for run_labels in labels for label in run_labels if label})
+    table_path = find_stimuli_table(search_dirs)
+    if named and table_path is not None and set(named) <= set(read_stimuli_table(table_path).files):
+        return [pd.DataFrame({"stim_id": [x for x in run_labels if x]}) for run_labels in labels], "stimuli_tsv"
+    as_file: dict[str, str] = {}
+    unresolved: list[str] = []
+    for label in named:
+        _, _, problem = resolve_stimulus(label, search_dirs, dataset_root)
+        not_found = problem is not None and problem.startswith(f"{label}: not found in ")
+        if not not_found or PurePosixPath(label).suffix:
+            as_file[label] = label  # a file, or a problem build_stimulus_set reports as for events
+            continue
+        found = _files_with_stem(label, search_dirs)
+        if len(found) == 1:
+            as_file[label] = found[0]
+        else:
+            unresolved.append(f"{label}: " + (f"several files ({', '.join(found[:4])})" if found else "no file"))
+    if unresolved:
+        raise InputMissingError(
+            f"{len(unresolved)} stimulus label(s) of the ready-made betas name no stimulus file "
+            f"(looked in {', '.join(str(d) for d in search_dirs)}):\n  " + "\n  ".join(unresolved[:20])
+            + (f"\n  ... ({len(unresolved) - 20} more)" if len(unresolved) > 20 else ""),
+            "name the stimulus file (path under stimuli/) in VolumeStimuli or the sidecar TSV, leave volumes "
+            "of no stimulus empty (n/a), or add events naming the stimuli")
+    return [pd.DataFrame({"stim_file": [as_file[x] for x in run_labels if x]}) for run_labels in labels], "stim_file"
+
+
+def _files_with_stem(stim_id: str, search_dirs: list[Path]) -> list[str]:
+    """Files ``<stim_id>.<ext>`` (relative paths) in the first folder of ``search_dirs`` that has any."""
+    from bids_dnn.stimuli import _is_safe_relative
+
+    if not _is_safe_relative(stim_id) or "\x00" in stim_id or any(ch in stim_id for ch in "*?["):
+        return []
+    for folder in search_dirs:
+        target = folder / stim_id
+        try:
+            found = sorted(p for p in target.parent.glob(target.name + ".*") if p.is_file()
+                           and p.name[len(target.name) + 1:] and "." not in p.name[len(target.name) + 1:])
+        except OSError:
+            found = []
+        if found:
+            return [p.relative_to(folder).as_posix() for p in found]
+    return []
 
 
 def _label(value: Any) -> str | None:

@@ -294,6 +294,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _report_error(BidsDnnError("interrupted"), verbosity)
         return EXIT_OTHER
+    except OSError as exc:
+        from bids_dnn.errors import output_space_error
+
+        error = output_space_error(exc)
+        _report_error(error or exc, verbosity)
+        return error.exit_code if error else EXIT_OTHER
     except Exception as exc:  # noqa: BLE001 - last resort: one line, traceback with -v
         _report_error(exc, verbosity)
         return EXIT_OTHER

@@ -7,7 +7,7 @@ Conventions
 -----------
 Outer folds
     :func:`make_folds` builds them (grouped by run where runs exist); every sample is in at
-    most one test fold and scores are pooled over the test folds ("out of fold").
+    most one test fold.
 Training-only fitting (no leakage)
     For each outer fold every statistic is fitted on that fold's *training* samples only and
     then applied unchanged to its test samples: the feature mean and standard deviation
@@ -36,11 +36,31 @@ Ridge and alpha choice
     calls those estimators directly. ``inner_folds="loo"`` selects alphas by exact
     closed-form leave-one-out instead (``sklearn.linear_model.RidgeCV``'s scheme).
 Scores
-    ``r``: Pearson correlation between out-of-fold predictions and responses, pooled over
-    the test folds. ``r2 = 1 - sum_s (y_s - yhat_s)^2 / sum_s (y_s - mean(y))^2`` over the
-    pooled test samples, ``mean(y)`` being the mean of those responses (``sklearn.metrics.
-    r2_score`` of the pooled predictions); it is negative when the model predicts worse than
-    that mean. ``fold_r2``: the same within each test fold (around the test fold's mean).
+    ``r``: the Pearson correlation between predictions and responses *within each test fold*
+    (``fold_r``), averaged over the folds (NaN-ignoring): the convention of
+    ``sklearn.model_selection.cross_val_score`` with a correlation scorer, and of himalaya's
+    ``correlation_score`` on a test set. The correlation of the predictions pooled over folds
+    is not used: each fold is predicted from a training mean that is shifted *away* from its
+    test samples (the training set lacks them), so with strong regularisation (predictions
+    near the training mean) the pooled r is strongly negative for responses that carry no
+    signal at all (about -0.3 with 6 folds of 4 stimuli). Within a fold the predictions do
+    not depend on the test responses, so the per-fold r has mean 0 under the null.
+    ``r2 = 1 - sum_s (y_s - yhat_s)^2 / sum_s (y_s - mean(y))^2`` over the pooled out-of-fold
+    predictions, ``mean(y)`` being the mean of all tested responses (``sklearn.metrics.
+    r2_score`` of ``cross_val_predict``'s output; the "predictive R2" or PRESS statistic). It
+    is negative when the model predicts worse than that mean, and slightly negative on
+    average for responses without signal (the training means miss the test means: about
+    ``-n_test / n_train`` per fold). ``fold_r2``: the same within each test fold (SST around
+    the test fold's mean), as ``cross_val_score(scoring="r2")``; it is kept as a diagnostic
+    but not averaged into ``r2``, because with small test folds (a few stimuli) it is
+    dominated by the offset between training and test means and by the tiny SST.
+Noise ceiling
+    :func:`noise_ceiling_from_split_half` (Spearman-Brown corrected split-half reliability per
+    target), :func:`pooled_reliability` (ROI level: Spearman-Brown of the *mean* split-half r,
+    since the correction is concave and its mean over noisy voxels is biased: about
+    ``-2 var(r)``, -0.09 for pure noise and 24 stimuli) and :func:`ceiling_normalised`
+    (``r2 / reliability``, reported only where the reliability is at least
+    :data:`MIN_CEILING`).
 Bad targets
     A target (response column) with any non-finite value, or constant over all samples, gets
     NaN ``r``, ``r2``, ``fold_r2`` and ``alphas``; its predictions are NaN (non-finite) or the
@@ -85,6 +105,8 @@ __all__ = [
     "spearman_brown",
     "noise_ceiling_from_split_half",
     "ceiling_normalised",
+    "pooled_reliability",
+    "MIN_CEILING",
 ]
 
 BACKENDS = ("numpy", "torch", "torch_cuda")
@@ -92,6 +114,8 @@ SOLVERS = ("auto", "kernel", "primal", "himalaya")
 _WORK_BYTES = 256 * 2**20          # working set per target batch
 _STACK_BYTES = 1024 * 2**20        # cap on precomputed per-alpha resolution matrices
 _TIE_SLOPE = 1e-10                 # himalaya's tie-break: + 1e-10 * log(alpha)
+#: smallest reliability (fraction of reproducible response variance) that a score is divided by
+MIN_CEILING = 0.1
 
 Folds = Sequence[tuple[np.ndarray, np.ndarray]]
 
@@ -104,7 +128,8 @@ class EncodingResult:
     Attributes
     ----------
     r : numpy.ndarray, shape (n_targets,)
-        Pearson r between out-of-fold predictions and responses, pooled over test folds.
+        Mean over outer folds of the Pearson r within each test fold (``fold_r``; folds where
+        r is undefined are skipped).
     r2 : numpy.ndarray, shape (n_targets,)
         ``1 - SSE / SST`` of the pooled out-of-fold predictions, SST around the mean of the
         pooled responses.
@@ -115,7 +140,8 @@ class EncodingResult:
     predictions : numpy.ndarray, shape (n_samples, n_targets)
         Out-of-fold predictions (NaN for samples in no test fold).
     fold_r : numpy.ndarray, shape (n_folds, n_targets)
-        Pearson r within each test fold.
+        Pearson r within each test fold (NaN where the fold has fewer than 2 samples or the
+        predictions / responses are constant in it).
     solver : str
         ``"kernel"``, ``"primal"``, ``"himalaya-kernel"`` or ``"himalaya-primal"`` (the last
         outer fold's; shapes are equal across folds unless the folds differ a lot in size).
@@ -137,7 +163,7 @@ class BandedResult:
     Attributes
     ----------
     r : numpy.ndarray, shape (n_targets,)
-        Pooled out-of-fold Pearson r of the joint model.
+        Mean over outer folds of the joint model's Pearson r within each test fold.
     r2 : numpy.ndarray, shape (n_targets,)
         Pooled out-of-fold ``1 - SSE / SST`` of the joint model (as :class:`EncodingResult`).
     r2_split : numpy.ndarray, shape (n_spaces, n_targets)
@@ -556,20 +582,29 @@ def r2_columns(y: np.ndarray, yhat: np.ndarray) -> np.ndarray:
         return np.where(sst > 0, 1.0 - sse / sst, np.nan)
 
 
-def _pooled_scores(responses: np.ndarray, predictions: np.ndarray, tested: np.ndarray,
-                   bad: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+def _pooled_r2(responses: np.ndarray, predictions: np.ndarray, tested: np.ndarray,
+               bad: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """R2 of the out-of-fold predictions pooled over the test folds (NaN for ``bad`` targets)."""
     n_targets = responses.shape[1]
-    r = np.full(n_targets, np.nan)
     r2 = np.full(n_targets, np.nan)
     for start in range(0, n_targets, chunk):
         cols = slice(start, min(start + chunk, n_targets))
         y = np.asarray(responses[tested, cols], dtype=np.float64)
         p = np.asarray(predictions[tested, cols], dtype=np.float64)
-        r[cols] = pearson_columns(y, p)
         r2[cols] = r2_columns(y, p)
-    r[bad] = np.nan
     r2[bad] = np.nan
-    return r, r2
+    return r2
+
+
+def _fold_mean(values: np.ndarray, bad: np.ndarray) -> np.ndarray:
+    """(n_folds, n_targets) -> (n_targets,) NaN-ignoring mean over folds (NaN when no fold has
+    a value, and for ``bad`` targets)."""
+    finite = np.isfinite(values)
+    count = finite.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(count > 0, np.where(finite, values, 0.0).sum(axis=0) / np.maximum(count, 1), np.nan)
+    out[bad] = np.nan
+    return out
 
 
 # --------------------------------------------------------------------------- single space
@@ -687,7 +722,8 @@ def cross_validated_ridge(features: np.ndarray, responses: np.ndarray, folds: Fo
     tested = np.zeros(n_samples, dtype=bool)
     for _, test in folds:
         tested[test] = True
-    r, r2 = _pooled_scores(y_all, predictions, tested, bad_all | constant)
+    r2 = _pooled_r2(y_all, predictions, tested, bad_all | constant)
+    r = _fold_mean(fold_r, bad_all | constant)
     chosen[:, constant | bad_all] = np.nan
     return EncodingResult(r=r, r2=r2, fold_r2=fold_r2, alphas=chosen, predictions=predictions,
                           fold_r=fold_r, solver=used)
@@ -902,6 +938,7 @@ def banded_ridge(feature_spaces: Sequence[np.ndarray], responses: np.ndarray, fo
 
     predictions = np.full((n_samples, n_targets), np.nan, dtype=cdtype)
     fold_r2 = np.full((len(folds), n_targets), np.nan)
+    fold_r = np.full((len(folds), n_targets), np.nan)
     chosen = np.full((len(folds), n_targets), np.nan)
     weights = np.full((len(folds), n_spaces, n_targets), np.nan)
     r2_split = np.full((n_spaces, n_targets), np.nan)
@@ -970,6 +1007,7 @@ def banded_ridge(feature_spaces: Sequence[np.ndarray], responses: np.ndarray, fo
                 pred[:, bad] = np.nan
                 predictions[test, cols] = pred
                 fold_r2[k, cols] = r2_columns(yb[test], pred)
+                fold_r[k, cols] = pearson_columns(yb[test], pred)
                 w = np.exp(deltas)
                 alpha = 1.0 / w.sum(axis=0)
                 chosen[k, cols] = np.where(bad, np.nan, alpha)
@@ -987,7 +1025,8 @@ def banded_ridge(feature_spaces: Sequence[np.ndarray], responses: np.ndarray, fo
                 r2_split[:, cols] = np.where(ok[None, :], share * ss_c[None, :] / sst[None, :], np.nan)
                 r2_intercept[cols] = np.where(ok, (sst - ss_c) / sst, np.nan)
 
-    r, r2 = _pooled_scores(y_all, predictions, tested, bad_all)
+    r2 = _pooled_r2(y_all, predictions, tested, bad_all)
+    r = _fold_mean(fold_r, bad_all)
     return BandedResult(r=r, r2=r2, r2_split=r2_split, r2_intercept=r2_intercept, fold_r2=fold_r2,
                         alphas=chosen, space_weights=weights, predictions=predictions)
 
@@ -1121,24 +1160,60 @@ def noise_ceiling_from_split_half(split_half_r: np.ndarray) -> np.ndarray:
     return spearman_brown(r, 2.0)
 
 
-def ceiling_normalised(score: np.ndarray, ceiling: np.ndarray) -> np.ndarray:
-    """Score divided by the noise ceiling: ``score / ceiling``, NaN where ``ceiling <= 0`` or
-    either is NaN.
+def ceiling_normalised(score: np.ndarray, ceiling: np.ndarray, min_ceiling: float = MIN_CEILING) -> np.ndarray:
+    """Score divided by the noise ceiling: ``score / ceiling``, NaN where ``ceiling <
+    min_ceiling`` or either is NaN.
 
-    Pass R2 with the reliability (:func:`noise_ceiling_from_split_half`), or Pearson r with
-    the square root of the reliability. Values above 1 are kept (noisy ceilings).
+    Pass R2 with the reliability (:func:`noise_ceiling_from_split_half`, or
+    :func:`pooled_reliability` for an ROI mean), or Pearson r with the square root of the
+    reliability. A ceiling near 0 (a target or ROI without reproducible signal) makes the
+    ratio meaningless: its sign and size are set by the estimation noise of the denominator,
+    so such targets get NaN ("n/a") rather than a huge or sign-flipped value. Values above 1
+    are kept (noisy ceilings).
 
     Parameters
     ----------
     score, ceiling : array_like
         Broadcastable arrays.
+    min_ceiling : float
+        Smallest ceiling divided by (default :data:`MIN_CEILING` = 0.1: at least 10 % of the
+        response variance reproducible across split halves). Must be positive.
 
     Returns
     -------
     numpy.ndarray
     """
+    if not min_ceiling > 0:
+        raise ValueError(f"min_ceiling must be positive, got {min_ceiling}")
     score = np.asarray(score, dtype=np.float64)
     ceiling = np.asarray(ceiling, dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(np.isfinite(ceiling) & (ceiling > 0), score / ceiling, np.nan)
+        return np.where(np.isfinite(ceiling) & (ceiling >= min_ceiling), score / ceiling, np.nan)
 
+
+def pooled_reliability(reliability: np.ndarray) -> float:
+    """Reliability of a set of targets (an ROI) from their Spearman-Brown corrected
+    split-half reliabilities: ``SB(mean_v r_v)`` with ``r_v = rel_v / (2 - rel_v)`` (the
+    inverse of ``SB(r) = 2 r / (1 + r)``) and NaN targets ignored.
+
+    The mean of per-target corrected reliabilities is biased downwards because the correction
+    is concave: for pure noise (split-half r with mean 0 and variance ``~1 / (n_cond - 1)``) it
+    is about ``-2 var(r)``, -0.09 with 24 conditions, whereas ``SB`` of the mean r is unbiased
+    to first order.
+
+    Parameters
+    ----------
+    reliability : numpy.ndarray, shape (n_targets,)
+        Per-target reliabilities (output of :func:`noise_ceiling_from_split_half`).
+
+    Returns
+    -------
+    float
+        NaN when no target has a finite reliability.
+    """
+    rel = np.asarray(reliability, dtype=np.float64).ravel()
+    rel = rel[np.isfinite(rel)]
+    if rel.size == 0:
+        return float("nan")
+    split_half = rel / (2.0 - rel)
+    return float(spearman_brown(float(np.mean(split_half)), 2.0))

@@ -83,3 +83,32 @@ class AnalysisError(BidsDnnError):
     """Anything else that stops the analysis (exit 1)."""
 
     exit_code = EXIT_OTHER
+
+
+class OutputSpaceError(BidsDnnError):
+    """The output file system is full (or over quota) or read-only (exit 1)."""
+
+    exit_code = EXIT_OTHER
+
+
+#: errno values that mean "cannot write to the output file system"
+_NO_SPACE_ERRNOS = {28: "no space left on device", 122: "disk quota exceeded", 30: "read-only file system"}
+
+
+def output_space_error(exc: BaseException) -> OutputSpaceError | None:
+    """An :class:`OutputSpaceError` for an ``OSError`` caused by a full, over-quota or read-only
+    file system (h5py reports the errno only in its message); None for any other error."""
+    if not isinstance(exc, OSError):
+        return None
+    text = str(exc)
+    reason = _NO_SPACE_ERRNOS.get(exc.errno or 0)
+    if reason is None:
+        reason = next((r for r in _NO_SPACE_ERRNOS.values() if r in text.lower()), None)
+    if reason is None and "errno = 28" in text:
+        reason = _NO_SPACE_ERRNOS[28]
+    if reason is None:
+        return None
+    where = f" while writing {exc.filename}" if getattr(exc, "filename", None) else ""
+    return OutputSpaceError(f"{reason}{where}; the run stopped, finished outputs are kept and no partial "
+                            "file was left", "free space (or write to another folder) and rerun the same "
+                            "command: it resumes with the unfinished stages")

@@ -7,7 +7,10 @@ Layout of a feature file::
     /stim_ids         (n_stimuli,) UTF-8 strings, the row order of every layer
     /layer_order      (n_layers,) UTF-8 strings, the layer names in extraction order
     /layers/<name>    (n_stimuli, n_units) float32 or float16, chunked by rows, attrs
-                      original_name, original_shape (the layer output without batch dim)
+                      original_name, original_shape (the layer output without batch dim),
+                      and with a reduction reduction_method, reduction_n_components,
+                      reduction_seed, reduction_n_units_in, reduction_applied,
+                      reduction_density (srp) / reduction_explained_variance_ratio_sum (pca)
 
 Layer names are the network's module names; ``/`` and ``%`` are percent-escaped in dataset
 names (``original_name`` keeps the real one). Attributes that are not strings or numbers are
@@ -18,13 +21,23 @@ same lists and dicts.
 reuses a file whose ``content_key`` matches, else writes a temporary file next to it and
 renames it into place, so a partial file is never visible and a changed key never reuses a
 stale file. This module does not import torch.
+
+Optional dimensionality reduction (:class:`Reduction`, from ``models[i].reduction``): every
+layer with more units than the threshold is stored with ``n_components`` columns. A sparse
+random projection depends only on (n_units, n_components, seed), so it is built once per layer
+and applied to each batch as it arrives (memory independent of the number of stimuli). PCA
+needs every stimulus: the full-width rows go to a scratch file next to the temporary file and
+are reduced layer by layer after extraction (fitted on all stimuli of the task: transductive).
+The settings are part of the content key.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -41,6 +54,8 @@ __all__ = [
     "FeatureSet",
     "FeatureWriter",
     "REDUCTIONS",
+    "Reduction",
+    "STREAMING_REDUCTIONS",
     "canonical_json",
     "ensure_features",
     "feature_content_key",
@@ -60,6 +75,7 @@ DTYPES = ("float32", "float16")
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
 _CHUNK_BYTES = 1 << 20
 _CAST_PIECE = 1 << 15  # elements; torch's GRAIN_SIZE: one thread per piece
+_REDUCTION_PREFIX = "reduction_"
 
 
 def canonical_json(value: Any) -> str:
@@ -73,7 +89,7 @@ def stimulus_set_sha256(stimulus_sha256s: Sequence[str]) -> str:
 
 
 def feature_content_key(stimulus_sha256s: list[str], model_identity: dict[str, Any], layers: list[str],
-                        dtype: str, reduction: dict[str, Any] | None) -> str:
+                        dtype: str, reduction: Any = None) -> str:
     """SHA-256 hex over everything that determines a feature file's content.
 
     Parameters
@@ -85,16 +101,18 @@ def feature_content_key(stimulus_sha256s: list[str], model_identity: dict[str, A
     layers : list of str
         Requested layer names, in order.
     dtype : {"float32", "float16"}
-    reduction : dict or None
-        Reduction settings (method, n_components, seed), if any.
+    reduction : Reduction, mapping, spec model or None
+        Reduction settings (method, n_components, seed, min_units), if any; normalised by
+        :meth:`Reduction.coerce`, so a spec section and the equivalent dict give the same key.
     """
+    settings = Reduction.coerce(reduction)
     payload = {
         "format_version": FORMAT_VERSION,
         "stimuli": list(stimulus_sha256s),
         "model": model_identity,
         "layers": list(layers),
         "dtype": dtype,
-        "reduction": reduction,
+        "reduction": settings.key() if settings is not None else None,
     }
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
@@ -207,10 +225,18 @@ class FeatureWriter:
         Root attributes (provenance); more can be added with :meth:`set_attrs`.
     compression : {None, "lzf"}
         HDF5 filter (no gzip: it is slow to write).
+    reduction : Reduction, mapping or None
+        Store layers with more units than ``reduction.threshold`` reduced: streaming methods
+        (:data:`STREAMING_REDUCTIONS`, e.g. srp) per batch; the others (pca) after all rows
+        are in, from full-width rows kept in ``scratch``.
+    scratch : Path, optional
+        HDF5 file for the full-width rows of deferred (pca) layers; created when first needed
+        and deleted by :meth:`close_scratch`. Required for a deferred method.
     """
 
     def __init__(self, h5: h5py.File, stim_ids: Sequence[str], *, key: str, dtype: str = "float32",
-                 attrs: Mapping[str, Any] | None = None, compression: str | None = None) -> None:
+                 attrs: Mapping[str, Any] | None = None, compression: str | None = None,
+                 reduction: Any = None, scratch: Path | None = None) -> None:
         if dtype not in DTYPES:
             raise AnalysisError(f"feature dtype must be one of {', '.join(DTYPES)} (got {dtype!r})")
         if compression not in (None, "lzf"):
@@ -224,11 +250,22 @@ class FeatureWriter:
         self._written: dict[str, np.ndarray] = {}
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._json_keys: set[str] = set()
+        self.reduction = Reduction.coerce(reduction)
+        self._units_in: dict[str, int] = {}
+        self._streams: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
+        self._reduction_params: dict[str, dict[str, Any]] = {}
+        self._deferred: list[str] = []
+        self._scratch_path = Path(scratch) if scratch is not None else None
+        self._scratch: h5py.File | None = None
+        if self.reduction is not None and self.reduction.method not in STREAMING_REDUCTIONS and scratch is None:
+            raise AnalysisError(f"reduction {self.reduction.method!r} needs a scratch file")
         h5.create_dataset(STIM_IDS, data=np.array(self.stim_ids, dtype=object),
                           dtype=h5py.string_dtype("utf-8"))
         h5.create_group(LAYER_GROUP, track_order=True)
         self.set_attrs({**(attrs or {}), "content_key": key, "format_version": FORMAT_VERSION,
                         "dtype": dtype, "n_stimuli": self.n_stimuli, "bids_dnn_version": __version__})
+        if self.reduction is not None:
+            self.set_attrs({"reduction": self.reduction.key()})
 
     @property
     def n_stimuli(self) -> int:
@@ -250,35 +287,107 @@ class FeatureWriter:
                 self._json_keys.discard(key)
         self.h5.attrs["json_attrs"] = canonical_json(sorted(self._json_keys))
 
-    def _dataset(self, name: str, n_units: int) -> h5py.Dataset:
-        group = self.h5[LAYER_GROUP]
-        encoded = encode_layer_name(name)
-        if encoded in group:
-            return group[encoded]
+    def _create(self, name: str, width: int, n_units_in: int) -> h5py.Dataset:
+        """The stored dataset of a layer: (n_stimuli, width) in the file's dtype."""
         itemsize = np.dtype(self.dtype).itemsize
-        rows = max(1, min(self.n_stimuli, _CHUNK_BYTES // max(1, n_units * itemsize)))
-        dataset = group.create_dataset(encoded, shape=(self.n_stimuli, n_units), dtype=self.dtype,
-                                       chunks=(rows, n_units), compression=self.compression)
+        rows = max(1, min(self.n_stimuli, _CHUNK_BYTES // max(1, width * itemsize)))
+        dataset = self.h5[LAYER_GROUP].create_dataset(
+            encode_layer_name(name), shape=(self.n_stimuli, width), dtype=self.dtype,
+            chunks=(rows, width), compression=self.compression)
         dataset.attrs["original_name"] = name
-        dataset.attrs["original_shape"] = np.asarray([n_units], dtype=np.int64)
-        self._written[name] = np.zeros(self.n_stimuli, dtype=bool)
+        dataset.attrs["original_shape"] = np.asarray([n_units_in], dtype=np.int64)
         return dataset
 
+    def _scratch_dataset(self, name: str, n_units: int) -> h5py.Dataset:
+        """Full-width float32 rows of a deferred layer, in the scratch file."""
+        if self._scratch is None:
+            assert self._scratch_path is not None
+            self._scratch = h5py.File(self._scratch_path, "w")
+        rows = max(1, min(self.n_stimuli, _CHUNK_BYTES // max(1, n_units * 4)))
+        return self._scratch.create_dataset(encode_layer_name(name), shape=(self.n_stimuli, n_units),
+                                            dtype=np.float32, chunks=(rows, n_units))
+
+    def _target(self, name: str, n_units: int) -> h5py.Dataset:
+        """Where a layer's batches go (created on its first batch); sets up its reduction."""
+        if name in self._units_in:
+            if n_units != self._units_in[name]:
+                raise AnalysisError(f"layer {name!r}: {n_units} units, expected {self._units_in[name]}")
+            if name in self._deferred:
+                assert self._scratch is not None
+                return self._scratch[encode_layer_name(name)]
+            return self.h5[LAYER_GROUP][encode_layer_name(name)]
+        self._units_in[name] = n_units
+        self._written[name] = np.zeros(self.n_stimuli, dtype=bool)
+        red = self.reduction
+        if red is None:
+            return self._create(name, n_units, n_units)
+        if not red.applies(n_units):
+            self._reduction_params[name] = {**red.params(n_units), "n_components": n_units, "applied": False}
+            return self._create(name, n_units, n_units)
+        if red.method in STREAMING_REDUCTIONS:
+            transform, extra = STREAMING_REDUCTIONS[red.method](n_units, red.n_components, red.seed)
+            self._streams[name] = transform
+            self._reduction_params[name] = {**red.params(n_units), **extra, "applied": True}
+            return self._create(name, red.n_components, n_units)
+        self._deferred.append(name)
+        return self._scratch_dataset(name, n_units)
+
+    def _check_range(self, name: str, values: np.ndarray) -> None:
+        if self.dtype == "float16" and values.size and _max_abs(values) > _FLOAT16_MAX:
+            raise AnalysisError(f"layer {name!r} has values beyond the float16 range "
+                                f"(max |x| = {_max_abs(values):.4g})", hint="use dtype: float32")
+
     def write_batch(self, start: int, arrays: Mapping[str, np.ndarray]) -> None:
-        """Write rows ``start .. start + n`` of each layer (arrays of shape (n, n_units))."""
+        """Write rows ``start .. start + n`` of each layer (arrays of shape (n, n_units)).
+
+        With a streaming reduction the rows are projected before they are stored; with a
+        deferred one they go to the scratch file at full width. The first batch checks that the
+        file system has room for every layer (:func:`check_free_space`).
+        """
+        if not self._units_in:
+            targets = [self._target(name, np.asarray(array).shape[1]) for name, array in arrays.items()
+                       if np.asarray(array).ndim == 2]
+            check_free_space(Path(self.h5.filename).parent,
+                             sum(t.shape[0] * t.shape[1] * t.dtype.itemsize for t in targets))
         for name, array in arrays.items():
             array = np.asarray(array)
             if array.ndim != 2 or start < 0 or start + array.shape[0] > self.n_stimuli:
                 raise AnalysisError(f"layer {name!r}: rows {start}..{start + len(array)} of shape "
                                     f"{array.shape} do not fit {self.n_stimuli} stimuli")
-            dataset = self._dataset(name, array.shape[1])
-            if dataset.shape[1] != array.shape[1]:
-                raise AnalysisError(f"layer {name!r}: {array.shape[1]} units, expected {dataset.shape[1]}")
-            if self.dtype == "float16" and array.size and _max_abs(array) > _FLOAT16_MAX:
-                raise AnalysisError(f"layer {name!r} has values beyond the float16 range "
-                                    f"(max |x| = {_max_abs(array):.4g})", hint="use dtype: float32")
-            dataset[start:start + array.shape[0]] = _as_dtype(array, self.dtype)
-            self._written[name][start:start + array.shape[0]] = True
+            target = self._target(name, array.shape[1])
+            rows = slice(start, start + array.shape[0])
+            if name in self._deferred:
+                target[rows] = array.astype(np.float32, copy=False)
+            else:
+                if name in self._streams:
+                    array = self._streams[name](array)
+                self._check_range(name, array)
+                target[rows] = _as_dtype(array, self.dtype)
+            self._written[name][rows] = True
+
+    def _reduce_deferred(self) -> None:
+        """Fit the deferred reduction (pca) of each layer on all its rows, layer by layer."""
+        red = self.reduction
+        for name in self._deferred:
+            assert red is not None and self._scratch is not None
+            full = self._scratch[encode_layer_name(name)][()]
+            reduced, params = reduce_features(full, red.method, red.n_components, red.seed)
+            del full
+            self._check_range(name, reduced)
+            dataset = self._create(name, reduced.shape[1], self._units_in[name])
+            dataset[()] = _as_dtype(reduced, self.dtype)
+            self._reduction_params[name] = {**params, **red.params(self._units_in[name]),
+                                            "n_components": int(reduced.shape[1])}
+        self._deferred = []
+        self.close_scratch()
+
+    def close_scratch(self) -> None:
+        """Close and delete the scratch file (if one was created)."""
+        if self._scratch is not None:
+            self._scratch.close()
+            self._scratch = None
+        if self._scratch_path is not None:
+            self._scratch_path.unlink(missing_ok=True)
 
     def set_layer_shapes(self, shapes: Mapping[str, Sequence[int]]) -> None:
         """Record each layer's original output shape (without batch dimension)."""
@@ -292,9 +401,13 @@ class FeatureWriter:
             if not done.all():
                 raise AnalysisError(f"layer {name!r}: {int((~done).sum())} of {self.n_stimuli} "
                                     "stimuli were never written")
+        self._reduce_deferred()
+        for name in self._written:
             dataset = self.h5[LAYER_GROUP][encode_layer_name(name)]
             if name in self._shapes:
                 dataset.attrs["original_shape"] = np.asarray(self._shapes[name], dtype=np.int64)
+            for param, value in self._reduction_params.get(name, {}).items():
+                dataset.attrs[f"{_REDUCTION_PREFIX}{param}"] = "" if value is None else value
         self.h5.create_dataset(LAYER_ORDER, data=np.array(self.layers, dtype=object),
                                dtype=h5py.string_dtype("utf-8"))
         self.set_attrs({"complete": True})  # the marker stored_content_key looks for
@@ -312,12 +425,16 @@ class FeatureSet:
         Root attributes (JSON values decoded).
     layer_shapes : dict of str to tuple of int
         Original output shape of each layer, without batch dimension.
+    reductions : dict of str to dict
+        Per layer (of a file written with a reduction): method, n_components, seed,
+        n_units_in, applied, and density (srp) or explained_variance_ratio_sum (pca).
     """
 
     stim_ids: list[str]
     layers: dict[str, np.ndarray]
     attrs: dict[str, Any]
     layer_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    reductions: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def stored_content_key(path: Path) -> str | None:
@@ -356,15 +473,19 @@ def read_features(path: Path, layers: Sequence[str] | None = None) -> FeatureSet
             if missing:
                 raise AnalysisError(f"{path.name} has no layer(s) {', '.join(missing)}; "
                                     f"it has {', '.join(stored)}")
-            arrays, shapes = {}, {}
+            arrays, shapes, reductions = {}, {}, {}
             for name in wanted:
                 dataset = h5[LAYER_GROUP][encode_layer_name(name)]
                 arrays[name] = dataset[()].astype(np.float32, copy=False)
                 shapes[name] = tuple(int(s) for s in dataset.attrs["original_shape"])
+                params = {key[len(_REDUCTION_PREFIX):]: value for key, value in _read_attrs(dataset).items()
+                          if key.startswith(_REDUCTION_PREFIX)}
+                if params:
+                    reductions[name] = params
     except (OSError, KeyError) as exc:
         raise InputMissingError(f"{path} is not a readable feature file ({exc.__class__.__name__}: {exc})",
                                 hint="delete it; it will be recomputed") from None
-    return FeatureSet(stim_ids, arrays, attrs, shapes)
+    return FeatureSet(stim_ids, arrays, attrs, shapes, reductions)
 
 
 def _fsync(path: Path) -> None:
@@ -377,15 +498,22 @@ def _fsync(path: Path) -> None:
 
 def _write_atomically(path: Path, key: str, stim_ids: Sequence[str],
                       compute: Callable[[FeatureWriter], None], **writer_options: Any) -> None:
-    """Write into ``.<name>.tmp-<pid>`` next to ``path``, fsync, rename onto ``path``."""
+    """Write into ``.<name>.tmp-<pid>`` next to ``path``, fsync, rename onto ``path``.
+
+    A deferred reduction keeps its full-width rows in ``.<name>.tmp-<pid>.full`` meanwhile.
+    """
     for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a killed process
         stale.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with h5py.File(tmp, "w", track_order=True) as h5:
-            writer = FeatureWriter(h5, stim_ids, key=key, **writer_options)
-            compute(writer)
-            writer.finalize()
+            writer = FeatureWriter(h5, stim_ids, key=key, scratch=tmp.with_name(tmp.name + ".full"),
+                                   **writer_options)
+            try:
+                compute(writer)
+                writer.finalize()
+            finally:
+                writer.close_scratch()
         _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -399,6 +527,21 @@ def _write_atomically(path: Path, key: str, stim_ids: Sequence[str],
             os.close(fd)
 
 
+#: room left beyond a feature file's data (HDF5 metadata, other small outputs)
+_SPACE_MARGIN_BYTES = 1 << 18
+
+
+def check_free_space(folder: Path, n_bytes: int) -> None:
+    """Raise ``OSError(ENOSPC)`` (reported by the CLI as a full disk) unless ``folder``'s file
+    system has ``n_bytes`` (+ 256 KiB) free: HDF5 can crash the process on a failed write instead
+    of raising, so a feature file is never started without room for all of it."""
+    free = shutil.disk_usage(folder).free
+    if free < n_bytes + _SPACE_MARGIN_BYTES:
+        raise OSError(errno.ENOSPC, f"No space left on device: the feature file needs "
+                                    f"{(n_bytes + _SPACE_MARGIN_BYTES) / 2**20:.1f} MiB, "
+                                    f"{free / 2**20:.1f} MiB are free", str(folder))
+
+
 def _locked(path: Path, timeout: float) -> FileLock:
     return FileLock(str(path) + ".lock", timeout=timeout)
 
@@ -406,7 +549,7 @@ def _locked(path: Path, timeout: float) -> FileLock:
 def ensure_features(path: Path, key: str, compute: Callable[[FeatureWriter], None], *,
                     stim_ids: Sequence[str], dtype: str = "float32",
                     attrs: Mapping[str, Any] | None = None, compression: str | None = None,
-                    timeout: float = 6 * 3600.0) -> Path:
+                    reduction: Any = None, force: bool = False, timeout: float = 6 * 3600.0) -> Path:
     """Return ``path``, computing it with ``compute(writer)`` unless it holds ``key``.
 
     Parameters
@@ -419,8 +562,11 @@ def ensure_features(path: Path, key: str, compute: Callable[[FeatureWriter], Non
         Writes every layer (e.g. ``extract_features(..., on_batch=writer.write_batch)``,
         then ``writer.set_layer_shapes(shapes)``). Not called when the file is reused.
     stim_ids : sequence of str, length n_stimuli
-    dtype, attrs, compression
-        Passed to :class:`FeatureWriter`.
+    dtype, attrs, compression, reduction
+        Passed to :class:`FeatureWriter` (``reduction``: a :class:`Reduction`, mapping or
+        ``models[i].reduction``; it must also be part of ``key``).
+    force : bool
+        Recompute even when the stored file holds ``key`` (``--force``).
     timeout : float
         Seconds to wait for another process computing the same file.
 
@@ -433,10 +579,10 @@ def ensure_features(path: Path, key: str, compute: Callable[[FeatureWriter], Non
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with _locked(path, timeout):
-            if path.is_file() and stored_content_key(path) == key:
+            if not force and path.is_file() and stored_content_key(path) == key:
                 return path
             _write_atomically(path, key, stim_ids, compute, dtype=dtype, attrs=attrs,
-                              compression=compression)
+                              compression=compression, reduction=reduction)
     except Timeout:
         raise AnalysisError(f"waited {timeout:.0f} s for another process writing {path.name}",
                             hint=f"if no other run is active, delete {path}.lock") from None
@@ -446,7 +592,7 @@ def ensure_features(path: Path, key: str, compute: Callable[[FeatureWriter], Non
 def write_feature_file(path: Path, key: str, stim_ids: Sequence[str], layers: Mapping[str, np.ndarray], *,
                        layer_shapes: Mapping[str, Sequence[int]] | None = None, dtype: str = "float32",
                        attrs: Mapping[str, Any] | None = None, compression: str | None = None,
-                       timeout: float = 600.0) -> Path:
+                       reduction: Any = None, timeout: float = 600.0) -> Path:
     """Write in-memory features (n_stimuli, n_units) per layer atomically, replacing ``path``."""
     def compute(writer: FeatureWriter) -> None:
         writer.write_batch(0, layers)
@@ -457,7 +603,7 @@ def write_feature_file(path: Path, key: str, stim_ids: Sequence[str], layers: Ma
     try:
         with _locked(path, timeout):
             _write_atomically(path, key, stim_ids, compute, dtype=dtype, attrs=attrs,
-                              compression=compression)
+                              compression=compression, reduction=reduction)
     except Timeout:
         raise AnalysisError(f"waited {timeout:.0f} s for another process writing {path.name}") from None
     return path
@@ -486,11 +632,96 @@ def _pca(array: np.ndarray, n_components: int, seed: int) -> tuple[np.ndarray, d
                      "explained_variance_ratio_sum": float(pca.explained_variance_ratio_.sum())}
 
 
+def _srp_stream(n_units: int, n_components: int,
+                seed: int) -> tuple[Callable[[np.ndarray], np.ndarray], dict[str, Any]]:
+    """The sparse random projection of :func:`_srp` as a per-batch transform.
+
+    sklearn draws the matrix from (n_features, n_components, random_state) alone, so fitting a
+    one-row float32 dummy of the right width gives the matrix that :func:`reduce_features`
+    draws for the whole array; each batch is then projected on arrival.
+    """
+    from sklearn.random_projection import SparseRandomProjection
+
+    projection = SparseRandomProjection(n_components=n_components, random_state=seed, dense_output=True)
+    projection.fit(np.zeros((1, n_units), dtype=np.float32))
+
+    def transform(batch: np.ndarray) -> np.ndarray:
+        return np.asarray(projection.transform(np.asarray(batch, dtype=np.float32)), dtype=np.float32)
+
+    return transform, {"density": float(projection.density_)}
+
+
 #: method -> function(array, n_components, seed) -> (reduced array, extra params)
 REDUCTIONS: dict[str, Callable[[np.ndarray, int, int], tuple[np.ndarray, dict[str, Any]]]] = {
     "srp": _srp,
     "pca": _pca,
 }
+
+#: methods applied batch by batch: method -> function(n_units, n_components, seed) ->
+#: (transform of an (n, n_units) batch, extra params). Others are fitted on all rows at the end.
+STREAMING_REDUCTIONS: dict[str, Callable[[int, int, int],
+                                         tuple[Callable[[np.ndarray], np.ndarray], dict[str, Any]]]] = {
+    "srp": _srp_stream,
+}
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """Reduction settings of a feature file (``models[i].reduction`` of the spec).
+
+    Attributes
+    ----------
+    method : {"srp", "pca"}
+    n_components : int
+    seed : int
+    min_units : int or None
+        Reduce only layers with more units than this (default: ``n_components``).
+    """
+
+    method: str
+    n_components: int
+    seed: int = 0
+    min_units: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in REDUCTIONS:
+            raise AnalysisError(f"unknown reduction {self.method!r}; valid: {', '.join(REDUCTIONS)}")
+        if int(self.n_components) <= 0:
+            raise AnalysisError(f"reduction n_components must be > 0 (got {self.n_components})")
+        if self.min_units is not None and self.min_units < self.n_components:
+            raise AnalysisError(f"reduction min_units ({self.min_units}) must be >= n_components "
+                                f"({self.n_components})")
+
+    @classmethod
+    def coerce(cls, value: Any) -> Reduction | None:
+        """A :class:`Reduction` from None, itself, a mapping or a spec model (``model_dump``)."""
+        if value is None or isinstance(value, Reduction):
+            return value
+        if hasattr(value, "model_dump"):
+            value = value.model_dump()
+        fields = {"method", "n_components", "seed", "min_units"}
+        unknown = set(value) - fields
+        if unknown:
+            raise AnalysisError(f"unknown reduction setting(s) {', '.join(sorted(unknown))}")
+        return cls(**{k: v for k, v in value.items() if k in fields})
+
+    @property
+    def threshold(self) -> int:
+        """Layers with more units than this are reduced."""
+        return max(int(self.n_components), int(self.min_units or 0))
+
+    def applies(self, n_units: int) -> bool:
+        return n_units > self.threshold
+
+    def key(self) -> dict[str, Any]:
+        """The settings as they enter the content key and the root ``reduction`` attribute."""
+        return {"method": self.method, "n_components": int(self.n_components), "seed": int(self.seed),
+                "min_units": None if self.min_units is None else int(self.min_units)}
+
+    def params(self, n_units_in: int) -> dict[str, Any]:
+        """The per-layer attributes common to every method."""
+        return {"method": self.method, "n_components": int(self.n_components), "seed": int(self.seed),
+                "n_units_in": int(n_units_in)}
 
 
 def reduce_features(array: np.ndarray, method: str = "srp", n_components: int = 4096,

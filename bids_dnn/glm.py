@@ -28,10 +28,20 @@ import pandas as pd
 from bids_dnn.errors import AnalysisError, BidsValidationError, InputMissingError
 from bids_dnn.spec import GLMSpec
 
-__all__ = ["CONFOUND_GROUPS", "ConfoundGroup", "RunGLM", "fit_run_glm", "sample_mask_from_confounds", "select_confounds"]
+__all__ = [
+    "CONFOUND_GROUPS", "ConfoundGroup", "RunGLM", "chunk_size_for_budget", "fit_run_glm",
+    "sample_mask_from_confounds", "select_confounds",
+]
 
-DEFAULT_CHUNK_SIZE = 20_000
-"""Voxels fitted at once; bounds memory to about ``n_time * chunk * 8`` bytes per array."""
+GLM_MEMORY_BUDGET = 2**30
+"""Bytes of working memory for the fit of one voxel chunk (sets the default chunk size).
+
+Smaller chunks cost time: nilearn refits the whitened design of every AR(1) bin (~20-40
+bins) in every chunk, so the fit time grows with the number of chunks."""
+
+_CHUNK_COPIES = 8
+"""float64 ``(n_time, chunk)`` arrays alive at once while a chunk is fitted (nilearn's OLS and
+AR(1) results, whitened data and residuals; measured with tracemalloc: ~6.3)."""
 
 _MOTION_6 = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
 
@@ -371,6 +381,27 @@ def _fit_columns(
     return est, resid
 
 
+def chunk_size_for_budget(n_time: int, memory_budget_bytes: int = GLM_MEMORY_BUDGET) -> int:
+    """Voxels fitted at once so that a chunk's working memory stays within a budget.
+
+    Parameters
+    ----------
+    n_time : int
+        Volumes that enter the fit.
+    memory_budget_bytes : int
+        Working memory allowed for one chunk (default :data:`GLM_MEMORY_BUDGET`).
+
+    Returns
+    -------
+    int
+        ``memory_budget_bytes // (n_time * 8 * 8)`` clipped to [256, 50 000] voxels (about
+        16 800 voxels for 1000 volumes and the default 1 GiB). The chunk size does not
+        change the estimates (AR(1) coefficients are binned on a fixed grid).
+    """
+    per_voxel = max(int(n_time), 1) * 8 * _CHUNK_COPIES
+    return int(np.clip(int(memory_budget_bytes) // per_voxel, 256, 50_000))
+
+
 def fit_run_glm(
     bold: np.ndarray,
     events: pd.DataFrame,
@@ -380,14 +411,15 @@ def fit_run_glm(
     frame_times: np.ndarray | None = None,
     *,
     source: str = "run",
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
 ) -> RunGLM:
     """Fit a first-level GLM to one run and return one pattern per condition.
 
     Parameters
     ----------
     bold : numpy.ndarray, shape (n_time, n_vox)
-        The run's BOLD time series (e.g. brain-masked fMRIPrep output).
+        The run's BOLD time series (e.g. brain-masked fMRIPrep output); float32 is used as
+        is (never copied whole: each voxel chunk is converted to float64 for its fit).
     events : pandas.DataFrame, shape (n_events, >= 3)
         ``onset``, ``duration`` (s) and ``condition`` (stimulus id; the caller maps trial
         types / stimulus files to it and drops non-stimulus rows).
@@ -403,8 +435,8 @@ def fit_run_glm(
         Acquisition times (default ``arange(n_time) * t_r``: slice-time reference 0).
     source : str
         Name of the run for error messages.
-    chunk_size : int
-        Voxels fitted at once (bounds memory).
+    chunk_size : int, optional
+        Voxels fitted at once (bounds memory; default :func:`chunk_size_for_budget`).
 
     Returns
     -------
@@ -463,9 +495,9 @@ def fit_run_glm(
     if rank < X.shape[1] - len(empty):
         notes.append(f"the design is rank deficient (rank {rank} of {X.shape[1]} columns): collinear estimates are not unique")
 
-    Y_all = bold[keep]
-    finite = np.isfinite(Y_all).all(axis=0)
-    constant = finite & (np.ptp(np.where(np.isfinite(Y_all), Y_all, 0.0), axis=0) == 0)
+    rows = np.flatnonzero(keep)
+    step = max(int(chunk_size_for_budget(len(rows)) if chunk_size is None else chunk_size), 1)
+    finite, constant = _finite_and_constant(bold, rows, step)
     fitted = finite & ~constant
     if not fitted.all():
         notes.append(
@@ -484,9 +516,9 @@ def fit_run_glm(
         lss = _lss_designs(trial_design, ev, conditions, notes)
         lss_sum, lss_n = np.zeros_like(betas), np.zeros_like(betas)
     vox = np.flatnonzero(fitted)
-    for start in range(0, len(vox), max(int(chunk_size), 1)):
-        idx = vox[start : start + max(int(chunk_size), 1)]
-        Y = np.asarray(Y_all[:, idx], dtype=np.float64)
+    for start in range(0, len(vox), step):
+        idx = vox[start : start + step]
+        Y = np.asarray(bold[np.ix_(rows, idx)], dtype=np.float64)
         est, residuals[:, idx] = _fit_columns(Y, X, options.noise_model, cond_cols, t_values)
         if options.method == "lsa":
             betas[np.ix_(cond_rows, idx)] = est
@@ -512,6 +544,20 @@ def fit_run_glm(
         fitted_voxels=fitted,
         n_trials=n_trials,
     )
+
+
+def _finite_and_constant(bold: np.ndarray, rows: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """Voxels finite over the kept volumes ``rows``, and those among them that are constant;
+    computed over blocks of ``step`` voxels (no copy of the whole series)."""
+    n_vox = bold.shape[1]
+    finite = np.zeros(n_vox, dtype=bool)
+    constant = np.zeros(n_vox, dtype=bool)
+    for start in range(0, n_vox, step):
+        block = bold[rows, start : start + step]
+        ok = np.isfinite(block)
+        finite[start : start + step] = ok.all(axis=0)
+        constant[start : start + step] = np.ptp(np.where(ok, block, 0), axis=0) == 0
+    return finite, constant & finite
 
 
 def _confounds_and_censoring(

@@ -35,9 +35,12 @@ ENCODING_SUMMARY_COLUMNS = {
     "sem_r2": "Standard error of mean_r2.",
     "t": "One-sample t of the ROI-mean R2 against 0.", "p": "p-value of the t-test (alternative in the JSON).",
     "p_fdr": "Benjamini-Hochberg adjusted p across ROI x layer of this model.",
-    "mean_r": "Mean over subjects of the ROI-mean held-out r.",
-    "mean_noise_ceiling": "Mean over subjects of the ROI-mean split-half reliability.",
-    "mean_normalized_r2": "Mean over subjects of normalized_r2 (R2 / noise ceiling).",
+    "mean_r": "Mean over subjects of the ROI-mean held-out r (per voxel: mean over folds of the r within each "
+              "test fold).",
+    "sem_r": "Standard error of mean_r.",
+    "mean_noise_ceiling": "Mean over subjects of the ROI reliability (participant column noise_ceiling).",
+    "mean_normalized_r2": "mean_r2 / mean_noise_ceiling (ratio of the group means); NaN (n/a) when "
+                          "mean_noise_ceiling < 0.1, i.e. the ROI has no reproducible signal.",
     "best_layer": "True for the layer with the highest mean_r2 in this ROI and model (descriptive).",
 }
 
@@ -151,7 +154,14 @@ def run_group_maps(ctx: "Context", subjects: list[str]) -> list[Path]:
 
 
 def encoding_summary(ctx: "Context", subjects: list[str], model: str) -> tuple[pd.DataFrame, pd.DataFrame] | None:
-    """All subjects' encoding ROI tables and their per ROI x layer summary (None without ROI tables)."""
+    """All subjects' encoding ROI tables and their per ROI x layer summary (None without ROI tables).
+
+    The group ceiling-normalised score is the ratio of the group means, ``mean_r2 /
+    mean_noise_ceiling`` (:func:`bids_dnn.encoding.ceiling_normalised`: NaN when the mean
+    ceiling is below :data:`bids_dnn.encoding.MIN_CEILING`), not the mean of the subjects'
+    ratios, which one subject with a ceiling near 0 would dominate.
+    """
+    from bids_dnn.encoding import ceiling_normalised
     from bids_dnn.stats import fdr_bh, one_sample_tests
 
     paths = [ctx.layout.encoding_table(s, model) for s in subjects]
@@ -161,13 +171,17 @@ def encoding_summary(ctx: "Context", subjects: list[str], model: str) -> tuple[p
     rows = []
     for (roi, layer), group in table.groupby(["roi", "layer"], sort=False):
         r2 = group["mean_r2"].to_numpy(dtype=float)
+        r = group["mean_r"].to_numpy(dtype=float)
+        r = r[np.isfinite(r)]
+        ceiling = float(group["noise_ceiling"].mean())
         tests = one_sample_tests(r2[:, None], ctx.spec.statistics.alternative)
         rows.append({"roi": roi, "model": model, "layer": layer, "n_subjects": int(tests["n"][0]),
                      "mean_r2": float(tests["mean"][0]), "sem_r2": float(tests["sem"][0]),
                      "t": float(tests["t"][0]), "p": float(tests["p_t"][0]),
-                     "mean_r": float(group["mean_r"].mean()),
-                     "mean_noise_ceiling": float(group["noise_ceiling"].mean()),
-                     "mean_normalized_r2": float(group["normalized_r2"].mean())})
+                     "mean_r": float(r.mean()),
+                     "sem_r": float(r.std(ddof=1) / np.sqrt(r.size)) if r.size > 1 else float("nan"),
+                     "mean_noise_ceiling": ceiling,
+                     "mean_normalized_r2": float(ceiling_normalised(float(tests["mean"][0]), ceiling))})
     summary = pd.DataFrame(rows)
     summary["p_fdr"] = fdr_bh(summary["p"].to_numpy())
     summary["best_layer"] = summary.groupby("roi")["mean_r2"].transform("max") == summary["mean_r2"]

@@ -24,9 +24,11 @@ from bids_dnn import derivatives as drv
 from bids_dnn.bids_io import DatasetIndex, RunInputs, check_dataset, check_paths, load_filter_file
 from bids_dnn.cli import RunOptions
 from bids_dnn.console import logger, progress
-from bids_dnn.errors import AnalysisError, BidsDnnError, InputMissingError, NothingSelectedError, UsageError
+from bids_dnn.errors import (AnalysisError, BidsDnnError, InputMissingError, NothingSelectedError, UsageError,
+                             output_space_error)
 from bids_dnn.spec import AnalysisSpec, ModelSpec, load_spec, spec_hash, spec_to_dict
-from bids_dnn.stimuli import StimulusSet, build_stimulus_set, condition_column, read_events
+from bids_dnn.stimuli import (StimulusSet, build_stimulus_set, condition_column, read_events,
+                              stimulus_input_identity)
 
 #: set in the container image (Dockerfile): its tag, recorded in the provenance and dataset_description
 CONTAINER_ENV = "BIDS_DNN_CONTAINER"
@@ -95,24 +97,48 @@ def _limit_threads(options: RunOptions) -> None:
 
 
 def resolve_stimuli(ctx: Context) -> StimulusSet:
-    """The stimulus set of the task, from the events of all its participants."""
+    """The stimulus set of the task, from the events of all its participants.
+
+    With ``brain.input: betas`` and no events for the task, from the stimuli named in the
+    sidecars of the ready-made betas of all participants that have maps (every selected one
+    must), resolved under the stimulus folders as events are
+    (:func:`bids_dnn.bids_io.betas_stimulus_tables`); every stimulus is then of category
+    ``stimulus`` unless a ``stimuli.tsv`` gives one.
+    """
     stim_spec = ctx.spec.stimuli
-    runs = ctx.index.events(ctx.task)
-    if not runs:
-        raise NothingSelectedError(f"no events for task '{ctx.task}'")
-    tables = [read_events(r.events) for r in runs]
+    bids_dir = Path(ctx.options.bids_dir)
     extra = [ctx.options.derivatives["stimuli"]] if "stimuli" in ctx.options.derivatives else []
-    default_stim_deriv = Path(ctx.options.bids_dir) / "derivatives" / "stimuli"
+    default_stim_deriv = bids_dir / "derivatives" / "stimuli"
     if not extra and default_stim_deriv.is_dir():
         extra = [default_stim_deriv]
-    return build_stimulus_set(tables, Path(ctx.options.bids_dir), source=stim_spec.source,
-                              trial_type_map=stim_spec.trial_type_map, category_column=stim_spec.category_column,
+    runs = ctx.index.events(ctx.task)
+    if runs:
+        tables = [read_events(r.events) for r in runs]
+        source, category_column = stim_spec.source, stim_spec.category_column
+    elif ctx.spec.brain.input == "betas":
+        from bids_dnn.bids_io import betas_stimulus_tables
+
+        brain = ctx.spec.brain
+        betas = []
+        for subject in ctx.index.subjects():
+            try:
+                betas += ctx.index.betas_runs(ctx.task, subject, brain.space, brain.resolution,
+                                              derivatives=betas_derivatives_name(brain))
+            except InputMissingError:
+                if subject in ctx.subjects:
+                    raise
+        tables, source = betas_stimulus_tables(betas, [Path(d) for d in extra] + [bids_dir / "stimuli"], bids_dir)
+        category_column = stim_spec.category_column if source == "stimuli_tsv" else None
+    else:
+        raise NothingSelectedError(f"no events for task '{ctx.task}'")
+    return build_stimulus_set(tables, bids_dir, source=source,
+                              trial_type_map=stim_spec.trial_type_map, category_column=category_column,
                               ignore_trial_types=stim_spec.ignore_trial_types, extra_dirs=extra)
 
 
 def write_stimulus_table(ctx: Context, stimuli: StimulusSet) -> None:
     sidecar = {"stim_id": {"Description": "Stimulus identifier; the row order of every RDM."},
-               "stim_file": {"Description": "File under the stimulus folder, as named in the events."},
+               "stim_file": {"Description": "File under the stimulus folder, as named in the events (or in stimuli.tsv)."},
                "category": {"Description": "Category (events 'category' or 'trial_type' column)."},
                "sha256": {"Description": "SHA-256 of the file."},
                "source": {"Description": "Folder the file was read from."},
@@ -135,27 +161,32 @@ def model_features(ctx: Context, model_spec: ModelSpec, stimuli: StimulusSet) ->
     loaded = load_model(model_spec, field_path=f"models[{index}]")
     layers = resolve_layers(loaded.module, model_spec.layers, field_path=f"models[{index}].layers",
                             model_name=model_spec.name)
-    identity = {**loaded.identity(), "token_policy": model_spec.token_policy}
-    key = feat.feature_content_key(stimuli.sha256, identity, layers, model_spec.dtype, None)
+    # video sampling settings (fps, n_frames, aggregate) are ingredients of video features only
+    identity = {**loaded.identity(), "token_policy": model_spec.token_policy,
+                **stimulus_input_identity(stimuli, ctx.spec.stimuli.video)}
+    key = feat.feature_content_key(stimuli.sha256, identity, layers, model_spec.dtype, model_spec.reduction)
     path = ctx.layout.features(model_spec.output_label)
     device = resolve_device(ctx.options.device)
 
     def compute(writer: Any) -> None:
-        from bids_dnn.stimuli import load_image
+        from bids_dnn.stimuli import load_stimulus
 
         logger.info("extracting %d layers of %s for %d stimuli on %s", len(layers), model_spec.name,
                     stimuli.n_stimuli, device)
-        images = [(lambda p=p: load_image(p)) for p in stimuli.paths]
+        video = ctx.spec.stimuli.video
+        images = [(lambda p=p: load_stimulus(p, video)) for p in stimuli.paths]
         with progress(f"features {model_spec.output_label}", stimuli.n_stimuli) as advance:
             shapes = extract_features(loaded, images, layers, batch_size=model_spec.batch_size, device=device,
                                       token_policy=model_spec.token_policy,
-                                      on_batch=writer.write_batch, progress=advance)
+                                      on_batch=writer.write_batch, progress=advance,
+                                      aggregate=video.aggregate if stimuli.has_video else None)
         writer.set_layer_shapes(shapes)
 
     attrs = feat.provenance_attrs(loaded.identity(), token_policy=model_spec.token_policy,
                                   library_versions=library_versions(), stimulus_sha256s=stimuli.sha256)
     feat.ensure_features(path, key, compute, stim_ids=stimuli.stim_ids, dtype=model_spec.dtype,
-                         attrs={**attrs, "model_label": model_spec.output_label})
+                         attrs={**attrs, "model_label": model_spec.output_label},
+                         reduction=model_spec.reduction, force=ctx.options.force)
     ctx.feature_keys[model_spec.output_label] = key
     stored = read_checked_features(ctx, model_spec.output_label, layers)
     if list(stored.stim_ids) != list(stimuli.stim_ids):
@@ -721,6 +752,8 @@ def process_subject(ctx: Context, subject: str, stimuli: StimulusSet,
             ledger.record("report", keys["report"], [report])
             write_status(ctx, subject, summary, ledger, complete=True, run_id=run_id)
         except Exception as exc:  # noqa: BLE001 - a figure must not lose the results
+            if output_space_error(exc):
+                raise  # a full disk stops the run (cli.main says so); a rerun resumes with the report
             logger.warning("sub-%s: report failed (%s); results are kept", subject, exc)
     return summary
 

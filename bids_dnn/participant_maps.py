@@ -23,9 +23,19 @@ Encoding samples and folds
     One sample per stimulus: the response is the mean of its run estimates. A stimulus is never
     in the training and the test fold of the same split: ``leave_one_run_out`` needs runs with
     disjoint stimulus sets (each stimulus shown in one run), else folds split the stimuli
-    (seeded K-fold). The noise ceiling is the split-half reliability of each voxel's stimulus
-    profile (odd vs even runs, Spearman-Brown corrected); the ceiling-normalised score is
-    ``R2 / reliability`` (NaN where the reliability is not positive).
+    (seeded K-fold).
+
+Encoding scores
+    Per voxel (see :mod:`bids_dnn.encoding`): ``r`` is the mean over outer folds of the
+    Pearson r within each test fold; ``r2`` is the R2 of the out-of-fold predictions pooled
+    over the folds (``1 - SSE / SST``). The noise ceiling of a voxel is the split-half
+    reliability of its stimulus profile (odd vs even runs, Spearman-Brown corrected); the
+    ceiling of an ROI is :func:`bids_dnn.encoding.pooled_reliability` of its voxels
+    (Spearman-Brown of the mean split-half r). Ceiling-normalised scores are
+    ``R2 / reliability`` (voxel maps) and ``mean_r2 / ROI ceiling`` (tables), reported only
+    where the ceiling is at least :data:`bids_dnn.encoding.MIN_CEILING` (0.1), else NaN
+    (``n/a``): a ceiling near zero means no reproducible signal, and dividing by it gives
+    values of arbitrary size and sign.
 """
 
 from __future__ import annotations
@@ -59,11 +69,14 @@ ENCODING_COLUMNS = {
     "model": "Model label.",
     "layer": "Layer (node) name as in the model.",
     "n_voxels": "Voxels of the ROI with an encoding score.",
-    "mean_r": "Mean over voxels of the held-out Pearson r (out-of-fold predictions vs responses).",
-    "mean_r2": "Mean over voxels of the held-out R2 = 1 - SSE / SST (SST around the response mean).",
+    "mean_r": "Mean over voxels of the held-out Pearson r (per voxel: mean over outer folds of r within each "
+              "test fold).",
+    "mean_r2": "Mean over voxels of the held-out R2 = 1 - SSE / SST of the out-of-fold predictions pooled over "
+               "folds (SST around the mean response).",
     "median_alpha": "Median over voxels and outer folds of the ridge penalty chosen by inner CV.",
-    "noise_ceiling": "Mean over voxels of the split-half reliability (Spearman-Brown corrected).",
-    "normalized_r2": "mean_r2 / noise_ceiling (NaN when the ceiling is not positive).",
+    "noise_ceiling": "ROI reliability: Spearman-Brown correction 2r / (1 + r) of the mean over voxels of the "
+                     "split-half (odd vs even runs) correlation r of the stimulus profile.",
+    "normalized_r2": "mean_r2 / noise_ceiling; NaN (n/a) when noise_ceiling < 0.1 (no reproducible signal).",
     "cv": "Outer cross-validation scheme.",
     "n_folds": "Number of outer folds.",
 }
@@ -361,7 +374,8 @@ def run_encoding(ctx: "Context", subject: str, stimuli: "StimulusSet", patterns:
                 maps = {"r": result.r, "r2": result.r2, "alpha": alpha, "normr2": normalized}
                 descriptions = {"r": "held-out Pearson r", "r2": "held-out R2 (1 - SSE/SST)",
                                 "alpha": "median over outer folds of the per-voxel ridge penalty",
-                                "normr2": "R2 / noise ceiling (split-half reliability)"}
+                                "normr2": "R2 / noise ceiling (split-half reliability); NaN where the "
+                                          "reliability is below 0.1"}
                 paths += _write_maps([ctx.layout.encoding_map(subject, model, layer, s) for s in maps],
                                      np.stack(list(maps.values())), mask, affine,
                                      [{**base, "Model": model, "Layer": layer, "Statistic": s,
@@ -385,13 +399,13 @@ def run_encoding(ctx: "Context", subject: str, stimuli: "StimulusSet", patterns:
 
 def _encoding_row(subject: str, roi: str, model: str, layer: str, cols: np.ndarray, result: Any, alpha: np.ndarray,
                   ceiling: np.ndarray, scheme: str, n_folds: int) -> dict[str, Any]:
-    from bids_dnn.encoding import ceiling_normalised
+    from bids_dnn.encoding import ceiling_normalised, pooled_reliability
 
     def mean(values: np.ndarray) -> float:
         values = values[cols]
         return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
 
-    mean_ceiling = mean(ceiling)
+    mean_ceiling = pooled_reliability(ceiling[cols])
     mean_r2 = mean(result.r2)
     return {"subject": subject, "roi": roi, "model": model, "layer": layer, "n_voxels": int(cols.size),
             "mean_r": mean(result.r), "mean_r2": mean_r2,

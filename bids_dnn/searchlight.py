@@ -33,8 +33,9 @@ Engine
     Spheres are processed in chunks (bounded by ``memory_budget_bytes``, see
     :func:`chunk_size_for_budget`; all searchlight RDMs are never held at once). A chunk's
     patterns are gathered into a zero-padded batch ``(chunk, max_sphere_size, n_features)`` with
-    per-sphere voxel counts; all its RDMs come from one batched matrix product (Gram matrices;
-    crossnobis as ``sum_r X_r^T (sum_s X_s - X_r)``, which is ``Gram(sum over runs)`` minus the
+    per-sphere voxel counts; all its RDMs come from one batched matrix product (Gram matrices:
+    the distances use one BLAS ``syrk`` per sphere on CPU, through numpy; crossnobis as
+    ``sum_r X_r^T (sum_s X_s - X_r)``, which is ``Gram(sum over runs)`` minus the
     sum of the per-run Grams, in one product over the runs stacked as rows and without the
     cancellation of those two large terms); they are transformed for the comparison (average
     ranks, centring, normalisation, whitening) and scored against all model RDMs (transformed
@@ -676,6 +677,11 @@ class _Engine:
                 raise ValueError(f"noise_variance must be ({n_vox},) positive finite values")
             pt[:n_vox] /= torch.as_tensor(np.sqrt(var), dtype=self.tdtype,
                                           device=self.device)[:, None]
+        if measure in ("euclidean", "sqeuclidean", "mahalanobis"):
+            # distances between conditions do not change when a voxel's mean over the
+            # conditions is removed; removing it keeps the Gram entries (g_ii + g_jj - 2 g_ij)
+            # small, so a large common offset (raw BOLD) does not cancel digits away
+            pt[:n_vox] -= pt[:n_vox].mean(dim=1, keepdim=True)
         self.pt = pt
         rows, cols = pair_indices(n_cond)
         self.flat_pairs = torch.as_tensor(rows * n_cond + cols, device=self.device)
@@ -734,9 +740,10 @@ class _Engine:
                 if np.any(counts != k):  # zero the padding again
                     x.mul_(torch.from_numpy(idx != self.pad).to(dev, self.tdtype)[:, :, None])
             x.mul_((x * x).sum(dim=1, keepdim=True).sqrt_().reciprocal_())
+            # 1 - r inside the GEMM (a syrk and a separate 1 - r measured no faster here)
             one_minus_r = torch.baddbmm(self.ones, x.transpose(1, 2), x, alpha=-1.0)
             return self._take(one_minus_r.view(n, -1), self.flat_pairs, out)
-        d = self._pairs(self._gram(x, x), out)
+        d = self._pairs(self._gram_sym(x), out, symmetric=True)
         if m == "euclidean":
             return d.clamp_(min=0.0).sqrt_()
         return d.div_(cnt)
@@ -747,11 +754,27 @@ class _Engine:
         matrix, so a sphere's result does not depend on the other spheres of its chunk."""
         return torch.bmm(a.transpose(1, 2), b)
 
-    def _pairs(self, gram: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """``g_ii + g_jj - g_ij - g_ji`` per pair: (b, n, n) -> (b, n_pairs)."""
+    @staticmethod
+    def _gram_sym(x: torch.Tensor) -> torch.Tensor:
+        """Batched ``x^T x``: (size, k, c) -> (size, c, c). On CPU numpy's ``matmul`` of a
+        matrix with its own transpose runs one BLAS ``syrk`` per matrix (half the products of
+        a GEMM: 62 instead of 78 ms of CPU for B2's 15 376 spheres, c = 60, k = 27), and
+        the result is exactly symmetric (CUDA: ``bmm``). The same for every caller, so that
+        :func:`searchlight_rsa` ranks exactly the RDMs of :func:`searchlight_rdms`."""
+        if x.device.type != "cpu":
+            return torch.bmm(x.transpose(1, 2), x)
+        xn = x.numpy()
+        return torch.from_numpy(np.matmul(xn.transpose(0, 2, 1), xn))
+
+    def _pairs(self, gram: torch.Tensor, out: torch.Tensor | None = None, *,
+               symmetric: bool = False) -> torch.Tensor:
+        """``g_ii + g_jj - g_ij - g_ji`` per pair: (b, n, n) -> (b, n_pairs) (``2 g_ij``
+        when ``gram`` is ``symmetric``, i.e. ``x^T x``: one gather less)."""
         flat = gram.reshape(gram.shape[0], -1)
         d = self._take(flat, self.diag_rows, out)
         d += self._take(flat, self.diag_cols)
+        if symmetric:
+            return d.sub_(self._take(flat, self.flat_pairs), alpha=2.0)
         d -= self._take(flat, self.flat_pairs)
         d -= self._take(flat, self.flat_pairs_t)
         return d
@@ -879,8 +902,11 @@ def _searchlight_rdms(patterns, nb, measure, centre_range, device, dtype, noise_
                       memory_budget_bytes, n_workers) -> np.ndarray:
     start, stop = _check_range(centre_range, nb.n_centres)
     eng = _Engine(patterns, nb, measure, dtype, device, noise_variance)
-    # torch's allocator, unlike numpy's, does not ask for transparent huge pages: a large
-    # output then costs ordinary page faults instead of occasional long compaction stalls
+    # torch's allocator, unlike numpy's, does not ask for transparent huge pages. 4 KiB pages
+    # cost ~1.5 us each to fault in (~0.08 s of CPU for 208 MiB, spread over the workers,
+    # which touch their own rows first); huge pages are ~3x cheaper when the kernel has them
+    # resident, but free 2 MiB blocks are handed back to the hypervisor (virtio-balloon free
+    # page reporting) within seconds, and faulting those in again took 0.3-0.7 s
     out = torch.empty((stop - start, eng.n_pairs), dtype=eng.tdtype).numpy()
     size = _chunk_size(eng, memory_budget_bytes, 0, None, n_workers)
 

@@ -44,13 +44,25 @@ class _Strict(BaseModel):
 
 
 class VideoOptions(_Strict):
-    """How video stimuli are turned into model input."""
+    """How video stimuli (mp4, avi, webm, mov, mkv) are turned into model input.
 
-    fps: float = Field(2.0, gt=0, description="Frames sampled per second of video.")
-    aggregate: Literal["mean", "clip"] = Field(
-        "mean",
-        description="'mean': activations averaged over sampled frames (image models); "
-        "'clip': frames passed together as one clip (video models).",
+    Frames are sampled at times 0, 1/fps, 2/fps, ... (< the video's duration), or at
+    ``k * duration / n_frames`` for k = 0 .. n_frames - 1 when ``n_frames`` is set; each
+    time takes the decoded frame nearest to it (the earlier one on a tie).
+    """
+
+    fps: float = Field(2.0, gt=0, description="Frames sampled per second of video (at 0, 1/fps, 2/fps, ...).")
+    n_frames: int | None = Field(
+        None,
+        ge=1,
+        description="Sample this many frames evenly over each video instead of by fps "
+        "(same clip length for every video; useful for video models).",
+    )
+    aggregate: Literal["auto", "mean", "clip"] = Field(
+        "auto",
+        description="'mean': activations averaged over the sampled frames (image models); "
+        "'clip': the frames passed together as one clip (video models); "
+        "'auto': mean for image models, clip for video models.",
     )
 
 
@@ -60,7 +72,9 @@ class StimuliSpec(_Strict):
     source: Literal["stim_file", "stimuli_tsv", "trial_type"] = Field(
         "stim_file",
         description="'stim_file': the events column naming files under stimuli/; "
-        "'stimuli_tsv': BEP044-style stimuli/stimuli.tsv with stim_id in events; "
+        "'stimuli_tsv': BEP044-style stimuli/stimuli.tsv (stim_id -> stim_file) with a stim_id "
+        "column in the events (used automatically when the events have stim_id but no stim_file "
+        "and a stimuli.tsv exists); "
         "'trial_type': map each trial_type to a file with trial_type_map.",
     )
     trial_type_map: dict[str, str] | None = Field(
@@ -69,7 +83,7 @@ class StimuliSpec(_Strict):
     category_column: str | None = Field(
         None,
         description="Events or stimuli.tsv column giving each stimulus' category "
-        "(default: 'category' when present, else trial_type).",
+        "(default: 'category' of stimuli.tsv, else of the events, else trial_type).",
     )
     ignore_trial_types: list[str] = Field(
         default_factory=list, description="trial_type values that are not stimuli (e.g. fixation)."
@@ -97,6 +111,38 @@ class TransformSpec(_Strict):
             raise ValueError(f"crop ({self.crop}) must not exceed resize ({self.resize})")
         if any(s <= 0 for s in self.std):
             raise ValueError("std values must be greater than 0")
+        return self
+
+
+class ReductionSpec(_Strict):
+    """Optional dimensionality reduction of a model's stored features (one setting per model).
+
+    Every layer with more units than ``n_components`` (or ``min_units``, when larger) is stored
+    reduced; smaller layers are stored as they are. The settings are part of the feature file's
+    content key: changing them recomputes the features.
+    """
+
+    method: Literal["srp", "pca"] = Field(
+        ...,
+        description="'srp': sparse random projection (seeded, applied batch by batch while "
+        "extracting: memory independent of the number of stimuli; keeps pairwise distances); "
+        "'pca': principal components fitted on all stimuli of the task after extraction "
+        "(transductive; for encoding models prefer analyses.encoding.pca, fitted on training "
+        "folds only). PCA keeps at most min(n_stimuli, n_units) components.",
+    )
+    n_components: int = Field(..., gt=0, description="Columns kept per reduced layer.")
+    seed: int = Field(0, description="Seed of the random projection (and of randomized PCA).")
+    min_units: int | None = Field(
+        None,
+        gt=0,
+        description="Reduce only layers with more units than this (default: n_components; "
+        "must be >= n_components).",
+    )
+
+    @model_validator(mode="after")
+    def _threshold(self) -> "ReductionSpec":
+        if self.min_units is not None and self.min_units < self.n_components:
+            raise ValueError(f"min_units ({self.min_units}) must be >= n_components ({self.n_components})")
         return self
 
 
@@ -134,6 +180,9 @@ class ModelSpec(_Strict):
     )
     dtype: Literal["float32", "float16"] = Field("float32", description="Stored feature dtype.")
     batch_size: int = Field(16, gt=0)
+    reduction: ReductionSpec | None = Field(
+        None, description="Dimensionality reduction of the stored features (default: none)."
+    )
 
     @field_validator("layers")
     @classmethod

@@ -1,17 +1,34 @@
-"""Events -> the ordered stimulus set; stimulus path resolution and safety checks.
+"""Events -> the ordered stimulus set; stimulus path resolution, safety checks and loading.
 
 The stimulus set is built from the events of *all* participants of the task (not only the
 ones selected on the command line), so that parallel participant jobs agree on one stimulus
 order and share one feature file. Rows are ordered by category, then by file name: the order of
 every RDM.
+
+Events name their stimuli in one of three ways (``stimuli.source``):
+
+``stim_file``
+    a file path under ``stimuli/``; the stimulus id is the path without extension.
+``stimuli_tsv``
+    a ``stim_id`` that BEP044-style ``stimuli/stimuli.tsv`` maps to a file (columns ``stim_id``,
+    ``stim_file`` relative to the folder of the table, optional annotations such as
+    ``category``); the stimulus id is the table's ``stim_id``. Chosen automatically when the
+    events have ``stim_id`` but no ``stim_file`` and a ``stimuli.tsv`` exists.
+``trial_type``
+    a ``trial_type`` mapped to a file by the spec's ``trial_type_map``.
+
+Images are loaded with Pillow; videos (mp4, avi, webm, mov, mkv) with PyAV (the optional extra
+``bids_dnn[video]``, imported only when a video is met) as a list of frames sampled at fixed
+times (see :func:`video_sample_times`).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -22,6 +39,13 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", "
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".webm", ".mov", ".mkv"}
 REQUIRED_EVENT_COLUMNS = ("onset", "duration")
 MIN_STIMULI = 3
+#: the BEP044 stimulus table, looked for in each stimulus folder (the first one found wins)
+STIMULI_TABLE = "stimuli.tsv"
+#: events column holding the stimulus name, per (effective) source
+SOURCE_COLUMNS = {"stim_file": "stim_file", "stimuli_tsv": "stim_id", "trial_type": "trial_type"}
+#: sample-to-frame distances closer than this (s) count as a tie (time bases round 0.75 - 0.7 vs 0.8 - 0.75)
+TIE_TOLERANCE_S = 1e-6
+VIDEO_EXTRA_HINT = "install the video extra: pip install 'bids_dnn[video]'"
 
 
 @dataclass(frozen=True)
@@ -31,15 +55,19 @@ class StimulusSet:
     Attributes
     ----------
     stim_ids : list of str, length n_stimuli
-        Identifiers (the file path under ``stimuli/`` without extension).
+        Identifiers (the file path under ``stimuli/`` without extension, or the ``stim_id`` of
+        ``stimuli.tsv``).
     files : list of str
-        Paths relative to the stimulus folder, as written in the events.
+        Paths relative to the stimulus folder, as written in the events (or ``stimuli.tsv``).
     paths : list of Path
         Resolved absolute paths.
     categories : list of str
     sha256 : list of str
     source_dirs : list of str
         The folder each file came from.
+    events_source : {"stim_file", "stimuli_tsv", "trial_type"}
+        How the events name the stimuli (the effective ``stimuli.source``: ``stimuli_tsv``
+        also when it was detected automatically); :func:`condition_column` follows it.
     """
 
     stim_ids: list[str]
@@ -48,10 +76,16 @@ class StimulusSet:
     categories: list[str]
     sha256: list[str]
     source_dirs: list[str]
+    events_source: str = "stim_file"
 
     @property
     def n_stimuli(self) -> int:
         return len(self.stim_ids)
+
+    @property
+    def has_video(self) -> bool:
+        """Whether any stimulus is a video file."""
+        return any(is_video(path) for path in self.paths)
 
     def to_table(self) -> pd.DataFrame:
         return pd.DataFrame({"stim_id": self.stim_ids, "stim_file": self.files,
@@ -76,7 +110,8 @@ def read_events(path: Path) -> pd.DataFrame:
     """
     path = Path(path)
     try:
-        table = pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False, dtype={"stim_file": str})
+        table = pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False,
+                            dtype={"stim_file": str, "stim_id": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise BidsValidationError(f"{path.name}: not a readable TSV ({exc.__class__.__name__})") from None
     missing = [c for c in REQUIRED_EVENT_COLUMNS if c not in table.columns]
@@ -102,7 +137,11 @@ def read_events(path: Path) -> pd.DataFrame:
 
 def stimulus_column(events: pd.DataFrame, source: str, trial_type_map: dict[str, str] | None,
                     ignore: Iterable[str] = ()) -> pd.Series:
-    """The stimulus file of every event (NaN for events that are not stimuli)."""
+    """The stimulus of every event (NaN for events that are not stimuli).
+
+    A file under the stimulus folder for ``stim_file`` and ``trial_type``, the ``stim_id``
+    (a key of ``stimuli.tsv``) for ``stimuli_tsv``.
+    """
     ignored = set(ignore)
     if source == "trial_type":
         if "trial_type" not in events.columns:
@@ -113,7 +152,7 @@ def stimulus_column(events: pd.DataFrame, source: str, trial_type_map: dict[str,
         if column not in events.columns:
             raise BidsValidationError(f"events have no '{column}' column",
                                       "name each stimulus in a stim_file column, or set stimuli.source")
-        files = events[column].astype(object)
+        files = events[column].map(lambda v: v if isinstance(v, str) or pd.isna(v) else str(v)).astype(object)
     files = files.where(files.notna() & (files.astype(str).str.strip() != ""), np.nan)
     if ignored and "trial_type" in events.columns:
         files = files.where(~events["trial_type"].isin(ignored), np.nan)
@@ -155,28 +194,79 @@ def resolve_stimulus(file: str, search_dirs: list[Path], dataset_root: Path) -> 
     return None, None, f"{file}: not found in {', '.join(str(d) for d in search_dirs)}"
 
 
+def is_video(path: Path | str) -> bool:
+    """Whether ``path`` has a video extension (mp4, avi, webm, mov, mkv)."""
+    return Path(path).suffix.lower() in VIDEO_EXTENSIONS
+
+
+def _import_av() -> Any:
+    """PyAV, or a clear error naming the extra to install."""
+    try:
+        import av
+    except ImportError:
+        raise InputMissingError("video stimuli need PyAV (the Python package 'av'), which is not installed",
+                                VIDEO_EXTRA_HINT) from None
+    return av
+
+
+def _short(exc: BaseException, path: Path) -> str:
+    detail = str(exc).replace(str(path), path.name)
+    detail = detail if len(detail) <= 100 else detail[:97] + "..."
+    return f"{exc.__class__.__name__}: {detail}"
+
+
 def check_stimulus_file(path: Path) -> str | None:
-    """A reason why ``path`` is not a usable stimulus, or None."""
+    """A reason why ``path`` is not a usable stimulus, or None.
+
+    Images must open and decode with Pillow. Videos must open with PyAV, hold a video stream
+    whose packets can all be read (no decoding), decode a first frame, and (for files with one
+    stream whose declared duration is known) not end before it: a cut-off Matroska / WebM file
+    otherwise reads as a shorter clip.
+
+    Raises
+    ------
+    InputMissingError
+        A video is met and PyAV is not installed.
+    """
     suffix = path.suffix.lower()
-    if suffix in VIDEO_EXTENSIONS:
-        return f"{path.name}: video stimuli are not supported yet (images only)"
-    if suffix not in IMAGE_EXTENSIONS:
-        return f"{path.name}: unsupported file type '{suffix}' (images: {', '.join(sorted(IMAGE_EXTENSIONS))})"
+    if suffix not in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS:
+        return (f"{path.name}: unsupported file type '{suffix}' (images: {', '.join(sorted(IMAGE_EXTENSIONS))}; "
+                f"videos: {', '.join(sorted(VIDEO_EXTENSIONS))})")
     try:
         size = path.stat().st_size
     except OSError as exc:
         return f"{path.name}: unreadable ({exc.strerror})"
     if size == 0:
         return f"{path.name}: empty file (0 bytes)"
+    if suffix in VIDEO_EXTENSIONS:
+        return _check_video(path)
     try:
         from PIL import Image
 
         with Image.open(path) as image:
             image.load()
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for corrupt images
-        detail = str(exc).replace(str(path), path.name)
-        detail = detail if len(detail) <= 100 else detail[:97] + "..."
-        return f"{path.name}: not a readable image ({exc.__class__.__name__}: {detail})"
+        return f"{path.name}: not a readable image ({_short(exc, path)})"
+    return None
+
+
+def _check_video(path: Path) -> str | None:
+    av = _import_av()
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                return f"{path.name}: not a readable video (no video stream)"
+            timing = _video_timing(container)
+        with av.open(str(path)) as container:
+            first = next(iter(container.decode(video=0)), None) if timing.n_packets else None
+            if first is None:
+                return f"{path.name}: not a readable video (no frame could be decoded)"
+            declared = container.duration / 1e6 if container.duration and len(container.streams) == 1 else None
+            if declared is not None and timing.duration < declared - max(2 * timing.interval, 0.1):
+                return (f"{path.name}: not a readable video (frames end at {timing.duration:.2f} s of the "
+                        f"declared {declared:.2f} s; truncated?)")
+    except Exception as exc:  # noqa: BLE001 - FFmpeg errors come in many types
+        return f"{path.name}: not a readable video ({_short(exc, path)})"
     return None
 
 
@@ -190,6 +280,156 @@ def load_image(path: Path):
             background.paste(image, mask=image.split()[3])
             return background
         return image.convert("RGB")
+
+
+@dataclass(frozen=True)
+class _VideoTiming:
+    start: float
+    duration: float
+    interval: float
+    n_packets: int
+
+
+def _video_timing(container: Any) -> _VideoTiming:
+    """Start, duration and frame interval (s) of the first video stream, from its packets.
+
+    The duration is the end of the last packet (pts + duration, or + one frame interval at the
+    stream's average rate) minus the earliest pts: the decoded frames' extent, independent of
+    the container's metadata. The packets are read, not decoded.
+    """
+    stream = container.streams.video[0]
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    interval = float(1 / rate) if rate else 0.0
+    start, end, n_packets = np.inf, -np.inf, 0
+    for packet in container.demux(stream):
+        if packet.pts is None or packet.size == 0:
+            continue
+        base = float(packet.time_base)
+        begin = packet.pts * base
+        start, n_packets = min(start, begin), n_packets + 1
+        end = max(end, begin + (packet.duration * base if packet.duration else interval))
+    if not n_packets:
+        return _VideoTiming(0.0, 0.0, interval, 0)
+    return _VideoTiming(start, max(end - start, 0.0), interval, n_packets)
+
+
+def video_sample_times(duration: float, fps: float = 2.0, n_frames: int | None = None) -> np.ndarray:
+    """The times (s from the first frame) at which frames of a video are sampled.
+
+    Parameters
+    ----------
+    duration : float
+        The video's duration in seconds (end of the last frame minus start of the first).
+    fps : float
+        Samples per second: times ``0, 1/fps, 2/fps, ...`` strictly before ``duration``.
+    n_frames : int, optional
+        Instead of ``fps``: ``k * duration / n_frames`` for ``k = 0 .. n_frames - 1``.
+
+    Returns
+    -------
+    ndarray (n_samples,)
+        At least one time (0 for an empty or single-frame video).
+    """
+    if n_frames is not None:
+        return np.arange(n_frames) * (max(duration, 0.0) / n_frames)
+    count = max(1, int(np.ceil(duration * fps - 1e-9)))
+    return np.arange(count) / fps
+
+
+class _DecodedFrame:
+    """A decoded frame and its time; converted to an RGB image once, when first sampled."""
+
+    def __init__(self, time: float, frame: Any) -> None:
+        self.time, self._frame, self._image = time, frame, None
+
+    def image(self) -> Any:
+        if self._image is None:
+            self._image, self._frame = self._frame.to_image().convert("RGB"), None
+        return self._image
+
+
+def load_video(path: Path, fps: float = 2.0, n_frames: int | None = None) -> list:
+    """Decode a video into RGB frames sampled at fixed times.
+
+    Sampling rule: the times of :func:`video_sample_times` (``0, 1/fps, 2/fps, ...`` before
+    the duration, or ``n_frames`` times evenly spaced from 0), counted from the first frame;
+    each takes the decoded frame whose presentation time is nearest (the earlier one on a
+    tie), so a time may repeat a frame when ``fps`` exceeds the video's frame rate. The
+    result is deterministic (same file, same frames). Frames are streamed: only the sampled
+    ones are kept (as RGB images; a frame sampled twice is the same image object).
+
+    Returns
+    -------
+    list of PIL.Image.Image, length n_samples (>= 1), RGB
+
+    Raises
+    ------
+    InputMissingError
+        PyAV missing, or the file cannot be decoded.
+    """
+    av = _import_av()
+    path = Path(path)
+    try:
+        with av.open(str(path)) as container:
+            timing = _video_timing(container)
+        times = timing.start + video_sample_times(timing.duration, fps, n_frames)
+        frames: list = [None] * len(times)
+        with av.open(str(path)) as container:
+            previous: _DecodedFrame | None = None
+            j = 0
+            for index, frame in enumerate(container.decode(video=0)):
+                t = float(frame.time) if frame.time is not None else timing.start + index * timing.interval
+                current = _DecodedFrame(t, frame)
+                while j < len(times) and times[j] <= t:
+                    # nearest frame; the earlier one on a tie (up to rounding of the time stamps)
+                    earlier = previous is not None and times[j] - previous.time <= t - times[j] + TIE_TOLERANCE_S
+                    frames[j] = (previous if earlier else current).image()
+                    j += 1
+                previous = current
+                if j == len(times):
+                    break
+            if j < len(times) and previous is None:
+                raise InputMissingError(f"{path.name}: no frame could be decoded", "re-encode or replace the video")
+            for k in range(j, len(times)):  # times after the last frame's start
+                frames[k] = previous.image()
+            return frames
+    except InputMissingError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - FFmpeg errors come in many types
+        raise InputMissingError(f"{path.name}: not a readable video ({_short(exc, path)})",
+                                "re-encode or replace the video") from None
+
+
+def load_stimulus(path: Path, video: Any = None):
+    """Load one stimulus as model input: an RGB image, or a video's sampled RGB frames.
+
+    Parameters
+    ----------
+    path : Path
+    video : bids_dnn.spec.VideoOptions, optional
+        ``fps`` / ``n_frames`` for videos (default: 2 frames per second).
+
+    Returns
+    -------
+    PIL.Image.Image or list of PIL.Image.Image
+        A list (see :func:`load_video`) for mp4 / avi / webm / mov / mkv files.
+    """
+    if is_video(path):
+        fps = getattr(video, "fps", 2.0)
+        return load_video(Path(path), fps=fps, n_frames=getattr(video, "n_frames", None))
+    return load_image(path)
+
+
+def stimulus_input_identity(stimuli: StimulusSet, video: Any) -> dict[str, Any]:
+    """What besides the files determines the model input: the video sampling, for video sets.
+
+    Empty for image-only sets (so their feature keys do not change); ``{"video": {fps,
+    n_frames, aggregate}}`` when any stimulus is a video. Merge into the model identity of the
+    feature content key.
+    """
+    if video is None or not stimuli.has_video:
+        return {}
+    return {"video": {"fps": float(video.fps), "n_frames": video.n_frames, "aggregate": video.aggregate}}
 
 
 def file_sha256(path: Path) -> str:
@@ -207,9 +447,93 @@ def stim_id_for(file: str) -> str:
     return str(pure.with_suffix(""))
 
 
+@dataclass(frozen=True)
+class StimuliTable:
+    """A BEP044-style ``stimuli.tsv``: one row per stimulus.
+
+    Attributes
+    ----------
+    path : Path
+        The table; ``stim_file`` paths are relative to its folder.
+    files : dict of str to str
+        ``stim_id`` -> ``stim_file`` (``""`` where the row names no file).
+    annotations : DataFrame
+        All columns as strings (missing values as NaN), indexed by ``stim_id``.
+    """
+
+    path: Path
+    files: dict[str, str]
+    annotations: pd.DataFrame
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+
+def find_stimuli_table(search_dirs: Iterable[Path]) -> Path | None:
+    """The first ``stimuli.tsv`` among ``search_dirs`` (stimulus derivatives before ``stimuli/``)."""
+    for folder in search_dirs:
+        candidate = Path(folder) / STIMULI_TABLE
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_stimuli_table(path: Path) -> StimuliTable:
+    """Read and check a ``stimuli.tsv`` (columns ``stim_id``, ``stim_file``, any annotations).
+
+    Raises
+    ------
+    BidsValidationError
+        Unreadable TSV, missing ``stim_id`` / ``stim_file`` column, empty or duplicate ids
+        (every problem listed at once).
+    """
+    path = Path(path)
+    try:
+        table = pd.read_csv(path, sep="\t", dtype=str, na_values=["n/a"], keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
+        raise BidsValidationError(f"{path.name}: not a readable TSV ({exc.__class__.__name__})",
+                                  "stimuli.tsv needs tab-separated stim_id and stim_file columns") from None
+    missing = [c for c in ("stim_id", "stim_file") if c not in table.columns]
+    if missing:
+        raise BidsValidationError(f"{path}: missing column(s) {', '.join(missing)}",
+                                  "stimuli.tsv needs a stim_id and a stim_file column (path relative to its folder)")
+    ids = table["stim_id"].fillna("").str.strip()
+    problems = [f"row {i + 2}: empty stim_id" for i in np.flatnonzero((ids == "").to_numpy())]
+    counts = ids[ids != ""].value_counts()
+    problems += [f"duplicate stim_id {sid!r} ({n} rows)" for sid, n in sorted(counts[counts > 1].items())]
+    if problems:
+        raise BidsValidationError(f"{path}: {len(problems)} problem(s):\n  " + "\n  ".join(problems),
+                                  "every row of stimuli.tsv needs its own stim_id")
+    table = table.assign(stim_id=ids).set_index("stim_id", drop=False)
+    files = dict(zip(ids, table["stim_file"].fillna("").str.strip()))
+    return StimuliTable(path=path, files=files, annotations=table)
+
+
+def _stimuli_table_for(events_tables: list[pd.DataFrame], source: str, given: StimuliTable | Path | None,
+                       search_dirs: list[Path]) -> StimuliTable | None:
+    """The stimuli.tsv to use, or None when the events name files / trial types."""
+    if source == "trial_type":
+        return None
+    if source == "stim_file":
+        automatic = (not any("stim_file" in t.columns for t in events_tables)
+                     and any("stim_id" in t.columns for t in events_tables))
+        if not automatic:
+            return None
+    path = given if given is not None else find_stimuli_table(search_dirs)
+    if path is None:
+        if source == "stim_file":
+            return None  # stimulus_column reports the missing stim_file column
+        raise BidsValidationError(f"stimuli.source is '{source}' but there is no {STIMULI_TABLE} in "
+                                  f"{', '.join(str(d) for d in search_dirs)}",
+                                  "add stimuli/stimuli.tsv with stim_id and stim_file columns")
+    return path if isinstance(path, StimuliTable) else read_stimuli_table(path)
+
+
 def build_stimulus_set(events_tables: list[pd.DataFrame], bids_dir: Path, *, source: str = "stim_file",
                        trial_type_map: dict[str, str] | None = None, category_column: str | None = None,
-                       ignore_trial_types: Iterable[str] = (), extra_dirs: Iterable[Path] = ()) -> StimulusSet:
+                       ignore_trial_types: Iterable[str] = (), extra_dirs: Iterable[Path] = (),
+                       stimuli_table: StimuliTable | Path | None = None) -> StimulusSet:
     """Collect, resolve and check every stimulus named in ``events_tables``.
 
     Parameters
@@ -219,35 +543,56 @@ def build_stimulus_set(events_tables: list[pd.DataFrame], bids_dir: Path, *, sou
     bids_dir : Path
         Dataset root; files are looked for under ``extra_dirs`` first (stimulus derivatives),
         then ``bids_dir/stimuli``.
+    source : {"stim_file", "stimuli_tsv", "trial_type"}
+        How the events name stimuli (see the module docstring). ``stim_file`` switches to
+        ``stimuli_tsv`` when no events table has a ``stim_file`` column, one has ``stim_id``
+        and a ``stimuli.tsv`` exists.
+    category_column : str, optional
+        A ``stimuli.tsv`` column (table mode) or events column. Default: ``category`` of
+        ``stimuli.tsv`` when present, else the events' ``category``, else ``trial_type``.
+    stimuli_table : StimuliTable or Path, optional
+        The ``stimuli.tsv`` to use; default: the first ``stimuli.tsv`` in ``extra_dirs``, then
+        ``bids_dir/stimuli`` (its ``stim_file`` paths are resolved against its folder first).
 
     Raises
     ------
     InputMissingError
         Listing every missing or unreadable file at once (exit 66).
     BidsValidationError
-        Unsafe paths, fewer than 3 stimuli, or conflicting categories.
+        Unsafe paths, fewer than 3 stimuli, a bad ``stimuli.tsv`` or stim_ids it lacks.
     """
     bids_dir = Path(bids_dir)
     search_dirs = [Path(d) for d in extra_dirs] + [bids_dir / "stimuli"]
-    categories: dict[str, str] = {}
+    table = _stimuli_table_for(events_tables, source, stimuli_table, search_dirs)
+    effective = "stimuli_tsv" if table is not None else source
+    if table is not None:
+        search_dirs = [table.folder] + [d for d in search_dirs if d.resolve() != table.folder.resolve()]
+    table_columns = set(table.annotations.columns) if table is not None else set()
+    categories: dict[str, str] = {}  # stimulus name in the events -> category
     for events in events_tables:
-        files = stimulus_column(events, source, trial_type_map, ignore_trial_types)
+        names = stimulus_column(events, effective, trial_type_map, ignore_trial_types)
+        if category_column and category_column not in events.columns and category_column not in table_columns:
+            where = "an events or stimuli.tsv column" if table is not None else "an events column"
+            raise BidsValidationError(f"stimuli.category_column '{category_column}' is not {where}")
         cat_col = category_column or ("category" if "category" in events.columns else
                                       "trial_type" if "trial_type" in events.columns else None)
-        if category_column and category_column not in events.columns:
-            raise BidsValidationError(f"stimuli.category_column '{category_column}' is not an events column")
-        for row, file in files.items():
-            if not isinstance(file, str):
+        cat_col = cat_col if cat_col in events.columns else None
+        for row, name in names.items():
+            if not isinstance(name, str):
                 continue
             category = str(events.at[row, cat_col]) if cat_col else "stimulus"
-            categories.setdefault(file.strip(), category)
+            categories.setdefault(name.strip(), category)
     if not categories:
         raise BidsValidationError("no event names a stimulus file",
-                                  f"fill the {'stim_file' if source == 'stim_file' else source} column of the events")
+                                  f"fill the {SOURCE_COLUMNS.get(effective, effective)} column of the events")
+    if table is not None:
+        file_of, categories = _map_through_table(table, categories, category_column)
+    else:
+        file_of = {name: name for name in categories}
     problems: list[str] = []
     unsafe: list[str] = []
     resolved: dict[str, tuple[Path, Path]] = {}
-    for file in sorted(categories):
+    for file in sorted(set(file_of.values())):
         path, folder, problem = resolve_stimulus(file, search_dirs, bids_dir)
         detail = problem[len(file):] if problem and problem.startswith(file) else (problem or "")
         if problem and ("must be relative" in detail or "symlink leaves" in detail):
@@ -262,18 +607,48 @@ def build_stimulus_set(events_tables: list[pd.DataFrame], bids_dir: Path, *, sou
                 resolved[file] = (path, folder)
     if unsafe:
         raise BidsValidationError("unsafe stimulus path(s):\n  " + "\n  ".join(unsafe),
-                                  "stim_file must name a file inside stimuli/")
+                                  f"{'stimuli.tsv stim_file' if table is not None else 'stim_file'} "
+                                  "must name a file inside stimuli/")
     if problems:
         raise InputMissingError(f"{len(problems)} stimulus file(s) missing or unreadable:\n  " + "\n  ".join(problems))
-    if len(resolved) < MIN_STIMULI:
-        raise BidsValidationError(f"only {len(resolved)} distinct stimuli; RSA needs at least {MIN_STIMULI}")
-    order = sorted(resolved, key=lambda f: (categories[f], f))
-    ids = [stim_id_for(f) for f in order]
-    if len(set(ids)) != len(ids):
+    if len(file_of) < MIN_STIMULI:
+        raise BidsValidationError(f"only {len(file_of)} distinct stimuli; RSA needs at least {MIN_STIMULI}")
+    order = sorted(file_of, key=lambda n: (categories[n], file_of[n], n))
+    files = [file_of[n] for n in order]
+    if table is not None:
         ids = list(order)
-    return StimulusSet(stim_ids=ids, files=order, paths=[resolved[f][0] for f in order],
-                       categories=[categories[f] for f in order], sha256=[file_sha256(resolved[f][0]) for f in order],
-                       source_dirs=[_describe_dir(resolved[f][1], bids_dir) for f in order])
+    else:
+        ids = [stim_id_for(f) for f in order]
+        if len(set(ids)) != len(ids):
+            ids = list(order)
+    digests = {f: file_sha256(resolved[f][0]) for f in set(files)}
+    return StimulusSet(stim_ids=ids, files=files, paths=[resolved[f][0] for f in files],
+                       categories=[categories[n] for n in order], sha256=[digests[f] for f in files],
+                       source_dirs=[_describe_dir(resolved[f][1], bids_dir) for f in files],
+                       events_source=effective)
+
+
+def _map_through_table(table: StimuliTable, categories: dict[str, str],
+                       category_column: str | None) -> tuple[dict[str, str], dict[str, str]]:
+    """stim_id -> file and stim_id -> category (the table's column first, else the events')."""
+    unknown = sorted(sid for sid in categories if sid not in table.files)
+    no_file = sorted(sid for sid in categories if table.files.get(sid) == "")
+    if unknown or no_file:
+        lines = ([f"{len(unknown)} stim_id(s) not in the table: {_listing(unknown)}"] if unknown else []) + \
+                ([f"{len(no_file)} stim_id(s) without a stim_file: {_listing(no_file)}"] if no_file else [])
+        raise BidsValidationError(f"the events name stimuli that {table.path} cannot resolve:\n  " + "\n  ".join(lines),
+                                  "add a row (stim_id, stim_file) for each, or fix the events' stim_id")
+    column = category_column or "category"
+    if column in table.annotations.columns:
+        values = table.annotations[column]
+        categories = {sid: (str(values[sid]) if isinstance(values[sid], str) and values[sid].strip() else cat)
+                      for sid, cat in categories.items()}
+    return {sid: table.files[sid] for sid in categories}, categories
+
+
+def _listing(items: list[str], limit: int = 20) -> str:
+    shown = ", ".join(repr(i) for i in items[:limit])
+    return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
 
 
 def _describe_dir(folder: Path, bids_dir: Path) -> str:
@@ -285,9 +660,18 @@ def _describe_dir(folder: Path, bids_dir: Path) -> str:
 
 def condition_column(events: pd.DataFrame, stimuli: StimulusSet, source: str,
                      trial_type_map: dict[str, str] | None, ignore: Iterable[str] = ()) -> pd.Series:
-    """The GLM condition of every event: the stim_id for stimuli, ``nuisance_<trial_type>`` else."""
+    """The GLM condition of every event: the stim_id for stimuli, ``nuisance_<trial_type>`` else.
+
+    Events are read the way the stimulus set was built: a set built from ``stimuli.tsv``
+    (``stimuli.events_source``, also when detected automatically) maps the events' ``stim_id``
+    to itself whatever ``source`` says, so betas and RDM rows line up.
+    """
+    if stimuli.events_source == "stimuli_tsv":
+        source = "stimuli_tsv"
+        mapping = {sid: sid for sid in stimuli.stim_ids}
+    else:
+        mapping = stimuli.file_to_id()
     files = stimulus_column(events, source, trial_type_map, ignore)
-    mapping = stimuli.file_to_id()
     conditions = files.map(lambda f: mapping.get(f.strip()) if isinstance(f, str) else None)
     other = events["trial_type"].astype(str) if "trial_type" in events.columns else pd.Series("other", index=events.index)
     nuisance = "nuisance_" + other.str.replace(r"[^A-Za-z0-9]", "", regex=True)

@@ -314,3 +314,102 @@ def test_betas_lookup_with_and_without_res_and_sessions(lookup_dataset: Path) ->
     assert [r.session for r in filtered.betas_runs("t", "01", "MNI", "1")] == ["a", "a"]
     filtered = DatasetIndex(lookup_dataset, filters={"betas": {"ses": "b", "run": 2}})
     assert [(r.session, r.run) for r in filtered.betas_runs("t", "01", "MNI", "1")] == [("b", "02")]
+
+
+# ---------------------------------------------------------------------------------------
+# Datasets without events: the stimulus set from the betas sidecars
+# ---------------------------------------------------------------------------------------
+
+
+def _without_events(betas_dataset: Path, root: Path) -> Path:
+    """The betas dataset with every events file removed; sub-02's volume naming no stimulus
+    ('junk', ignored with a warning when events exist) labelled n/a instead."""
+    shutil.copytree(betas_dataset, root)
+    for path in list(root.rglob("*_events.tsv")) + list(root.glob("*_events.json")):
+        path.unlink()
+    tsv = root / "derivatives" / "betas" / "sub-02" / "func" / f"sub-02_task-{TASK}_run-1_space-{SPACE}_desc-stimuli_statmap.tsv"
+    table = read(tsv)
+    table.loc[table["stim_id"] == "junk", "stim_id"] = "n/a"
+    table.to_csv(tsv, sep="\t", index=False)
+    return root
+
+
+@pytest.mark.slow
+def test_betas_without_events_give_the_same_rsa_table(betas_dataset: Path, betas_outputs: Path,
+                                                      tmp_path: Path) -> None:
+    """No events at all: the task comes from the betas maps, the stimulus set from their sidecars
+    (sub-01: stim_file in VolumeStimuli, sub-02: stim_id in a TSV, resolved to stimuli/<id>.png);
+    same stimulus order, RDMs and RSA table (scores and permutation p-values) as with events."""
+    root = _without_events(betas_dataset, tmp_path / "bids")
+    assert not list(root.rglob("*_events.tsv"))
+    out = tmp_path / "out"
+    spec = root / "code" / "spec_betas.yaml"
+    assert main([str(root), str(out), "participant", "--participant-label", "01", "02", "--spec", str(spec),
+                 "--no-progress"]) == 0
+    with_events = read(betas_outputs / f"task-{TASK}_stimuli.tsv")
+    without = read(out / f"task-{TASK}_stimuli.tsv")
+    assert list(without["stim_id"]) == list(with_events["stim_id"])
+    assert list(without["sha256"]) == list(with_events["sha256"])
+    assert set(without["category"]) == {"stimulus"}  # no events, no stimuli.tsv: no categories
+    for subject in ("01", "02"):
+        name = f"sub-{subject}/func/sub-{subject}_task-{TASK}_space-{SPACE}_model-alexnet_rsa.tsv"
+        pd.testing.assert_frame_equal(read(out / name), read(betas_outputs / name), check_exact=False, rtol=1e-12)
+        rdm = f"sub-{subject}/func/sub-{subject}_task-{TASK}_space-{SPACE}_label-early_stat-crossnobis_relmat.tsv"
+        np.testing.assert_allclose(read(out / rdm).to_numpy(dtype=float), read(betas_outputs / rdm).to_numpy(dtype=float),
+                                   rtol=1e-12, atol=1e-12)
+
+
+def _sidecar_run(folder: Path, name: str, labels: list[str]):
+    """A RunInputs whose statmap (name only) has a JSON sidecar naming ``labels``."""
+    from bids_dnn.bids_io import RunInputs
+
+    statmap = folder / f"{name}_desc-stimuli_stat-effect_statmap.nii.gz"
+    _touch(statmap)
+    _touch(statmap.with_name(statmap.name.replace(".nii.gz", ".json")), json.dumps({"VolumeStimuli": labels}))
+    return RunInputs(subject="01", session=None, task="t", run="1", events=None, bold=statmap,
+                     volume_stimuli=statmap.with_name(statmap.name.replace(".nii.gz", ".json")))
+
+
+def test_betas_stimulus_tables_resolve_files_ids_and_tables(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from bids_dnn.bids_io import betas_stimulus_tables
+    from bids_dnn.errors import BidsValidationError, InputMissingError
+    from bids_dnn.stimuli import build_stimulus_set
+
+    root = tmp_path / "bids"
+    stimuli = root / "stimuli"
+    for name in ("a1.png", "a2.png", "sub/b1.jpg", "twin.png", "twin.jpg"):
+        (stimuli / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (len(name) * 20, 0, 0)).save(stimuli / name)
+    run1 = _sidecar_run(root / "betas", "sub-01_task-t_run-1", ["a1.png", "a2", "", None, "sub/b1"])
+    run2 = _sidecar_run(root / "betas", "sub-01_task-t_run-2", ["a2.png", "a1"])
+    tables, source = betas_stimulus_tables([run1, run2], [stimuli], root)
+    # files as named; ids resolved to their one file; empty / null labels name no stimulus
+    assert source == "stim_file"
+    assert list(tables[0]["stim_file"]) == ["a1.png", "a2.png", "sub/b1.jpg"]
+    assert list(tables[1]["stim_file"]) == ["a2.png", "a1.png"]
+    # ids that match no file or several files: one error listing all of them (exit 66)
+    bad = _sidecar_run(root / "betas", "sub-01_task-t_run-3", ["a1", "nothing", "twin"])
+    with pytest.raises(InputMissingError) as info:
+        betas_stimulus_tables([bad], [stimuli], root)
+    text = str(info.value)
+    assert info.value.exit_code == 66 and "2 stimulus label(s)" in text
+    assert "nothing: no file" in text and "twin: several files (twin.jpg, twin.png)" in text
+    # a missing stim_file (with extension) or an unsafe path is reported as for events
+    tables, _ = betas_stimulus_tables([_sidecar_run(root / "betas", "sub-01_task-t_run-4", ["gone.png", "a1", "a2"])],
+                                      [stimuli], root)
+    with pytest.raises(InputMissingError, match="gone.png: not found"):
+        build_stimulus_set(tables, root)
+    tables, _ = betas_stimulus_tables([_sidecar_run(root / "betas", "sub-01_task-t_run-5", ["../x.png", "a1", "a2"])],
+                                      [stimuli], root)
+    with pytest.raises(BidsValidationError, match="unsafe stimulus path"):
+        build_stimulus_set(tables, root)
+    # a stimuli.tsv knowing every label: its stim_ids (and its categories)
+    _touch(stimuli / "stimuli.tsv", "stim_id\tstim_file\tcategory\nfirst\ta1.png\tx\nsecond\ta2.png\ty\n"
+                                    "third\tsub/b1.jpg\tx\n")
+    tables, source = betas_stimulus_tables([_sidecar_run(root / "betas", "sub-01_task-t_run-6",
+                                                         ["third", "first", "second"])], [stimuli], root)
+    assert source == "stimuli_tsv" and list(tables[0]["stim_id"]) == ["third", "first", "second"]
+    stim_set = build_stimulus_set(tables, root, source=source)
+    assert stim_set.stim_ids == ["first", "third", "second"] and stim_set.categories == ["x", "x", "y"]

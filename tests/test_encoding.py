@@ -11,9 +11,9 @@ from sklearn.decomposition import PCA
 from sklearn.linear_model import Ridge
 from sklearn.preprocessing import StandardScaler
 
-from bids_dnn.encoding import (banded_ridge, ceiling_normalised, check_folds, cross_validated_ridge,
+from bids_dnn.encoding import (MIN_CEILING, banded_ridge, ceiling_normalised, check_folds, cross_validated_ridge,
                                inner_folds_for, make_folds, noise_ceiling_from_split_half, pearson_columns,
-                               r2_columns, spearman_brown, variance_partitioning)
+                               pooled_reliability, r2_columns, spearman_brown, variance_partitioning)
 
 ALPHAS = np.logspace(-2, 5, 8)
 
@@ -216,6 +216,28 @@ def test_noise_features_do_not_predict(rng):
     res = cross_validated_ridge(noise, y, make_folds(150, n_folds=5, seed=0), ALPHAS)
     assert np.mean(res.r2) <= 0.0
     assert np.mean(res.fold_r2) <= 0.0
+    assert abs(np.mean(res.r)) < 0.05
+
+
+def test_pure_noise_responses_score_zero_r_and_negative_r2():
+    """Responses without any signal, small folds (24 samples, 6 folds of 4) and a wide alpha grid:
+    over seeds the held-out r (mean over folds of the within-fold r) averages 0 and R2 is <= 0.
+    The correlation of the predictions pooled over folds is strongly negative here (the leave-out
+    bias of training means), which is why it is not the reported r."""
+    rs, r2s, pooled = [], [], []
+    for seed in range(8):
+        g = np.random.default_rng(seed)
+        x = g.standard_normal((24, 300))
+        y = g.standard_normal((24, 40))
+        folds = make_folds(24, n_folds=6, seed=seed)
+        res = cross_validated_ridge(x, y, folds, np.logspace(-2, 8, 11), standardize=False, seed=seed)
+        rs.append(res.r)
+        r2s.append(res.r2)
+        pooled.append(pearson_columns(y, res.predictions))
+    rs, r2s = np.concatenate(rs), np.concatenate(r2s)
+    assert abs(rs.mean()) < 3 * rs.std(ddof=1) / np.sqrt(rs.size) + 0.01
+    assert r2s.mean() <= 0.0 and np.mean(r2s <= 0.0) > 0.8
+    assert np.mean(np.concatenate(pooled)) < -0.1
 
 
 @pytest.mark.parametrize("pca", [None, 8])
@@ -350,13 +372,38 @@ def test_nan_and_constant_targets(rng):
         cross_validated_ridge(np.where(np.arange(60)[:, None] == 3, np.nan, x), y, folds, ALPHAS)
 
 
-def test_scores_are_pooled_out_of_fold(rng):
+def test_scores_match_sklearn_cross_validation(rng):
+    """With one alpha the model is sklearn's StandardScaler + Ridge: ``r`` equals
+    ``cross_val_score`` with a Pearson scorer on the same folds (mean over folds), ``fold_r2``
+    equals ``cross_val_score(scoring="r2")`` and ``r2`` equals ``r2_score`` of
+    ``cross_val_predict``."""
+    import scipy.stats
+    from sklearn.metrics import make_scorer, r2_score
+    from sklearn.model_selection import cross_val_predict, cross_val_score
+    from sklearn.pipeline import make_pipeline
+
     x, y = planted(rng, 70, 20, 4)
     folds = make_folds(70, n_folds=5, seed=0)
-    res = cross_validated_ridge(x, y, folds, ALPHAS)
-    np.testing.assert_allclose(res.r2, 1 - ((y - res.predictions) ** 2).sum(0) / ((y - y.mean(0)) ** 2).sum(0))
-    np.testing.assert_allclose(res.r, [np.corrcoef(y[:, j], res.predictions[:, j])[0, 1] for j in range(4)])
+    res = cross_validated_ridge(x, y, folds, [3.0])
+    pearson = make_scorer(lambda a, b: scipy.stats.pearsonr(a, b)[0])
+    for j in range(4):
+        model = make_pipeline(StandardScaler(), Ridge(alpha=3.0, solver="svd"))
+        per_fold_r = cross_val_score(model, x, y[:, j], cv=folds, scoring=pearson)
+        assert res.r[j] == pytest.approx(per_fold_r.mean(), abs=1e-10)
+        np.testing.assert_allclose(res.fold_r[:, j], per_fold_r, atol=1e-10)
+        np.testing.assert_allclose(res.fold_r2[:, j], cross_val_score(model, x, y[:, j], cv=folds, scoring="r2"),
+                                   atol=1e-10)
+        pred = cross_val_predict(model, x, y[:, j], cv=folds)
+        assert res.r2[j] == pytest.approx(r2_score(y[:, j], pred), abs=1e-10)
     assert res.fold_r2.shape == (5, 4) and res.alphas.shape == (5, 4)
+
+
+def test_banded_r_is_the_mean_within_fold_r(rng):
+    x, y = planted(rng, 60, 10, 3)
+    folds = make_folds(60, n_folds=3, seed=0)
+    res = banded_ridge([x[:, :5], x[:, 5:]], y, folds, ALPHAS, n_iter=3)
+    expected = np.mean([pearson_columns(y[t], res.predictions[t]) for _, t in folds], axis=0)
+    np.testing.assert_allclose(res.r, expected, atol=1e-10)
 
 
 # --------------------------------------------------------------------------- noise ceiling
@@ -376,11 +423,34 @@ def test_spearman_brown_and_ceiling():
 
 
 def test_ceiling_normalised_edge_cases():
-    score = np.array([0.2, 0.2, 0.2, -0.1, np.nan, 0.3])
-    ceiling = np.array([0.4, 0.0, -0.3, 0.5, 0.5, np.nan])
+    score = np.array([0.2, 0.2, 0.2, -0.1, np.nan, 0.3, 0.02, 0.02])
+    ceiling = np.array([0.4, 0.0, -0.3, 0.5, 0.5, np.nan, 0.05, MIN_CEILING])
     out = ceiling_normalised(score, ceiling)
-    np.testing.assert_allclose(out, [0.5, np.nan, np.nan, -0.2, np.nan, np.nan])
+    np.testing.assert_allclose(out, [0.5, np.nan, np.nan, -0.2, np.nan, np.nan, np.nan, 0.2])
     assert ceiling_normalised(0.6, 0.5) == pytest.approx(1.2)  # above 1 is kept
+    assert ceiling_normalised(0.02, 0.05, min_ceiling=0.01) == pytest.approx(0.4)
+    with pytest.raises(ValueError):
+        ceiling_normalised(0.1, 0.5, min_ceiling=0.0)
+
+
+def test_pooled_reliability_is_unbiased_where_the_voxel_mean_is_not():
+    """Planted split-half reliability: two halves ``s + e`` with var(s) / (var(s) + var(e)) = rho.
+    The ROI ceiling (Spearman-Brown of the mean split-half r) recovers SB(rho); the mean of the
+    per-voxel corrected values is biased low (about -2 var(r) = -0.09 for 24 conditions and rho = 0)."""
+    g = np.random.default_rng(3)
+    n_cond, n_vox = 24, 4000
+    for rho in (0.0, 0.3, 0.6):
+        s = g.standard_normal((n_cond, n_vox)) * np.sqrt(rho)
+        a = s + g.standard_normal((n_cond, n_vox)) * np.sqrt(1 - rho)
+        b = s + g.standard_normal((n_cond, n_vox)) * np.sqrt(1 - rho)
+        split = np.array([np.corrcoef(a[:, v], b[:, v])[0, 1] for v in range(n_vox)])
+        voxel = noise_ceiling_from_split_half(split)
+        assert pooled_reliability(voxel) == pytest.approx(2 * rho / (1 + rho), abs=0.02)
+        assert pooled_reliability(voxel) == pytest.approx(spearman_brown(split.mean()), abs=1e-12)
+        if rho == 0.0:
+            assert np.mean(voxel) < -0.06
+    assert pooled_reliability(np.array([0.5, np.nan])) == pytest.approx(0.5)
+    assert np.isnan(pooled_reliability(np.array([np.nan])))
 
 
 def test_column_metrics():

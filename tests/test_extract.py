@@ -312,3 +312,19 @@ def test_outputs_changed_in_place_later_are_copied(rng: np.random.Generator) -> 
     _close(got["keep"], _rows(lin))
     assert (got["lin"] < 0).any()
     _close(got["lin2"], _rows(lin2))          # before the += 1
+
+
+def test_tune_allocator_runs_once_and_respects_user_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """glibc's thresholds are set once per process, never over the user's MALLOC_* variables."""
+    import platform
+
+    from bids_dnn import extract
+
+    monkeypatch.setattr(extract, "_ALLOCATOR_TUNED", [])
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1000000")
+    assert extract.tune_allocator() is False and extract._ALLOCATOR_TUNED == []
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    applied = extract.tune_allocator()
+    assert applied is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+    assert extract.tune_allocator() is False  # once per process

@@ -90,6 +90,19 @@ def _mask_shape(bids: Path, spec: Path) -> None:
     nib.save(nib.Nifti1Image(data, image.affine, image.header), bids / MASK)
 
 
+def _shift_affine(*paths: str) -> Callable[[Path, Path], None]:
+    """Move the grid of images by 2 mm along x (same shape, different affine)."""
+    def breaker(bids: Path, spec: Path) -> None:
+        import nibabel as nib
+
+        for rel in paths:
+            image = nib.load(bids / rel)
+            affine = image.affine.copy()
+            affine[0, 3] += 2.0
+            nib.save(nib.Nifti1Image(np.asarray(image.dataobj), affine, image.header), bids / rel)
+    return breaker
+
+
 def _two_stimuli(bids: Path, spec: Path) -> None:
     for path in bids.rglob("*_events.tsv"):
         table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
@@ -141,12 +154,21 @@ CASES = [
                  ["1 stimulus file(s) missing or unreadable", "disc01.png: not a readable image "
                   "(UnidentifiedImageError: cannot identify image file 'disc01.png')"], False, id="stimulus-not-an-image"),
     pytest.param(_video_stimulus, 66, ["1 stimulus file(s) missing or unreadable",
-                                       "clip.mp4: video stimuli are not supported yet (images only)"], False,
+                                       "clip.mp4: not a readable video (InvalidDataError"], False,
                  id="stimulus-video"),
     pytest.param(_two_stimuli, 16, ["only 2 distinct stimuli; RSA needs at least 3"], False, id="fewer-than-3-stimuli"),
-    pytest.param(_mask_shape, 1, [f"sub-01_task-shapes_run-1_space-{SPACE}_desc-brain_mask.nii.gz: images are not "
-                                  "on the same grid (shapes (18, 22, 18) vs (16, 22, 18)",
-                                  "use images in the same space and resolution"], True, id="bold-mask-shape-mismatch"),
+    pytest.param(_mask_shape, 66, [(f"sub-01_task-shapes_run-1_space-{SPACE}_desc-brain_mask.nii.gz: images are not "
+                                    "on the same grid (shapes (18, 22, 18) vs (16, 22, 18)"),
+                                   "use images in the same space and resolution"], True, id="bold-mask-shape-mismatch"),
+    pytest.param(_shift_affine(MASK), 66, [(f"sub-01_task-shapes_run-1_space-{SPACE}_desc-preproc_bold.nii.gz and "
+                                            f"sub-01_task-shapes_run-1_space-{SPACE}_desc-brain_mask.nii.gz: images "
+                                            "are not on the same grid (affines differ by up to 2;"),
+                                           "use images in the same space and resolution"], True,
+                 id="bold-mask-affine-mismatch"),
+    pytest.param(_shift_affine(BOLD.replace("run-1", "run-2"), MASK.replace("run-1", "run-2")), 66,
+                 [(f"sub-01_task-shapes_run-2_space-{SPACE}_desc-brain_mask.nii.gz and "
+                   f"sub-01_task-shapes_run-1_space-{SPACE}_desc-brain_mask.nii.gz: images are not on the same grid "
+                   "(affines differ by up to 2;")], True, id="runs-grid-mismatch"),
     pytest.param(_replace(BOLD, b"not a nifti at all"), 66, ["desc-preproc_bold.nii.gz"], True,
                  id="bold-not-nifti"),
     pytest.param(_truncate(BOLD, 20000), 66, ["desc-preproc_bold.nii.gz"], True, id="bold-truncated"),

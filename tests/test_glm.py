@@ -8,7 +8,13 @@ import pytest
 from nilearn.glm.first_level import make_first_level_design_matrix, run_glm
 
 from bids_dnn.errors import AnalysisError, BidsValidationError, InputMissingError
-from bids_dnn.glm import CONFOUND_GROUPS, fit_run_glm, sample_mask_from_confounds, select_confounds
+from bids_dnn.glm import (
+    CONFOUND_GROUPS,
+    chunk_size_for_budget,
+    fit_run_glm,
+    sample_mask_from_confounds,
+    select_confounds,
+)
 from bids_dnn.spec import GLMSpec
 
 T_R = 2.0
@@ -233,6 +239,49 @@ def test_chunking_does_not_change_results(rng):
     b = fit_run_glm(bold, events, T_R, ols)
     np.testing.assert_allclose(a.betas, b.betas, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(a.residuals, b.residuals, rtol=1e-5, atol=1e-5)
+
+
+def test_float32_series_gives_the_float64_results_exactly(rng):
+    """A float32 series (as ``masked_timeseries`` returns) is converted chunk by chunk: the same
+    numbers as its float64 copy, bit for bit, with censoring, AR(1), NaN and constant voxels."""
+    events, confounds, _, bold = _planted(rng, n_vox=300)
+    bold32 = bold.astype(np.float32)
+    bold32[4, 10] = np.nan
+    bold32[1:, 11] = 7.0  # constant over the kept volumes only (volume 0 is censored)
+    confounds["non_steady_state_outlier00"] = np.eye(N_TIME)[0]
+    options = GLMSpec(confounds=["motion_6", "csf"])
+    a = fit_run_glm(bold32, events, T_R, options, confounds=confounds, chunk_size=64)
+    b = fit_run_glm(bold32.astype(np.float64), events, T_R, options, confounds=confounds, chunk_size=64)
+    np.testing.assert_array_equal(a.betas, b.betas)
+    np.testing.assert_array_equal(a.residuals, b.residuals)
+    np.testing.assert_array_equal(np.flatnonzero(~a.fitted_voxels), [10, 11])
+    assert a.dof == b.dof and a.warnings == b.warnings
+
+
+def test_chunk_size_for_budget():
+    assert chunk_size_for_budget(1000) == 2**30 // (1000 * 64) == 16777  # voxels
+    assert chunk_size_for_budget(1000, 2**29) == 8388
+    assert chunk_size_for_budget(10) == 50_000 and chunk_size_for_budget(10**6) == 256
+
+
+def test_fit_never_copies_the_whole_series(rng):
+    """Traced peak memory of a float32 fit stays near series + float32 residuals + one chunk
+    (the former code held a float64 copy of the whole series and a masked copy besides)."""
+    import tracemalloc
+
+    events = _events(n_rep=2)
+    n_vox = 20_000
+    bold = (rng.standard_normal((N_TIME, n_vox), dtype=np.float32) + np.float32(100.0))
+    options = GLMSpec(confounds=[], noise_model="ols")
+    tracemalloc.start()
+    try:
+        fit_run_glm(bold, events, T_R, options, chunk_size=1000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    residuals = N_TIME * n_vox * 4
+    chunk = N_TIME * 1000 * 8 * 8
+    assert peak < residuals + chunk + 2 * 2**20, (peak / 2**20, (residuals + chunk) / 2**20)
 
 
 # ---------------------------------------------------------------------------------------

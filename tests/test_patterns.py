@@ -128,14 +128,15 @@ def test_roi_mask_files_resampled_binarised(tmp_path, rng, brain_mask):
 def test_check_same_grid_messages():
     ref = _bold_ref()
     check_same_grid(ref, nib.Nifti1Image(np.zeros(BOLD_SHAPE), BOLD_AFFINE + 1e-5), "same")
-    with pytest.raises(AnalysisError) as info:
+    with pytest.raises(InputMissingError) as info:  # an input problem: exit 66
         check_same_grid(ref, nib.Nifti1Image(np.zeros((20, 20, 20)), ATLAS_AFFINE), "brain mask vs BOLD")
+    assert info.value.exit_code == 66
     message = str(info.value)
     assert message.startswith("brain mask vs BOLD: images are not on the same grid")
     assert "(10, 10, 10) vs (20, 20, 20)" in message and "[4.0, 4.0, 4.0] vs [2.0, 2.0, 2.0]" in message
     shifted = BOLD_AFFINE.copy()
     shifted[0, 3] += 0.5
-    with pytest.raises(AnalysisError, match="affines differ by up to 0.5"):
+    with pytest.raises(InputMissingError, match="affines differ by up to 0.5"):
         check_same_grid(ref, nib.Nifti1Image(np.zeros(BOLD_SHAPE), shifted), "mask")
 
 
@@ -165,6 +166,30 @@ def test_univariate_is_betas_over_residual_sd(rng):
     np.testing.assert_array_equal(noise_normalize(betas, residuals, "none"), betas)
     residuals[:, 4] = np.nan
     assert np.isnan(noise_normalize(betas, residuals, "univariate")[:, 4]).all()
+
+
+def test_univariate_blocks_float32_residuals_without_a_float64_copy(rng):
+    """Whole-brain float32 residuals: SDs computed in voxel blocks equal numpy's std of the
+    float64 copy (NaN and zero-variance voxels left out), and the traced peak stays well below
+    the float64 copy the former code made."""
+    import tracemalloc
+
+    n_time, n_vox = 120, 8 * 4096 + 17
+    residuals = (rng.normal(size=(n_time, n_vox)) * rng.uniform(0.5, 3, n_vox)).astype(np.float32)
+    residuals[7, 5000] = np.nan
+    residuals[:, 9000] = 1.5  # zero variance
+    betas = rng.normal(size=(6, n_vox))
+    wide = residuals.astype(np.float64)
+    expected = betas / wide.std(axis=0, ddof=1)
+    expected[:, [5000, 9000]] = np.nan
+    np.testing.assert_allclose(noise_normalize(betas, residuals, "univariate"), expected, rtol=1e-12)
+    tracemalloc.start()
+    try:
+        noise_normalize(betas, residuals, "univariate", dof=100)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < wide.nbytes / 2, peak / wide.nbytes  # former code: 2 whole float64 copies
 
 
 def test_multivariate_whitens_known_covariance(rng):
@@ -241,9 +266,14 @@ def test_masked_timeseries_equals_full_read(tmp_path):
     mask = rng.random((6, 7, 5)) > 0.4
     path = tmp_path / "bold.nii.gz"
     nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
-    expected = data[mask].T.astype(np.float64)
+    expected = data[mask].T
     for chunk in (1, 4, 23, 100):
-        np.testing.assert_array_equal(masked_timeseries(path, mask, "bold", chunk_volumes=chunk), expected)
+        out = masked_timeseries(path, mask, "bold", chunk_volumes=chunk)
+        assert out.dtype == np.float32  # float32 storage: the values on disk, exactly
+        np.testing.assert_array_equal(out, expected)
+    wide = masked_timeseries(path, mask, "bold", dtype=np.float64)
+    assert wide.dtype == np.float64
+    np.testing.assert_array_equal(wide, nib.load(str(path)).get_fdata()[mask].T)
 
 
 def test_masked_timeseries_truncated_file_is_exit_66(tmp_path):

@@ -164,17 +164,20 @@ def test_force_recomputes_everything(resumed: dict) -> None:
     changed = _changed(resumed["restored"], resumed["forced"])
     subject_files = {rel for rel in resumed["forced"] if rel.startswith("sub-")}
     assert subject_files <= changed
+    assert any(rel.endswith(".h5") for rel in changed), "--force re-extracts the features"
 
 
 def test_group_runs_after_a_group_only_spec_change(resumed: dict, tmp_path: Path) -> None:
     """A change of a group-level setting leaves the participant outputs current: the participant
-    rerun rewrites only the status files (new spec hash) and the group level accepts them."""
+    rerun rewrites no result file, only the status files (new spec hash), and the group level accepts them."""
     spec = tmp_path / "spec.yaml"
     spec.write_text(resumed["spec"].read_text().replace("bootstrap: 20", "bootstrap: 25"))
     out = resumed["out"]
-    before = _mtimes(out)
+    before, hashes = _mtimes(out), {s: _status(out, s)["spec_hash"] for s in SUBJECTS}
     _participant(resumed["bids"], out, spec)
-    changed = _changed(before, _mtimes(out))
-    assert changed and all(rel.endswith("_status.json") for rel in changed), changed
+    assert _changed(before, _mtimes(out)) == set()
+    for subject in SUBJECTS:
+        status = _status(out, subject)
+        assert status["complete"] and status["spec_hash"] != hashes[subject]
     assert main([str(resumed["bids"]), str(out), "group", "--spec", str(spec), "--participant-label", *SUBJECTS,
                  "--no-progress"]) == 0

@@ -230,6 +230,24 @@ def test_every_measure_matches_calc_rdm(nb, patterns, measure):
     np.testing.assert_allclose(got32[sub], ref, rtol=0, atol=2e-5 * np.abs(ref).max())
 
 
+@pytest.mark.parametrize("measure,scipy_metric", [("correlation", "correlation"),
+                                                  ("sqeuclidean", "sqeuclidean")])
+def test_rdms_exact_for_patterns_with_a_large_offset(nb, patterns, measure, scipy_metric):
+    """Voxels with a mean 1000x their spread (raw BOLD-like): the Gram products (one syrk
+    per sphere) still give scipy's pdist to rounding, because correlation centres each
+    sphere and the distances each voxel over the conditions before the product (raw
+    moments would cancel ~6 digits here)."""
+    import scipy.spatial.distance as ssd
+    shifted = patterns + 1000.0
+    sub = subset(nb, 60)
+    got = SL.searchlight_rdms(shifted, nb, measure, num_threads=2)
+    ref = np.stack([ssd.pdist(shifted[:, nb.sphere(i)], scipy_metric) for i in sub])
+    if measure == "sqeuclidean":
+        ref /= nb.sizes()[sub, None]  # rsatoolbox's 'euclidean': per voxel
+    ok = np.isfinite(ref).all(1)  # 1-voxel spheres: correlation undefined
+    np.testing.assert_allclose(got[sub][ok], ref[ok], rtol=0, atol=1e-12)
+
+
 def test_noise_variance_is_a_diagonal_precision(nb, patterns, run_patterns):
     var = np.random.default_rng(SEED + 4).uniform(0.5, 2.0, nb.n_mask_voxels)
     sub = subset(nb, 60)

@@ -242,7 +242,10 @@ def _summary(ctx: ParticipantContext, section: Section) -> None:
 
 
 def _stimuli(ctx: ParticipantContext, section: Section) -> None:
-    from bids_dnn.stimuli import load_image
+    from bids_dnn.stimuli import VIDEO_EXTENSIONS, load_image, load_video
+
+    def first_frame(path: Path) -> Any:  # a video is shown by its first frame
+        return load_video(path, n_frames=1)[0] if path.suffix.lower() in VIDEO_EXTENSIONS else load_image(path)
 
     stim = ctx.stimuli
     order = stim.category_order()
@@ -257,7 +260,7 @@ def _stimuli(ctx: ParticipantContext, section: Section) -> None:
         image = None
         if path is not None and Path(path).is_file():
             try:
-                image = load_image(path)
+                image = first_frame(Path(path))
                 image.thumbnail((144, 144))
             except Exception:  # noqa: BLE001 - an unreadable file becomes a placeholder
                 image = None
