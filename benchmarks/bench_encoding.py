@@ -48,6 +48,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bids_dnn.encoding import cross_validated_ridge, inner_folds_for, r2_columns  # noqa: E402
+from _common import finish  # noqa: E402
 
 R2_TOL = 1e-3
 ALPHAS = np.logspace(-2, 10, 13)
@@ -242,12 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     check_speed = not args.smoke
     bench_memory(args, failures, check_speed)  # first: before this process holds large arrays
     bench_b8(args, failures, check_speed)
-    print()
-    if failures:
-        print("FAILED:\n  " + "\n  ".join(failures))
-        return 1
-    print("all agreement checks passed" + ("" if args.smoke else " and speed / memory targets met"))
-    return 0
+    return finish(failures, args.smoke, "speed / memory targets")
 
 
 if __name__ == "__main__":

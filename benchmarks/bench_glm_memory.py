@@ -40,6 +40,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import finish  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 RECOVERY_MIN_R = 0.9
 SUBJECT_RUN = "sub-01_task-bench_run-1"
@@ -259,12 +262,7 @@ def main(argv: list[str] | None = None) -> int:
                 path.unlink()
             for name in ("planted_betas.npy", "files.json"):
                 (workdir / name).unlink(missing_ok=True)
-    print()
-    if failures:
-        print("FAILED:\n  " + "\n  ".join(failures))
-        return 1
-    print("all agreement checks passed" + ("" if args.smoke else " and the memory target met"))
-    return 0
+    return finish(failures, args.smoke, "the memory target")
 
 
 if __name__ == "__main__":
