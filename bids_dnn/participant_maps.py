@@ -146,7 +146,7 @@ def searchlight_measure(ctx: "Context", n_complete_runs: int) -> str:
 
 def searchlight_inputs(ctx: "Context", patterns: "SubjectPatterns") -> SearchlightInputs:
     """Noise-normalised whole-brain patterns and the searchlight mask."""
-    from bids_dnn.patterns import noise_normalize
+    from bids_dnn.patterns import divide_by_sd, residual_sd
 
     run_betas = patterns.run_betas
     complete = ~np.isnan(run_betas).any(axis=(1, 2)) if run_betas.shape[2] else np.zeros(len(run_betas), bool)
@@ -156,17 +156,12 @@ def searchlight_inputs(ctx: "Context", patterns: "SubjectPatterns") -> Searchlig
     if measure == "crossnobis":
         finite &= np.isfinite(used).all(axis=(0, 1))
     finite &= np.all([np.isfinite(r).all(axis=0) for r in patterns.residuals], axis=0)
-    residuals = (np.concatenate([r[:, finite] for r in patterns.residuals]) if patterns.residuals
-                 else np.empty((0, int(finite.sum()))))  # ready-made betas: no residuals
-    method = "none" if ctx.spec.brain.noise_normalization == "none" else "univariate"
-    if measure == "crossnobis":
-        n_runs, n_cond = used.shape[:2]
-        flat = used[:, :, finite].reshape(n_runs * n_cond, -1)
-        data = noise_normalize(flat, residuals, method, dof=sum(patterns.dofs)).reshape(n_runs, n_cond, -1)
-        keep = np.isfinite(data).all(axis=(0, 1))
-    else:
-        data = noise_normalize(np.nanmean(used[:, :, finite], axis=0), residuals, method, dof=sum(patterns.dofs))
-        keep = np.isfinite(data).all(axis=0)
+    betas = used[:, :, finite] if measure == "crossnobis" else np.nanmean(used[:, :, finite], axis=0)
+    if ctx.spec.brain.noise_normalization == "none" or not patterns.residuals:  # ready-made betas: no residuals
+        data = betas.astype(np.float64, copy=True)
+    else:  # univariate: per-voxel residual SD pooled over runs, without concatenating the runs
+        data = divide_by_sd(betas, residual_sd(patterns.residuals, sum(patterns.dofs), np.flatnonzero(finite)))
+    keep = np.isfinite(data).all(axis=tuple(range(data.ndim - 1)))
     mask = np.zeros(patterns.brain_mask.shape, dtype=bool)
     voxels = np.flatnonzero(patterns.brain_mask.ravel())[np.flatnonzero(finite)[keep]]
     mask.ravel()[voxels] = True

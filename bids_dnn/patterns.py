@@ -489,37 +489,60 @@ _SD_BLOCK = 4096
 """Voxels whose residual SD is computed at once (bounds the float64 working copy)."""
 
 
-def _residual_sd(residuals: np.ndarray, dof: int | None, block: int = _SD_BLOCK) -> np.ndarray:
-    """Residual SD per voxel, ``sqrt(sum((r - mean r)^2) / dof)``, NaN for voxels with a
-    non-finite residual; computed over blocks of voxels, so float32 residuals of a whole
-    brain are never copied whole to float64.
+def residual_sd(residuals: np.ndarray | Sequence[np.ndarray], dof: int | None = None,
+                columns: np.ndarray | None = None, block: int = _SD_BLOCK) -> np.ndarray:
+    """Residual SD per voxel, ``sqrt(sum((r - mean r)^2) / dof)`` over all time points, NaN for
+    voxels with a non-finite residual; computed over blocks of voxels, so the residuals of a
+    whole brain are never copied whole (neither to float64 nor, for several runs, concatenated).
 
     Parameters
     ----------
-    residuals : numpy.ndarray, shape (n_time, n_vox)
+    residuals : numpy.ndarray, shape (n_time, n_vox), or a sequence of them (runs)
+        Runs are pooled as if concatenated over time (one mean, one sum of squares).
     dof : int or None
-        Degrees of freedom (default ``n_time - 1``).
+        Degrees of freedom (default ``n_time - 1``, ``n_time`` summed over runs).
+    columns : numpy.ndarray of int, optional
+        Voxels (columns) to use, in this order; default all.
     block : int
         Voxels per block.
 
     Returns
     -------
-    numpy.ndarray of float64, shape (n_vox,)
+    numpy.ndarray of float64, shape (n_vox,) or (len(columns),)
     """
-    if residuals.ndim != 2:
-        raise AnalysisError(f"residuals must be 2D (n_time, n_vox), got shape {residuals.shape}")
-    n_time, n_vox = residuals.shape
+    runs = [residuals] if isinstance(residuals, np.ndarray) else list(residuals)
+    if not runs or any(np.ndim(r) != 2 for r in runs):
+        raise AnalysisError("residuals must be 2D (n_time, n_vox) arrays, got shape(s) "
+                            f"{[np.shape(r) for r in runs]}")
+    n_time = sum(r.shape[0] for r in runs)
     if n_time < 2:
         raise AnalysisError("need at least 2 residual time points to estimate the noise")
+    n_cols = runs[0].shape[1] if columns is None else len(columns)
     dof_used = n_time - 1 if dof is None else int(dof)
-    sd = np.full(n_vox, np.nan)
-    for start in range(0, n_vox, block):
-        chunk = np.asarray(residuals[:, start : start + block], dtype=np.float64)
+    sd = np.full(n_cols, np.nan)
+    for start in range(0, n_cols, block):
+        # a slice (a view) when all columns are used, else the block's columns
+        index = slice(start, min(start + block, n_cols)) if columns is None else np.asarray(columns[start:start + block])
+        width = len(range(n_cols)[index]) if columns is None else index.size
+        chunk = np.empty((n_time, width))
+        row = 0
+        for run in runs:
+            chunk[row:row + run.shape[0]] = run[:, index]
+            row += run.shape[0]
         ok = np.flatnonzero(np.isfinite(chunk).all(axis=0))
-        res = chunk[:, ok]
+        res = chunk if ok.size == width else chunk[:, ok]
         res -= res.mean(axis=0, keepdims=True)
         sd[start + ok] = np.sqrt(np.einsum("ij,ij->j", res, res) / dof_used)
     return sd
+
+
+def divide_by_sd(betas: np.ndarray, sd: np.ndarray) -> np.ndarray:
+    """``betas / sd`` per voxel (last axis); NaN where the SD is not finite or zero."""
+    bad = ~(np.isfinite(sd) & (sd > 0))
+    out = np.array(betas, dtype=np.float64)  # the only betas-sized array made
+    out /= np.where(bad, 1.0, sd)
+    out[..., bad] = np.nan
+    return out
 
 
 def noise_normalize(
@@ -564,12 +587,11 @@ def noise_normalize(
         raise AnalysisError(
             f"betas {betas.shape} and residuals {residuals.shape} must be (n_cond, n_vox) and (n_time, n_vox)"
         )
-    sd = _residual_sd(residuals, dof)
+    sd = residual_sd(residuals, dof)
+    if method == "univariate":
+        return divide_by_sd(betas, sd)
     good = np.flatnonzero(np.isfinite(sd) & (sd > 0))
     out = np.full(betas.shape, np.nan)
-    if method == "univariate":
-        out[:, good] = betas[:, good] / sd[good]
-        return out
     cov = noise_covariance(residuals[:, good], estimator, dof)
     out[:, good] = betas[:, good] @ _inverse_sqrt(cov)
     return out

@@ -289,3 +289,23 @@ def test_masked_timeseries_truncated_file_is_exit_66(tmp_path):
     with pytest.raises(InputMissingError, match="cannot read the image data") as info:
         masked_timeseries(path, np.ones((8, 8, 8), bool), "bold.nii.gz")
     assert info.value.exit_code == 66
+
+
+def test_residual_sd_pools_runs_without_concatenating(rng):
+    """Runs pooled as if concatenated (one mean, one sum of squares), any column subset."""
+    from bids_dnn.patterns import divide_by_sd, residual_sd
+
+    runs = [rng.standard_normal((n, 50)).astype(np.float32) + 3.0 for n in (40, 55, 31)]
+    runs[1][:, 7] = np.nan
+    columns = np.array([3, 7, 0, 49, 12])
+    whole = np.concatenate(runs).astype(np.float64)[:, columns]
+    expected = np.sqrt(((whole - whole.mean(axis=0)) ** 2).sum(axis=0) / 120)
+    got = residual_sd(runs, dof=120, columns=columns, block=2)
+    np.testing.assert_allclose(got[[0, 2, 3, 4]], expected[[0, 2, 3, 4]], rtol=1e-12)
+    assert np.isnan(got[1])  # the column with a NaN residual
+    np.testing.assert_allclose(residual_sd(np.concatenate(runs)), np.concatenate(runs).astype(np.float64).std(
+        axis=0, ddof=1), rtol=1e-12)
+    betas = rng.standard_normal((4, 5))
+    scaled = divide_by_sd(betas, got)
+    np.testing.assert_allclose(scaled[:, 0], betas[:, 0] / expected[0], rtol=1e-12)
+    assert np.isnan(scaled[:, 1]).all()
