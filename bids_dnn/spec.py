@@ -595,8 +595,8 @@ def load_spec(path: str | Path | None) -> AnalysisSpec:
 
     YAML is read with ``yaml.safe_load``: a spec can never execute code.
     """
-    if path is None:
-        return AnalysisSpec()
+    if path is None:  # the defaults, validated like a file (they need ROIs for ROI RSA)
+        return parse_spec({}, source="the built-in defaults (no --spec given)")
     path = Path(path)
     if not path.is_file():
         raise InputMissingError(f"spec file not found: {path}", "check the --spec path")

@@ -135,6 +135,16 @@ def test_missing_spec_file_exit_66(demo_dataset: Path, tmp_path: Path, capsys: p
     assert code == 66 and "spec file not found" in text
 
 
+def test_no_spec_is_a_spec_error_not_a_traceback(demo_dataset: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Without --spec the defaults are validated like a file: they ask for ROIs (exit 65)."""
+    code = main([str(demo_dataset), str(tmp_path / "out"), "participant", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 65
+    assert "the built-in defaults (no --spec given)" in err and "rois: required for analyses.rsa" in err
+    assert "ValidationError" not in err and not (tmp_path / "out").exists()
+
+
 def test_not_bids_exit_16(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "bids").mkdir()
     spec = tmp_path / "s.yaml"
