@@ -333,6 +333,10 @@ class OutputLayout:
     def group_log_dir(self, run_id: str) -> Path:
         return self.group_dir / "log" / run_id
 
+    def group_status(self) -> Path:
+        """Completed group-map stages with their content keys (for reruns)."""
+        return self.group_dir / "log" / f"task-{self.task}_status.json"
+
     def group_figures_dir(self) -> Path:
         return self.group_dir / "figures"
 

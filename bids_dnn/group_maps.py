@@ -140,6 +140,8 @@ def run_group_maps(ctx: "Context", subjects: list[str]) -> list[Path]:
         logger.warning("group maps: with %d subjects the smallest sign-flip p is %.3g > alpha %.3g, so no voxel can "
                        "be FWE-significant; more subjects are needed", len(subjects), 1.0 / n_flips,
                        ctx.spec.statistics.alpha)
+    ledger = group_map_ledger(ctx)
+    skipped = 0
     with progress("group maps", len(jobs)) as advance:
         for offset, (analysis, model, layer, stat, correlation) in enumerate(jobs):
             builder = ctx.layout.searchlight_map if analysis == "searchlight" else ctx.layout.encoding_map
@@ -148,9 +150,46 @@ def run_group_maps(ctx: "Context", subjects: list[str]) -> list[Path]:
             if missing:
                 raise InputMissingError(f"{analysis} map missing: {missing[0]}",
                                         "rerun the participant level with this spec")
-            written += group_map(ctx, analysis, model, layer, paths, stat, correlation, offset + 1)
+            name, key = f"{analysis}:{model}:{layer}", group_map_key(ctx, paths, stat, correlation, offset + 1)
+            if ledger.is_current(name, key):
+                written += ledger.keep(name)
+                skipped += 1
+            else:
+                outputs = group_map(ctx, analysis, model, layer, paths, stat, correlation, offset + 1)
+                ledger.record(name, key, outputs + [drv.sidecar_path(p) for p in outputs])
+                drv.write_json(ctx.layout.group_status(), {"stages": dict(sorted(ledger.done.items()))})
+                written += outputs
             advance()
+    if skipped:
+        logger.info("group maps: %d of %d up to date, kept (--force recomputes)", skipped, len(jobs))
+    drv.write_json(ctx.layout.group_status(), {"stages": dict(sorted(ledger.done.items()))}, if_changed=True)
     return written
+
+
+def group_map_ledger(ctx: "Context") -> Any:
+    """The group-map stages recorded by an earlier run (none with ``--force``)."""
+    import json
+
+    from bids_dnn.stages import StageLedger, recorded_stages
+
+    previous: dict[str, Any] = {}
+    if not ctx.options.force:
+        try:
+            previous = json.loads(ctx.layout.group_status().read_text())
+        except (OSError, ValueError):
+            previous = {}
+    return StageLedger(ctx.layout.root, recorded_stages(previous if isinstance(previous, dict) else {}))
+
+
+def group_map_key(ctx: "Context", paths: list[Path], stat: str, correlation: bool, seed_offset: int) -> str:
+    """Content key of one group map: the participants' map files (name, size, modification time:
+    a participant stage that is recomputed rewrites them), the statistics options and the seed."""
+    from bids_dnn.stages import content_key, files_fingerprint
+
+    stats = ctx.spec.statistics
+    return content_key("group_map", files_fingerprint(paths, ctx.layout.root), stat, correlation,
+                       stats.map_permutations, stats.map_tfce, stats.alternative, stats.alpha,
+                       stats.seed + seed_offset)
 
 
 def encoding_summary(ctx: "Context", subjects: list[str], model: str) -> tuple[pd.DataFrame, pd.DataFrame] | None:

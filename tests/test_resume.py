@@ -181,3 +181,29 @@ def test_group_runs_after_a_group_only_spec_change(resumed: dict, tmp_path: Path
         assert status["complete"] and status["spec_hash"] != hashes[subject]
     assert main([str(resumed["bids"]), str(out), "group", "--spec", str(spec), "--participant-label", *SUBJECTS,
                  "--no-progress"]) == 0
+
+
+def test_group_maps_are_kept_while_current(resumed: dict, tmp_path: Path) -> None:
+    """A group rerun keeps the group maps whose participant maps and statistics options are
+    unchanged; a changed map_permutations recomputes them."""
+    out, bids = resumed["out"], resumed["bids"]
+
+    def group(spec: Path) -> dict[str, int]:
+        _participant(bids, out, spec)  # nothing to compute: records the spec hash the group checks
+        assert main([str(bids), str(out), "group", "--spec", str(spec), "--participant-label", *SUBJECTS,
+                     "--no-progress"]) == 0
+        return {p.name: p.stat().st_mtime_ns for p in (out / "group").glob("*_statmap.nii.gz")}
+
+    first = group(resumed["spec"])
+    assert first and all("searchlight" in name for name in first)
+    _pause()
+    assert group(resumed["spec"]) == first
+    status = json.loads(next((out / "group" / "log").glob("task-*_status.json")).read_text())
+    assert {name.split(":")[0] for name in status["stages"]} == {"searchlight"}
+    changed = tmp_path / "spec.yaml"
+    text = resumed["spec"].read_text()
+    assert "map_permutations: 30" in text
+    changed.write_text(text.replace("map_permutations: 30", "map_permutations: 40"))
+    _pause()
+    third = group(changed)
+    assert set(third) == set(first) and all(third[name] != first[name] for name in first)

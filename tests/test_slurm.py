@@ -465,7 +465,8 @@ def compare_outputs(serial: Path, parallel: Path) -> list[str]:
 
     Legitimate differences (found by diffing a serial and an array run): ``log/<run id>/`` folders
     are named by start time; ``command.txt`` / ``provenance.json`` hold the run id and the command
-    line (other output folder); ``*_status.json`` the run id and the elapsed seconds; the HTML
+    line (other output folder); ``*_status.json`` the run id and the elapsed seconds (and the
+    group's stage keys the modification times of the participant maps); the HTML
     reports embed all three; ``dataset_description.json`` links the raw dataset by a path relative
     to the output folder. Everything else (TSV, JSON sidecars, NIfTI, feature HDF5, figures) is
     identical: seeds depend on the subject only, and the features are the same file content.
@@ -481,6 +482,8 @@ def compare_outputs(serial: Path, parallel: Path) -> list[str]:
         elif name.endswith("_status.json"):
             drop = ("run_id", "seconds")
             a, b = json.loads(path_a.read_text()), json.loads(path_b.read_text())
+            if relative.startswith("group"):  # group-map keys hold the participant maps' mtimes
+                a, b = ({k: v["outputs"] for k, v in x["stages"].items()} for x in (a, b))
             assert {k: v for k, v in a.items() if k not in drop} == {k: v for k, v in b.items() if k not in drop}
             loose.append(relative)
         elif relative == "dataset_description.json":
