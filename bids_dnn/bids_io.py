@@ -34,19 +34,49 @@ def normalize_label(value: str, prefix: str = "sub") -> str:
     return text
 
 
+#: a command-line label value starting with this names a file of labels (``@labels.txt``)
+LABEL_FILE_PREFIX = "@"
+
+
 def expand_labels(values: Iterable[str] | None, prefix: str = "sub") -> list[str] | None:
-    """Normalise labels given on the command line; a value naming a file is read (one per line)."""
+    """Normalise labels given on the command line, in order, without repeats.
+
+    A value ``@FILE`` stands for the labels listed in FILE (separated by white space or new
+    lines). Every other value is a label, even when a file of that name exists in the working
+    directory (a file named ``01`` does not change ``--participant-label 01``).
+
+    Raises
+    ------
+    UsageError
+        An ``@FILE`` that cannot be read (exit 64), or an invalid label.
+    """
     if not values:
         return None
     labels: list[str] = []
     for value in values:
-        path = Path(value)
-        if not value.startswith(f"{prefix}-") and path.is_file():
-            labels.extend(tok for line in path.read_text().splitlines() for tok in line.split())
+        if value.startswith(LABEL_FILE_PREFIX):
+            labels.extend(_labels_file(value[len(LABEL_FILE_PREFIX):], prefix))
         else:
             labels.append(value)
     out = [normalize_label(v, prefix) for v in labels]
     return list(dict.fromkeys(out))
+
+
+def _labels_file(name: str, prefix: str) -> list[str]:
+    """The labels listed in the file ``name`` (``@name`` on the command line)."""
+    option = "--participant-label" if prefix == "sub" else "--session-label"
+    try:
+        text = Path(name).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or exc.__class__.__name__
+        raise UsageError(f"{option} @{name}: cannot read the file of labels ({reason})",
+                         f"give the labels themselves, or @FILE naming a text file with one {prefix} label "
+                         "per line") from None
+    labels = text.split()
+    if not labels:  # never "no selection", which would mean every participant
+        raise UsageError(f"{option} @{name}: the file lists no labels",
+                         f"list one {prefix} label per line, or leave the option out to select every one")
+    return labels
 
 
 def check_dataset(bids_dir: Path) -> dict[str, Any]:
@@ -77,16 +107,77 @@ def check_dataset(bids_dir: Path) -> dict[str, Any]:
     return desc
 
 
-def check_paths(bids_dir: Path, out_dir: Path, work_dir: Path | None) -> None:
-    """Refuse an output or work folder equal to or inside the input dataset."""
+def check_paths(bids_dir: Path, out_dir: Path, work_dir: Path | None, *, database_dir: Path | None = None) -> None:
+    """Refuse output, work or pybids database folders that would write into the input dataset.
+
+    The output and work folders may be inside ``BIDS_DIR/derivatives/`` (the fMRIPrep
+    convention ``BIDS_DIR/derivatives/bids_dnn``) when their folder there is new, empty or a
+    bids_dnn output folder (never another tool's derivatives or the ROI / stimulus files the
+    analysis reads); ``BIDS_DIR`` itself and any other place inside it are refused. The pybids
+    database folder may be inside ``BIDS_DIR`` only within the output or work folder.
+
+    Raises
+    ------
+    UsageError
+        A folder is refused (exit 64).
+    """
     bids_root = Path(bids_dir).resolve()
+    derivatives = bids_root / "derivatives"
+    allowed: list[Path] = []
     for name, path in (("output", out_dir), ("work", work_dir)):
         if path is None:
             continue
         resolved = Path(path).resolve()
-        if resolved == bids_root or bids_root in resolved.parents:
+        if resolved != bids_root and bids_root not in resolved.parents:
+            allowed.append(resolved)
+            continue
+        if derivatives not in resolved.parents:
             raise UsageError(f"the {name} folder {path} is inside the input dataset {bids_dir}",
-                             f"choose a {name} folder outside BIDS_DIR; bids_dnn never writes into its input")
+                             f"choose {'an' if name == 'output' else 'a'} {name} folder outside BIDS_DIR, or "
+                             "BIDS_DIR/derivatives/bids_dnn; bids_dnn never writes anywhere else into its input")
+        top = derivatives / resolved.relative_to(derivatives).parts[0]
+        owner = _folder_owner(top)
+        if owner is not None:
+            where = f"the {name} folder {path}" + (f" would be inside {top}, which" if top != resolved else "")
+            raise UsageError(f"{where} holds {owner}; bids_dnn never writes into other inputs",
+                             f"choose a new folder, e.g. {derivatives / 'bids_dnn'}, or one outside BIDS_DIR")
+        allowed.append(resolved)
+    if database_dir is not None:
+        resolved = Path(database_dir).resolve()
+        inside_input = resolved == bids_root or bids_root in resolved.parents
+        if inside_input and not any(resolved == a or a in resolved.parents for a in allowed):
+            raise UsageError(f"the pybids database folder {database_dir} is inside the input dataset {bids_dir}",
+                             "choose a folder outside BIDS_DIR (or inside the output folder); bids_dnn never "
+                             "writes into its input")
+
+
+def _is_bids_dnn_output(folder: Path) -> bool:
+    """Whether ``folder`` is an output folder of bids_dnn (its ``dataset_description.json``)."""
+    try:
+        description = json.loads((folder / "dataset_description.json").read_text())
+        return "bids_dnn" in [g.get("Name") for g in description.get("GeneratedBy", [])]
+    except (ValueError, AttributeError, OSError):
+        return False
+
+
+def _folder_owner(folder: Path) -> str | None:
+    """What ``folder`` (a folder of ``BIDS_DIR/derivatives``) holds that bids_dnn must not write
+    into: another tool's derivatives, or files that are no bids_dnn output; None when it does
+    not exist, is empty, or is a bids_dnn output folder."""
+    if not folder.is_dir():
+        return None if not folder.exists() else "a file"
+    description = folder / "dataset_description.json"
+    if description.is_file():
+        if _is_bids_dnn_output(folder):
+            return None
+        try:
+            generators = [str(g.get("Name")) for g in json.loads(description.read_text()).get("GeneratedBy", [])]
+        except (ValueError, AttributeError, OSError):
+            generators = []
+        return f"the derivatives of another tool ({', '.join(generators) or 'unknown'})"
+    if any(folder.iterdir()):
+        return "files that are not bids_dnn outputs"
+    return None
 
 
 @dataclass(frozen=True)
@@ -145,6 +236,28 @@ class DatasetIndex:
             kwargs["database_path"] = str(self.database_dir / "raw")
         self.raw = BIDSLayout(str(self.bids_dir), **kwargs)
         self._derivative_layouts: dict[str, Any] = {}
+        self._subjects: list[str] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (to a worker process, ``--nprocs``) without the pybids layouts."""
+        from dataclasses import fields
+
+        return {**{f.name: getattr(self, f.name) for f in fields(self)},
+                "opened": list(self._derivative_layouts), "subjects": self._subjects}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Reopen the layouts: from the database the pickling process wrote when there is one.
+
+        Derivative layouts the pickling process had not opened are indexed in memory, so that
+        several workers never write one database at once.
+        """
+        opened, subjects = state.pop("opened"), state.pop("subjects", None)
+        self.__dict__.update(state)
+        self.__post_init__()
+        self._subjects = subjects
+        for name in opened:
+            self.derivative(name)
+        self.database_dir = None
 
     def derivative(self, name: str) -> Any:
         """The pybids layout of derivatives ``name`` (found under BIDS_DIR/derivatives/ if not given)."""
@@ -171,7 +284,10 @@ class DatasetIndex:
 
     # ------------------------------------------------------------------------------
     def subjects(self) -> list[str]:
-        return sorted(self.raw.get_subjects())
+        """Every ``sub-*`` label of the raw dataset, sorted (queried once: pybids takes seconds)."""
+        if self._subjects is None:
+            self._subjects = sorted(self.raw.get_subjects())
+        return list(self._subjects)
 
     def tasks(self) -> list[str]:
         return sorted(self.raw.get_tasks())
@@ -203,7 +319,8 @@ class DatasetIndex:
         in the named derivatives folders and under ``BIDS_DIR/derivatives``."""
         roots = [Path(p) for p in self.derivatives.values()]
         default = Path(self.bids_dir) / "derivatives"
-        roots += sorted(p for p in default.iterdir() if p.is_dir()) if default.is_dir() else []
+        roots += sorted(p for p in default.iterdir() if p.is_dir() and not _is_bids_dnn_output(p)) \
+            if default.is_dir() else []  # not bids_dnn's own outputs (OUT_DIR = BIDS_DIR/derivatives/bids_dnn)
         tasks: set[str] = set()
         for root in dict.fromkeys(roots):
             for path in root.glob("sub-*/**/sub-*_statmap.nii*"):
@@ -212,20 +329,123 @@ class DatasetIndex:
                     tasks.add(entities["task"])
         return sorted(tasks)
 
-    def select_subjects(self, labels: list[str] | None) -> list[str]:
-        """Subjects to process; an unknown label or an empty selection is an error (exit 18)."""
+    def select_subjects(self, labels: list[str] | None, task: str | None = None,
+                        sessions: list[str] | None = None, betas_derivatives: str | None = None) -> list[str]:
+        """Subjects to process; an unknown label or an empty selection is an error (exit 18).
+
+        With ``task``, only subjects with data for it take part (:meth:`task_subjects`). Without
+        ``labels``, the others (``sub-emptyroom``, anatomy-only subjects, subjects of another
+        task) are left out and one log line names them with the reason; a label that names such
+        a subject is an error (exit 18).
+
+        Parameters
+        ----------
+        labels : list of str or None
+            ``--participant-label`` values (without ``sub-``); None for every subject.
+        task : str, optional
+            The task analysed.
+        sessions : list of str, optional
+            ``--session-label`` values: data of other sessions does not count.
+        betas_derivatives : str, optional
+            ``brain.input: betas``: the derivatives name of the ready-made betas, whose maps
+            count as data for the task (events are optional then).
+        """
+        from bids_dnn.console import logger
+
         available = self.subjects()
         if not labels:
             if not available:
                 raise NothingSelectedError("the dataset has no sub-* folders")
-            return available
+            if task is None:
+                return available
+            with_task = self.task_subjects(task, sessions, betas_derivatives)
+            left_out = [s for s in available if s not in with_task]
+            if not with_task:
+                raise NothingSelectedError(f"no participant has data for task '{task}'"
+                                           + (f" in session(s) {', '.join(sessions)}" if sessions else ""),
+                                           "check --task and --session-label")
+            if left_out:
+                reasons = self.no_task_reasons(left_out, task, sessions)
+                logger.info("left out %d participant(s) without data for task '%s': %s", len(left_out), task,
+                            "; ".join(f"sub-{s} ({reasons[s]})" for s in left_out))
+            return with_task
         missing = [lab for lab in labels if lab not in available]
         if missing:
             raise NothingSelectedError(
                 f"participant label(s) not found: {', '.join('sub-' + m for m in missing)}",
                 f"available: {', '.join('sub-' + a for a in available) or 'none'}",
             )
+        if task is not None:
+            with_task = self.task_subjects(task, sessions, betas_derivatives)
+            lacking = [lab for lab in labels if lab not in with_task]
+            if lacking:
+                reasons = self.no_task_reasons(lacking, task, sessions)
+                shown = ", ".join("sub-" + s for s in with_task[:10]) + (
+                    f" and {len(with_task) - 10} more" if len(with_task) > 10 else "")
+                raise NothingSelectedError(
+                    f"participant(s) without data for task '{task}': " + "; ".join(
+                        f"sub-{s} ({reasons[s]})" for s in lacking),
+                    f"leave {'it' if len(lacking) == 1 else 'them'} out of --participant-label; participants with "
+                    f"the task: {shown or 'none'}",
+                )
         return labels
+
+    def task_subjects(self, task: str, sessions: list[str] | None = None,
+                      betas_derivatives: str | None = None) -> list[str]:
+        """Subjects with data for ``task``: functional events or BOLD files of the task in the raw
+        dataset (the ``events`` filter of ``--bids-filter-file`` applies to the events), or, with
+        ``betas_derivatives``, ready-made betas maps of the task.
+
+        A subject with events but without fMRIPrep outputs (or ready-made betas) has data for the
+        task: its missing inputs are reported when it is processed.
+        """
+        available = self.subjects()
+        found = {run.subject for run in self.events(task, None, sessions)}
+        if betas_derivatives is not None:
+            found.update(self._betas_subjects(task, sessions, betas_derivatives))
+        rest = [s for s in available if s not in found]
+        if rest:  # BOLD without events: kept, so that the missing events are reported
+            query: dict[str, Any] = {"subject": rest, "suffix": "bold", "task": task, "datatype": "func",
+                                     "target": "subject", "return_type": "id"}
+            if sessions:
+                query["session"] = sessions
+            found.update(self.raw.get(**query))
+        return [s for s in available if s in found]
+
+    def _betas_subjects(self, task: str, sessions: list[str] | None, derivatives: str) -> set[str]:
+        """Subjects with a ready-made betas map of ``task`` (any space) in derivatives ``derivatives``."""
+        root = Path(self.derivatives.get(derivatives) or (Path(self.bids_dir) / "derivatives" / derivatives))
+        subjects = set()
+        for path in root.glob(f"sub-*/**/sub-*_task-{task}_*_statmap.nii*") if root.is_dir() else []:
+            entities = _entities(path.name)
+            if (entities.get("desc") == "stimuli" and entities.get("stat") == "effect"
+                    and (not sessions or entities.get("ses") in sessions)):
+                subjects.add(entities["sub"])
+        return subjects
+
+    def no_task_reasons(self, subjects: list[str], task: str, sessions: list[str] | None = None) -> dict[str, str]:
+        """Why each of ``subjects`` has no data for ``task``, in a few words (``only task-noise``,
+        ``anat only``, ``no functional task-x data in ses-2``); one query for all of them."""
+        tasks: dict[str, set[str]] = {s: set() for s in subjects}
+        datatypes: dict[str, set[str]] = {s: set() for s in subjects}
+        for file in self.raw.get(subject=list(subjects)) if subjects else []:
+            entities = file.entities
+            if entities.get("subject") in tasks:
+                if entities.get("task"):
+                    tasks[entities["subject"]].add(str(entities["task"]))
+                if entities.get("datatype"):
+                    datatypes[entities["subject"]].add(str(entities["datatype"]))
+        reasons = {}
+        for subject in subjects:
+            if task in tasks[subject]:
+                where = f" in ses-{', ses-'.join(sessions)}" if sessions else ""
+                reasons[subject] = f"no functional task-{task} data{where}"
+            elif tasks[subject]:
+                reasons[subject] = "only " + ", ".join(f"task-{t}" for t in sorted(tasks[subject]))
+            else:
+                kinds = sorted(datatypes[subject])
+                reasons[subject] = f"{', '.join(kinds)} only" if kinds else "no data files"
+        return reasons
 
     def _filter(self, kind: str) -> dict[str, Any]:
         return dict(self.filters.get(kind, {}))
@@ -247,8 +467,8 @@ class DatasetIndex:
         return sorted(runs, key=lambda r: (r.subject, r.session or "", r.run or ""))
 
     def fmriprep_run(self, run: RunInputs, space: str, resolution: str | None,
-                     derivatives: str = "fmriprep") -> RunInputs:
-        """Attach preprocessed BOLD, brain mask, confounds and TR to ``run``."""
+                     derivatives: str = "fmriprep", tr_source: str = "check") -> RunInputs:
+        """Attach preprocessed BOLD, brain mask, confounds and TR (see :func:`repetition_time`) to ``run``."""
         layout = self.derivative(derivatives)
         base: dict[str, Any] = {"subject": run.subject, "task": run.task, "extension": [".nii.gz", ".nii"],
                                 **self._filter("bold")}
@@ -261,7 +481,7 @@ class DatasetIndex:
         mask = self._one(layout, {**spaced, "desc": "brain", "suffix": "mask"}, run, "brain mask")
         conf_query = {**base, "desc": "confounds", "suffix": ["timeseries", "regressors"], "extension": ".tsv"}
         confounds = layout.get(**conf_query)
-        t_r = _repetition_time(layout, bold)
+        t_r = repetition_time(layout, bold, tr_source)
         return RunInputs(subject=run.subject, session=run.session, task=run.task, run=run.run, events=run.events,
                          bold=bold, mask=mask, confounds=Path(confounds[0].path) if confounds else None, t_r=t_r)
 
@@ -533,20 +753,90 @@ def _run_query(run: str | None) -> Any:
         return run
 
 
-def _repetition_time(layout: Any, bold: Path) -> float:
-    """RepetitionTime from the sidecar (through BIDS inheritance), else the NIfTI header."""
-    try:
-        metadata = layout.get_metadata(str(bold))
-        if metadata.get("RepetitionTime"):
-            return float(metadata["RepetitionTime"])
-    except Exception:  # noqa: BLE001 - fall back to the header
-        pass
-    import nibabel as nib
+#: NIfTI time units -> seconds
+_SECONDS_PER_UNIT = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6, "unknown": 1.0}
+#: sidecar and header TRs closer than this (relative) agree
+_TR_TOLERANCE = 1e-3
 
-    zooms = nib.load(str(bold)).header.get_zooms()
-    if len(zooms) < 4 or not zooms[3] or zooms[3] <= 0:
+
+def repetition_time(layout: Any, bold: Path, source: str = "check") -> float:
+    """The TR of ``bold`` in seconds.
+
+    ``source``: ``"sidecar"`` takes ``RepetitionTime`` from the JSON sidecar (through BIDS
+    inheritance), ``"header"`` the NIfTI header's 4th zoom (in its time unit); ``"check"`` (the
+    default) takes the sidecar and stops when the header states another TR (the BIDS validator's
+    REPETITION_TIME_MISMATCH: running on the wrong TR silently misplaces every event). Either falls
+    back to the other when it has no TR.
+
+    Raises
+    ------
+    InputMissingError
+        No TR anywhere, or (``check``) sidecar and header disagree (exit 66, naming both).
+    """
+    sidecar = None
+    try:
+        value = layout.get_metadata(str(bold)).get("RepetitionTime")
+        sidecar = float(value) if value else None
+    except Exception:  # noqa: BLE001 - no usable sidecar: the header decides
+        sidecar = None
+    header = None
+    if source != "sidecar" or sidecar is None:
+        try:
+            header = _header_repetition_time(bold)
+        except InputMissingError:
+            if sidecar is None:
+                raise
+            # an unreadable image is reported (exit 66) by the subject's input check, not by this lookup
+    if source == "check" and sidecar and header and abs(sidecar - header) > _TR_TOLERANCE * max(sidecar, header):
+        raise InputMissingError(
+            f"{bold.name}: RepetitionTime {sidecar:g} s in the JSON sidecar, {header:g} s in the NIfTI header",
+            "fix whichever is wrong, or set brain.repetition_time: sidecar (or header) in the spec to trust one")
+    chosen = header if source == "header" and header else sidecar or header
+    if not chosen:
         raise InputMissingError(f"no RepetitionTime for {bold.name}", "add it to the BOLD JSON sidecar")
-    return float(zooms[3])
+    return chosen
+
+
+def _header_repetition_time(bold: Path) -> float | None:
+    """The header's TR in seconds (None when it states none)."""
+    from bids_dnn.patterns import load_nifti
+
+    header = load_nifti(bold, "preprocessed BOLD").header  # empty / corrupt file: exit 66
+    zooms = header.get_zooms()
+    if len(zooms) < 4 or not zooms[3] or zooms[3] <= 0:
+        return None
+    unit = header.get_xyzt_units()[1] if hasattr(header, "get_xyzt_units") else "sec"
+    return float(zooms[3]) * _SECONDS_PER_UNIT.get(unit, 1.0)
+
+
+def read_confounds(path: str | Path) -> Any:
+    """Read an fMRIPrep confounds table (``*_desc-confounds_timeseries.tsv``; ``n/a`` as NaN).
+
+    Parameters
+    ----------
+    path : str or Path
+        The TSV file.
+
+    Returns
+    -------
+    pandas.DataFrame, shape (n_volumes, n_columns)
+
+    Raises
+    ------
+    InputMissingError
+        The file is empty (0 bytes), has no header row or is not a readable TSV (exit 66).
+    """
+    import pandas as pd
+
+    path = Path(path)
+    hint = "the confounds file is truncated or corrupt; regenerate it with fMRIPrep or re-copy it"
+    if path.stat().st_size == 0:
+        raise InputMissingError(f"fMRIPrep confounds: {path.name} is empty (0 bytes)", hint)
+    try:
+        return pd.read_csv(path, sep="\t", na_values=["n/a"])
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise InputMissingError(f"fMRIPrep confounds: {path.name} is not a readable TSV "
+                                f"({exc.__class__.__name__}: {exc})", hint) from None
 
 
 def load_filter_file(path: str | Path | None) -> dict[str, dict[str, Any]]:

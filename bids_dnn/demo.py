@@ -55,6 +55,9 @@ SIGNAL_DIMENSIONS = 8
 NOISE_SD_PSC = 1.0
 AR1_RHO = 0.3
 BASELINE = 600.0
+#: participants of ``bids_dnn demo`` by default: 2^6 = 64 sign flips, so a group map's smallest
+#: p_FWE is 1/64 < 0.05 (4 participants: 1/16, never significant)
+DEMO_SUBJECTS = 6
 
 
 # ---------------------------------------------------------------------------------------
@@ -286,7 +289,7 @@ statistics:
 """
 
 
-def make_demo_dataset(directory: Path, n_subjects: int = 4, n_runs: int = 3, seed: int = 0,
+def make_demo_dataset(directory: Path, n_subjects: int = DEMO_SUBJECTS, n_runs: int = 3, seed: int = 0,
                       overwrite: bool = False) -> Path:
     """Write the demo BIDS dataset (raw + fMRIPrep-style derivatives + ROI atlas + spec).
 
@@ -442,6 +445,9 @@ def _write_atlas(folder: Path, rois: dict[str, np.ndarray], affine: np.ndarray) 
 
 
 def _readme(n_subjects: int, n_runs: int, seed: int, rois: dict[str, np.ndarray]) -> str:
+    fwe_note = (", so the group searchlight and encoding maps show FWE-significant voxels in the signal ROIs."
+                if 2.0 ** -n_subjects < 0.05 else
+                ", above 0.05: no voxel can be FWE-significant (use 5 or more participants).")
     planted = "\n".join(
         f"| {roi} | {int(mask.sum())} | {PLANTED[roi] or 'none (noise only)'} |" for roi, mask in rois.items())
     return f"""# bids_dnn demo dataset (simulated)
@@ -472,8 +478,8 @@ Expected results: for ROI `early` the layer `features.2` has the highest RSA sco
 (with few subjects an FDR-corrected false positive in `control` can happen by chance). The
 weighted RSA puts its largest weight on the planted layer, the variance partitioning finds the
 planted group's unique variance, and the searchlight maps peak in the planted ROIs. Group maps
-use 2^n sign flips for n subjects (smallest p = 1/2^n): the default 4 subjects cannot reach FWE
-significance at 0.05.
+use all 2^n sign flips for n subjects (smallest p = 1/2^n): with {n_subjects} participants the
+smallest p_FWE is {1 / 2 ** n_subjects:.3g}{fwe_note}
 
 Encoding (ridge from each layer's raw activations to each voxel, 6-fold CV over stimuli,
 penalty chosen by inner CV; `*_encoding.tsv`, group `*_desc-summary_encoding.tsv`): in ROI

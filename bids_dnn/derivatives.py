@@ -4,9 +4,11 @@ Nothing else in the package builds an output path: orchestration asks :class:`Ou
 Every write goes through a temp file in the destination folder, fsync, then ``os.replace``,
 so an interrupted run never leaves a half-written file and parallel jobs never tear one.
 
-Names follow BIDS-Derivatives with three documented custom entities (``model-``, ``layer-``,
-``stat-`` on relmat files); labels are sanitised to alphanumerics and the original names are
-kept in the sidecars.
+Names follow BIDS-Derivatives; ``model-`` (pybids' derivatives configuration), ``layer-`` and
+``stat-`` (``bids_dnn/data/pybids_config.json``, see :func:`bids_dnn.pybids_config`) are the
+entities BIDS does not define; labels are sanitised to alphanumerics and the original names are
+kept in the sidecars. Files whose suffix BIDS does not define are listed, by exact pattern, in
+``.bidsignore`` (:data:`BIDSIGNORE_LINES`): the BIDS validator checks everything else.
 """
 
 from __future__ import annotations
@@ -29,36 +31,45 @@ from bids_dnn.errors import UsageError
 from bids_dnn.spec import sanitize_label
 
 TOOL_NAME = "bids_dnn"
+#: ``Authors`` of dataset_description.json: the software's authors (as in pyproject.toml)
+AUTHORS = ("bids_dnn developers",)
+#: root file recording the input dataset of the folder (:mod:`bids_dnn.input_dataset`)
+INPUT_DATASET_FILE = "input_dataset.json"
 
+#: ``.bidsignore``: the outputs the BIDS validator cannot know (suffixes and folders that BIDS
+#: does not define), by exact pattern; everything else is validated. Folders are named without a
+#: trailing slash: the validator (bids-validator-deno) tests a folder's path without one.
 BIDSIGNORE_LINES = [
-    "*_features.h5",
+    "# outputs whose suffix BIDS does not define (written by bids_dnn)",
+    "*_statmap.nii.gz",
+    "*_statmap.json",
     "*_relmat.tsv",
     "*_relmat.json",
     "*_rsa.tsv",
     "*_rsa.json",
     "*_encoding.tsv",
     "*_encoding.json",
-    "*_stimuli.tsv",
-    "*_stimuli.json",
-    "*_statmap.nii.gz",
-    "*_statmap.json",
-    "*_mask.nii.gz",
-    "*_mask.json",
     "*_summary.tsv",
     "*_summary.json",
-    "*.lock",
-    "*/log/",
-    "*/parts/",
-    "*/figures/",
-    "group/",
-    "*.html",
+    "/task-*_stimuli.tsv",
+    "/task-*_stimuli.json",
+    "# folders BIDS does not define: features and model RDMs, group level, logs, figures, reports",
+    "/model-*",
+    "/group",
+    "/sub-*/log",
+    "/sub-*/figures",
+    "/sub-*/parts",
+    "/sub-*.html",
+    "/group.html",
+    "# the input dataset of this folder (bids_dnn checks it before writing)",
+    f"/{INPUT_DATASET_FILE}",
 ]
 
+#: the labels of the ``desc-`` entity (``descriptions.tsv``)
 DESCRIPTIONS = {
     "stimuli": "One volume per stimulus: GLM estimate of the response to each stimulus.",
+    "rois": "Voxel counts of the participant's ROI masks.",
     "summary": "Group summary across participants.",
-    "noiseceiling": "Lower and upper noise ceilings of the RSA scores.",
-    "bestlayer": "Cross-validated best layer per ROI and model.",
     "comparisons": "Pairwise comparisons between layers of a model.",
     "weighted": "Cross-validated weighted RSA: non-negative combination of a model's layer RDMs.",
     "weightedscores": "Held-out scores of the weighted RSA per subject.",
@@ -68,6 +79,17 @@ DESCRIPTIONS = {
     "searchlight": "Searchlight RSA: comparison of sphere RDMs with a model RDM at each centre.",
     "encoding": "Cross-validated ridge encoding from layer features to voxel responses.",
 }
+
+#: entity names of pybids' ``bids`` and ``derivatives`` configurations and of
+#: ``bids_dnn/data/pybids_config.json``: a sidecar key named like one of them is read by pybids
+#: as an entity value (tests/test_bids_outputs.py checks this list against pybids)
+PYBIDS_ENTITY_NAMES = frozenset({
+    "subject", "session", "sample", "task", "tracksys", "acquisition", "nucleus", "volume", "ceagent",
+    "staining", "tracer", "reconstruction", "direction", "run", "proc", "modality", "echo", "flip", "inv",
+    "mt", "part", "recording", "space", "chunk", "suffix", "scans", "fmap", "datatype", "extension",
+    "atlas", "roi", "label", "desc", "from", "to", "mode", "hemi", "segmentation", "res", "den", "model",
+    "subset", "layer", "stat",
+})
 
 
 # ---------------------------------------------------------------------------------------
@@ -145,6 +167,38 @@ def write_text(path: Path, text: str, *, if_changed: bool = False) -> Path:
     return write_bytes(path, data)
 
 
+def write_text_if_absent(path: Path, text: str) -> bool:
+    """Create ``path`` with UTF-8 ``text`` unless it exists; returns whether this call created it.
+
+    The complete file is written to a temp name and hard-linked to ``path``: ``link`` fails when
+    the name exists, so of two concurrent writers exactly one creates the file and neither ever
+    sees a partial one. On a file system without hard links the temp file is renamed into place
+    when ``path`` is still absent (then the last of two concurrent writers wins).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{_WRITER}", suffix=f".tmp{''.join(path.suffixes)}",
+                                    dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(text.encode("utf-8"))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links on this file system
+            if path.exists():
+                return False
+            os.replace(tmp, path)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _same_bytes(path: Path, data: bytes) -> bool:
     try:
         return path.stat().st_size == len(data) and path.read_bytes() == data
@@ -157,23 +211,54 @@ def write_json(path: Path, data: Any, *, if_changed: bool = False) -> Path:
     return write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", if_changed=if_changed)
 
 
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object written by this tool (status files, sidecars); empty when the file is
+    missing, unreadable or not an object."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def write_tsv(path: Path, table: pd.DataFrame, sidecar: dict[str, Any] | None = None, *,
               if_changed: bool = False) -> Path:
     """Write a TSV (``n/a`` for missing values) and, if given, its JSON data dictionary
-    (``if_changed``: files with identical content are left untouched)."""
+    (``if_changed``: files with identical content are left untouched).
+
+    The data dictionary leaves out the columns named like an entity (``subject``, ``model``,
+    ``layer``, ``roi``; see :func:`without_entity_keys`).
+    """
     text = table.to_csv(sep="\t", index=False, na_rep="n/a", float_format="%.10g", lineterminator="\n")
     write_text(path, text, if_changed=if_changed)
     if sidecar is not None:
-        write_json(sidecar_path(path), sidecar, if_changed=if_changed)
+        write_json(sidecar_path(path), without_entity_keys(sidecar), if_changed=if_changed)
     return path
 
 
-#: columns holding labels, read as text (``01`` stays ``01``)
-LABEL_COLUMNS = {name: str for name in ("subject", "session", "run", "roi", "model", "layer", "stim_id")}
+def without_entity_keys(sidecar: dict[str, Any]) -> dict[str, Any]:
+    """``sidecar`` without the keys named like a pybids entity (:data:`PYBIDS_ENTITY_NAMES`).
+
+    pybids reads every key of a sidecar as metadata of its file: a key named like an entity of
+    the file's name (``subject`` in ``sub-01_..._rsa.json``, ``model`` in ``..._model-x_rsa.json``)
+    stops ``BIDSLayout`` with ``BIDSConflictingValuesError``, and one named like another entity
+    makes entity queries (``subject=None``, ``layer=...``) see a column description as a value.
+    Columns that hold entity labels are therefore described in the README, not in data
+    dictionaries; the metadata keys of bids_dnn are CamelCase and never collide.
+    """
+    return {key: value for key, value in sidecar.items() if key not in PYBIDS_ENTITY_NAMES}
+
+
+#: columns holding names and labels, read as text: ``01`` stays ``01`` and ``NULL``, ``NA``,
+#: ``None``, ``nan`` stay names (only ``n/a`` means missing, as BIDS says)
+LABEL_COLUMNS = {name: str for name in (
+    "subject", "participant", "participant_id", "session", "run", "roi", "label", "name", "model", "layer",
+    "layer_a", "layer_b", "best_single_layer", "component", "stim_id", "stim_file",
+    "category", "trial_type", "desc_id")}
 
 
 def read_tsv(path: Path) -> pd.DataFrame:
-    """Read a TSV written by :func:`write_tsv` (``n/a`` as missing)."""
+    """Read a TSV written by :func:`write_tsv` (``n/a`` as missing; :data:`LABEL_COLUMNS` as text)."""
     return pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False, dtype=LABEL_COLUMNS)
 
 
@@ -351,30 +436,51 @@ class OutputLayout:
 
 
 def dataset_description(source_dir: Path, out_dir: Path, container: str | None = None) -> dict[str, Any]:
-    """The derivative's ``dataset_description.json`` content (deterministic)."""
+    """The derivative's ``dataset_description.json`` content (deterministic).
+
+    ``container`` is the image's tag (set in the image); the container's type is the runtime
+    that runs it (:func:`bids_dnn.container.container_runtime`). ``DatasetLinks.raw`` is the
+    path from the output folder to the input dataset as it is on the host: inside a container
+    it is worked out from the mount table (:func:`bids_dnn.container.host_relative_path`), and
+    it is left out, with ``SourceDatasets``, when the two lie on different file systems there.
+    """
+    from bids_dnn.container import container_runtime, host_relative_path
+
     generated_by: dict[str, Any] = {"Name": TOOL_NAME, "Version": __version__,
                                     "CodeURL": "https://pypi.org/project/bids_dnn/"}
+    runtime = container_runtime()
     if container:
-        generated_by["Container"] = {"Type": "docker", "Tag": container}
-    relative = os.path.relpath(Path(source_dir).resolve(), Path(out_dir).resolve())
-    return {
+        generated_by["Container"] = {"Type": runtime or "docker", "Tag": container}
+    if runtime is None:
+        relative: str | None = os.path.relpath(Path(source_dir).resolve(), Path(out_dir).resolve())
+    else:
+        relative = host_relative_path(Path(source_dir), Path(out_dir))
+    description: dict[str, Any] = {
         "Name": f"{TOOL_NAME} derivatives",
         "BIDSVersion": "1.10.0",
         "DatasetType": "derivative",
+        "Authors": list(AUTHORS),
         "GeneratedBy": [generated_by],
-        "SourceDatasets": [{"URL": "bids:raw:"}],
-        "DatasetLinks": {"raw": relative},
     }
+    if relative is not None:
+        description["SourceDatasets"] = [{"URL": "bids:raw:"}]
+        description["DatasetLinks"] = {"raw": relative}
+    return description
 
 
 def check_output_folder(out_dir: Path) -> None:
-    """Refuse an output folder that belongs to another tool.
+    """Refuse an output folder that cannot be written or belongs to another tool. Writes nothing
+    that stays (a probe file in the nearest existing folder is removed at once).
 
     Raises
     ------
+    OutputFolderError
+        ``out_dir`` (or a parent) is a file, or the nearest existing folder is not writable
+        (exit 73).
     UsageError
         When ``dataset_description.json`` exists and names another generator.
     """
+    check_output_writable(Path(out_dir))
     path = Path(out_dir) / "dataset_description.json"
     if not path.is_file():
         return
@@ -393,6 +499,27 @@ def check_output_folder(out_dir: Path) -> None:
         )
 
 
+def check_output_writable(out_dir: Path) -> None:
+    """Raise :class:`OutputFolderError` unless ``out_dir`` is, or can become, a writable folder."""
+    from bids_dnn.errors import OutputFolderError
+
+    existing = out_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "exists and is not a folder" if existing == out_dir else f"cannot be created: {existing} is a file"
+        raise OutputFolderError(f"the output folder {out_dir} {what}", "give a folder path for OUT_DIR")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".bids_dnn-write-check-", dir=existing)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = exc.strerror or exc.__class__.__name__
+        created = "written" if existing == out_dir else f"created (in {existing})"
+        raise OutputFolderError(f"the output folder {out_dir} cannot be {created}: {reason}",
+                                "choose a folder you can write to, or fix its permissions") from None
+
+
 def initialise_root(out_dir: Path, source_dir: Path, container: str | None = None) -> None:
     """Write the deterministic root files (idempotent, safe for parallel jobs)."""
     check_output_folder(out_dir)
@@ -401,8 +528,76 @@ def initialise_root(out_dir: Path, source_dir: Path, container: str | None = Non
     _write_if_changed(out_dir / "dataset_description.json",
                       json.dumps(dataset_description(source_dir, out_dir, container), indent=2, sort_keys=True) + "\n")
     _write_if_changed(out_dir / ".bidsignore", "\n".join(BIDSIGNORE_LINES) + "\n")
-    table = pd.DataFrame({"desc_id": list(DESCRIPTIONS), "description": list(DESCRIPTIONS.values())})
+    _write_if_changed(out_dir / "README.md", readme_text())
+    table = pd.DataFrame({"desc_id": [f"desc-{label}" for label in DESCRIPTIONS],
+                          "description": list(DESCRIPTIONS.values())})
     _write_if_changed(out_dir / "descriptions.tsv", table.to_csv(sep="\t", index=False, lineterminator="\n"))
+    _write_if_changed(out_dir / "descriptions.json", json.dumps(DESCRIPTIONS_SIDECAR, indent=2, sort_keys=True) + "\n")
+
+
+DESCRIPTIONS_SIDECAR = {
+    "Description": "The labels of the desc entity used in this folder.",
+    "desc_id": {"Description": "A desc-<label> entity of this folder's file names."},
+    "description": {"Description": "What the files with this label hold."},
+}
+
+
+def readme_text() -> str:
+    """The derivatives folder's ``README.md``: what it holds and how it was made (deterministic:
+    the same for every run of one bids_dnn version)."""
+    return f"""# {TOOL_NAME} derivatives
+
+Made by {TOOL_NAME} {__version__}, a BIDS App that compares deep neural networks with fMRI, from
+the BIDS dataset named in `dataset_description.json` (`DatasetLinks.raw`) and its fMRIPrep
+derivatives: stimulus set, DNN features and model RDMs, GLM estimates per stimulus, ROI masks and
+brain RDMs, ROI RSA, searchlight and encoding maps, group statistics and reports.
+
+## How it was made
+
+Each run records, in `sub-<label>/log/<run-id>/` (participant level) and `group/log/<run-id>/`
+(group level), the command line (`command.txt`), the resolved analysis spec (`spec.json`) and
+the provenance (`provenance.json`: software versions, platform and device, input runs, seeds,
+stages computed); `sub-<label>/log/task-<task>_status.json` records the stages a participant run
+completed, with their content keys and the files they wrote. Rerunning the same command
+recomputes only what changed.
+
+## What this folder holds
+
+- `task-<task>_stimuli.tsv`: the ordered stimuli (the row and column order of every RDM) with
+  the SHA-256 of each file.
+- `input_dataset.json`: the input dataset this folder was made from (name, path, participants and,
+  per task, a fingerprint of the stimulus set); a participant run of another dataset is refused.
+- `model-<model>/`: `*_features.h5` (the activations of every stimulus in every requested layer,
+  with provenance attributes) and the model RDMs `*_layer-<layer>_stat-<measure>_relmat.tsv`.
+- `sub-<label>/func/`: GLM estimates `*_desc-stimuli_stat-effect_statmap.nii.gz` (one volume per
+  stimulus), ROI masks `*_label-<roi>_mask.nii.gz`, brain RDMs
+  `*_label-<roi>_stat-<measure>_relmat.tsv`, ROI RSA `*_model-<model>_rsa.tsv`, searchlight maps
+  `*_model-<model>_layer-<layer>_stat-<comparison>_desc-searchlight_statmap.nii.gz`, encoding maps
+  `*_stat-<r|r2|alpha|normr2|noiseceiling>_desc-encoding_statmap.nii.gz`, encoding ROI means
+  `*_model-<model>_encoding.tsv` and voxel counts `*_desc-rois_summary.tsv`; `figures/` holds the
+  report's pictures.
+- `group/`: tables across participants (`*_rsa.tsv`, `*_encoding.tsv`; `desc-` labels in
+  `descriptions.tsv`) and group maps `*_stat-<t|p|pfwe|pfdr>_desc-<analysis>_statmap.nii.gz`.
+- `sub-<label>.html`, `group.html`: self-contained reports.
+
+Every table and image has a JSON sidecar: the data dictionary of a table's columns (the
+columns `subject`, `roi`, `model` and `layer` hold those labels and are not listed there: pybids
+would read them as entities), and the settings and sources of an image or RDM.
+
+## Names
+
+`model-`, `layer-` and `stat-` are entities that BIDS does not define: labels are sanitised to
+letters and digits (layer `features.2` is `layer-features2`) and the original names are in the
+sidecars (`Model`, `Layer`). Files whose suffix or folder BIDS does not define are listed in
+`.bidsignore`; the BIDS validator checks the rest. To index the folder with pybids:
+
+```python
+import bids, bids_dnn
+layout = bids.BIDSLayout(OUT_DIR, validate=False, is_derivative=True,
+                         config=["bids", "derivatives", bids_dnn.pybids_config()])
+layout.get(suffix="statmap", model="alexnet", layer="features2", stat="t", extension=".nii.gz")
+```
+"""
 
 
 def _write_if_changed(path: Path, text: str) -> None:

@@ -105,6 +105,8 @@ __all__ = [
     "spearman_brown",
     "noise_ceiling_from_split_half",
     "ceiling_normalised",
+    "outside_unit_interval",
+    "at_alpha_grid_edge",
     "pooled_reliability",
     "MIN_CEILING",
 ]
@@ -515,12 +517,16 @@ def _select_alphas(mse: np.ndarray, alphas: np.ndarray, invalid: np.ndarray) -> 
     return best
 
 
-def _default_batch(n_targets: int, rows: int, itemsize: int, target_batch: int | None) -> int:
+def _default_batch(n_targets: int, rows: int, itemsize: int, target_batch: int | None,
+                   memory_budget_bytes: int | None = None) -> int:
+    """Targets per batch: ``target_batch``, else as many as fit the working-memory budget
+    (``memory_budget_bytes``, default :data:`_WORK_BYTES`; at least 64)."""
     if target_batch is not None:
         if int(target_batch) < 1:
             raise ValueError("target_batch must be >= 1")
         return min(int(target_batch), max(n_targets, 1))
-    return int(min(max(n_targets, 1), max(64, _WORK_BYTES // max(1, itemsize * rows))))
+    budget = _WORK_BYTES if memory_budget_bytes is None else int(memory_budget_bytes)
+    return int(min(max(n_targets, 1), max(64, budget // max(1, itemsize * rows))))
 
 
 def _batch_responses(responses: np.ndarray, cols: slice, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray,
@@ -612,7 +618,7 @@ def cross_validated_ridge(features: np.ndarray, responses: np.ndarray, folds: Fo
                           *, inner_folds: int | str = 5, inner_groups: np.ndarray | None = None,
                           standardize: bool = True, pca: int | None = None, backend: str = "numpy",
                           target_batch: int | None = None, seed: int = 0, solver: str = "auto",
-                          dtype: str | None = None) -> EncodingResult:
+                          dtype: str | None = None, memory_budget_bytes: int | None = None) -> EncodingResult:
     """Cross-validated ridge encoding with a per-target alpha chosen by inner CV.
 
     For each outer fold: features are centred / z-scored (and PCA-projected) with training
@@ -659,6 +665,9 @@ def cross_validated_ridge(features: np.ndarray, responses: np.ndarray, folds: Fo
         results, slower: it refits every alpha for every target).
     dtype : {"float32", "float64"}, optional
         Precision of the products with the responses (default: the responses' dtype).
+    memory_budget_bytes : int, optional
+        Working memory of one target batch when ``target_batch`` is not given (``--mem``;
+        default 256 MiB). Does not change the results.
 
     Returns
     -------
@@ -697,7 +706,7 @@ def cross_validated_ridge(features: np.ndarray, responses: np.ndarray, folds: Fo
             used = ("himalaya-" if solver == "himalaya" else "") + ("kernel" if kernel else "primal")
             max_val = n_tr // 3 if loo else max(len(v) for _, v in inner)
             rows = n_samples + n_tr + n_alphas * max_val + 2 * len(test)
-            batch = _default_batch(n_targets, rows, cdtype.itemsize, target_batch)
+            batch = _default_batch(n_targets, rows, cdtype.itemsize, target_batch, memory_budget_bytes)
             if solver == "himalaya":
                 fitter = _HimalayaFit(xtr, xte, inner, alphas, kernel, cdtype, batch)
             else:
@@ -884,7 +893,8 @@ def banded_ridge(feature_spaces: Sequence[np.ndarray], responses: np.ndarray, fo
                  standardize: bool = True, pca: int | None = None, backend: str = "numpy",
                  target_batch: int | None = None, seed: int = 0, solver: str = "random_search",
                  n_iter: int = 20, concentration: Sequence[float] = (0.1, 1.0),
-                 solver_params: Mapping[str, Any] | None = None, dtype: str | None = None) -> BandedResult:
+                 solver_params: Mapping[str, Any] | None = None, dtype: str | None = None,
+                 memory_budget_bytes: int | None = None) -> BandedResult:
     """Banded (multiple-kernel) ridge: one linear kernel per feature space, kernel weights and
     alpha per target chosen by inner CV (``himalaya.kernel_ridge.MultipleKernelRidgeCV``).
 
@@ -907,7 +917,7 @@ def banded_ridge(feature_spaces: Sequence[np.ndarray], responses: np.ndarray, fo
     folds : sequence of (train, test)
     alphas : sequence of float
         Candidate overall penalties (random search).
-    inner_folds, inner_groups, standardize, pca, backend, target_batch, seed, dtype
+    inner_folds, inner_groups, standardize, pca, backend, target_batch, seed, dtype, memory_budget_bytes
         As :func:`cross_validated_ridge` (``pca`` applies to each space).
     solver : {"random_search", "hyper_gradient"}
     n_iter : int
@@ -963,7 +973,7 @@ def banded_ridge(feature_spaces: Sequence[np.ndarray], responses: np.ndarray, fo
 
     max_tr = max(len(t) for t, _ in folds)
     rows = n_samples * (n_spaces + 2) + max_tr * (n_spaces + 2) + alphas.size * max_tr
-    batch = _default_batch(n_targets, rows, cdtype.itemsize, target_batch)
+    batch = _default_batch(n_targets, rows, cdtype.itemsize, target_batch, memory_budget_bytes)
     params: dict[str, Any]
     if solver == "random_search":
         params = {"n_iter": int(n_iter), "alphas": alphas.astype(cdtype), "concentration": list(concentration),
@@ -1189,6 +1199,39 @@ def ceiling_normalised(score: np.ndarray, ceiling: np.ndarray, min_ceiling: floa
     ceiling = np.asarray(ceiling, dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(np.isfinite(ceiling) & (ceiling >= min_ceiling), score / ceiling, np.nan)
+
+
+def outside_unit_interval(values: np.ndarray) -> np.ndarray:
+    """True where a ceiling-normalised score is finite and outside ``[0, 1]``.
+
+    A normalised score below 0 (worse than predicting the mean) or above 1 (better than the
+    data's own reliability) is not a fraction of the explainable variance: the ceiling is too
+    noisy for that target, or the model fails there. Reports and tables flag such values.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    return np.isfinite(values) & ((values < 0.0) | (values > 1.0))
+
+
+def at_alpha_grid_edge(chosen: np.ndarray, grid: Sequence[float]) -> np.ndarray:
+    """True where a chosen ridge penalty is the smallest or the largest of the grid.
+
+    A penalty at the edge of the grid means the inner cross-validation wanted a value beyond
+    it (extend the grid), or, at the top, that the best prediction is close to the mean
+    response (no learnable signal). NaN penalties (targets without a fit) are False, and so is
+    every penalty of a one-value grid (nothing was chosen).
+
+    Parameters
+    ----------
+    chosen : numpy.ndarray
+        Chosen penalties (any shape).
+    grid : sequence of float
+        The penalty grid they were chosen from.
+    """
+    grid = np.unique(np.asarray(grid, dtype=np.float64))
+    chosen = np.asarray(chosen, dtype=np.float64)
+    if grid.size < 2:
+        return np.zeros(chosen.shape, dtype=bool)
+    return np.isclose(chosen, grid.min(), rtol=1e-6, atol=0.0) | np.isclose(chosen, grid.max(), rtol=1e-6, atol=0.0)
 
 
 def pooled_reliability(reliability: np.ndarray) -> float:

@@ -14,6 +14,15 @@ EXIT_NOTHING_SELECTED = 18
 EXIT_USAGE = 64
 EXIT_INVALID_SPEC = 65
 EXIT_INPUT_MISSING = 66
+EXIT_CANNOT_CREATE = 73  # sysexits EX_CANTCREAT: the output folder cannot be created or written
+EXIT_INTERRUPTED = 130  # 128 + SIGINT (Ctrl-C)
+EXIT_TERMINATED = 143  # 128 + SIGTERM (kill, SLURM's time limit, docker stop)
+
+
+class Terminated(BaseException):
+    """Raised in the main thread when SIGTERM arrives, so the run unwinds like after Ctrl-C:
+    finished outputs stay, unfinished temporary files are removed. A ``BaseException`` (like
+    ``KeyboardInterrupt``) so no ``except Exception`` on the way swallows it."""
 
 
 class BidsDnnError(Exception):
@@ -25,14 +34,18 @@ class BidsDnnError(Exception):
         One sentence saying what is wrong.
     hint : str, optional
         How to fix it.
+    details : sequence of str, optional
+        The full list behind a summarised message (e.g. every unreadable file), shown with
+        ``-v``.
     """
 
     exit_code: int = EXIT_OTHER
 
-    def __init__(self, message: str, hint: str | None = None) -> None:
+    def __init__(self, message: str, hint: str | None = None, *, details: list[str] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.details = list(details or [])
 
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message} ({self.hint})"
@@ -42,6 +55,12 @@ class UsageError(BidsDnnError):
     """Bad command-line usage (wrong option values, output inside the input, ...)."""
 
     exit_code = EXIT_USAGE
+
+
+class OutputFolderError(BidsDnnError):
+    """The output folder cannot be created or written (a file, no permission, read-only)."""
+
+    exit_code = EXIT_CANNOT_CREATE
 
 
 class SpecError(BidsDnnError):

@@ -251,6 +251,7 @@ def extract_features(
     channels_last: bool | None = None,
     stop_early: bool = True,
     aggregate: str | None = None,
+    memory_budget_bytes: int | None = None,
 ) -> dict[str, tuple[int, ...]]:
     """Run the network over all stimuli and stream each batch's activations to ``on_batch``.
 
@@ -284,6 +285,10 @@ def extract_features(
     aggregate : {"auto", "mean", "clip"}, optional
         The spec's ``stimuli.video.aggregate``, checked against the model: ``mean`` needs an
         image model, ``clip`` a video model (``auto`` / None: whichever the model takes).
+    memory_budget_bytes : int, optional
+        Working memory of one batch (``--mem``): the first batch holds one stimulus, whose
+        network input and captured activations give the size of the following batches
+        (:func:`batch_size_for_budget`, at most ``batch_size``). Default: ``batch_size``.
 
     Returns
     -------
@@ -313,11 +318,13 @@ def extract_features(
         module.to(memory_format=memory_format)
     capture = _LayerCapture(module, layers, token_policy)
     n_units: dict[str, int] = {}
+    step = 1 if memory_budget_bytes is not None else batch_size  # a budget: measure one stimulus first
+    start = 0
     try:
-        for start in range(0, len(images), batch_size):
-            items = [_as_frames(images[i]) for i in range(start, min(start + batch_size, len(images)))]
+        while start < len(images):
+            items = [_as_frames(images[i]) for i in range(start, min(start + step, len(images)))]
             inputs, counts = _network_inputs(items, loaded.transform, loaded.task)
-            rows = _forward_inputs(module, capture, inputs, batch_size, device,
+            rows = _forward_inputs(module, capture, inputs, step, device,
                                    memory_format if channels_last else None, stop_early)
             if any(c != 1 for c in counts):  # average the frames of each stimulus
                 offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
@@ -328,7 +335,12 @@ def extract_features(
                     raise AnalysisError(f"layer {name!r} changed size between batches "
                                         f"({n_units[name]} -> {array.shape[1]} units)")
             on_batch(start, {name: rows[name] for name in layers})
-            del rows
+            if memory_budget_bytes is not None and start == 0:
+                per_stimulus = (sum(int(x.nelement()) * x.element_size() for x in inputs)
+                                + sum(int(a.nbytes) for a in rows.values())) / len(items)
+                step = batch_size_for_budget(memory_budget_bytes, per_stimulus, batch_size)
+            del rows, inputs
+            start += len(items)
             if progress is not None:
                 progress(len(items))
     finally:
@@ -336,6 +348,31 @@ def extract_features(
         if channels_last:
             module.to(memory_format=torch.contiguous_format)
     return {name: capture.shapes[name] for name in layers if name in capture.shapes}
+
+
+#: copies of a batch's input and captured activations alive at once (network input, captured
+#: outputs, their NumPy rows concatenated over chunks, the writer's cast or projection)
+_BATCH_COPIES = 3
+
+
+def batch_size_for_budget(memory_budget_bytes: int, bytes_per_stimulus: float, batch_size: int) -> int:
+    """Stimuli per batch whose input and captured activations fit a working-memory budget.
+
+    Parameters
+    ----------
+    memory_budget_bytes : int
+    bytes_per_stimulus : float
+        Network input plus captured activations of one stimulus.
+    batch_size : int
+        The most stimuli per batch (``models[i].batch_size``).
+
+    Returns
+    -------
+    int
+        ``memory_budget_bytes // (3 * bytes_per_stimulus)`` clipped to ``[1, batch_size]``.
+    """
+    fit = int(memory_budget_bytes // max(_BATCH_COPIES * bytes_per_stimulus, 1.0))
+    return max(1, min(int(batch_size), fit))
 
 
 def _probe_forward(module: nn.Module, capture: _LayerCapture, x: torch.Tensor) -> None:

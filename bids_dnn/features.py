@@ -26,8 +26,9 @@ Optional dimensionality reduction (:class:`Reduction`, from ``models[i].reductio
 layer with more units than the threshold is stored with ``n_components`` columns. A sparse
 random projection depends only on (n_units, n_components, seed), so it is built once per layer
 and applied to each batch as it arrives (memory independent of the number of stimuli). PCA
-needs every stimulus: the full-width rows go to a scratch file next to the temporary file and
-are reduced layer by layer after extraction (fitted on all stimuli of the task: transductive).
+needs every stimulus: the full-width rows go to a scratch file (in the run's work folder, ``-w``,
+else next to the temporary file) and are reduced layer by layer after extraction (fitted on all
+stimuli of the task: transductive).
 The settings are part of the content key.
 """
 
@@ -347,8 +348,12 @@ class FeatureWriter:
         if not self._units_in:
             targets = [self._target(name, np.asarray(array).shape[1]) for name, array in arrays.items()
                        if np.asarray(array).ndim == 2]
-            check_free_space(Path(self.h5.filename).parent,
-                             sum(t.shape[0] * t.shape[1] * t.dtype.itemsize for t in targets))
+            by_folder: dict[Path, int] = {}
+            for t in targets:  # the scratch file of a deferred reduction may be in the work folder
+                folder = Path(t.file.filename).parent
+                by_folder[folder] = by_folder.get(folder, 0) + t.shape[0] * t.shape[1] * t.dtype.itemsize
+            for folder, n_bytes in by_folder.items():
+                check_free_space(folder, n_bytes)
         for name, array in arrays.items():
             array = np.asarray(array)
             if array.ndim != 2 or start < 0 or start + array.shape[0] > self.n_stimuli:
@@ -408,9 +413,42 @@ class FeatureWriter:
                 dataset.attrs["original_shape"] = np.asarray(self._shapes[name], dtype=np.int64)
             for param, value in self._reduction_params.get(name, {}).items():
                 dataset.attrs[f"{_REDUCTION_PREFIX}{param}"] = "" if value is None else value
+            dataset.attrs[DIGEST_ATTR] = dataset_digest(dataset)
         self.h5.create_dataset(LAYER_ORDER, data=np.array(self.layers, dtype=object),
                                dtype=h5py.string_dtype("utf-8"))
         self.set_attrs({"complete": True})  # the marker stored_content_key looks for
+
+
+#: per-layer dataset attribute: SHA-256 of the stored values (and the stimulus order), checked on reading
+DIGEST_ATTR = "sha256"
+
+
+class FeatureDigestError(AnalysisError):
+    """A layer's stored values no longer match the digest written with them (edited, shuffled or
+    corrupted file)."""
+
+
+def dataset_digest(dataset: Any, stim_ids: Sequence[str] | None = None, rows_per_block: int = 256) -> str:
+    """SHA-256 (hex) of a layer dataset's values as stored (dtype and row order), read in blocks
+    of rows so memory stays small; the file's stimulus ids are part of it, so rows that were
+    reordered together with their ids are caught as well."""
+    digest = hashlib.sha256()
+    if stim_ids is None:
+        stim_ids = [s.decode() if isinstance(s, bytes) else str(s) for s in dataset.file[STIM_IDS][()]]
+    digest.update("\n".join(stim_ids).encode())
+    digest.update(str(dataset.dtype.str).encode())
+    for start in range(0, dataset.shape[0], rows_per_block):
+        digest.update(np.ascontiguousarray(dataset[start:start + rows_per_block]).tobytes())
+    return digest.hexdigest()
+
+
+def _array_digest(values: np.ndarray, stim_ids: Sequence[str]) -> str:
+    """:func:`dataset_digest` of values already read (same bytes, same order)."""
+    digest = hashlib.sha256()
+    digest.update("\n".join(stim_ids).encode())
+    digest.update(str(values.dtype.str).encode())
+    digest.update(np.ascontiguousarray(values).tobytes())
+    return digest.hexdigest()
 
 
 @dataclass
@@ -459,6 +497,8 @@ def read_features(path: Path, layers: Sequence[str] | None = None) -> FeatureSet
         No such file, or not a readable feature file.
     AnalysisError
         A requested layer is not in the file.
+    FeatureDigestError
+        A layer's values do not match the digest stored with them (:data:`DIGEST_ATTR`).
     """
     path = Path(path)
     if not path.is_file():
@@ -476,7 +516,15 @@ def read_features(path: Path, layers: Sequence[str] | None = None) -> FeatureSet
             arrays, shapes, reductions = {}, {}, {}
             for name in wanted:
                 dataset = h5[LAYER_GROUP][encode_layer_name(name)]
-                arrays[name] = dataset[()].astype(np.float32, copy=False)
+                values = dataset[()]
+                recorded = dataset.attrs.get(DIGEST_ATTR)
+                recorded = recorded.decode() if isinstance(recorded, bytes) else recorded
+                if recorded is not None and _array_digest(values, stim_ids) != recorded:
+                    raise FeatureDigestError(
+                        f"{path.name}: the stored features of layer {name!r} do not match the digest written with "
+                        "them (the file was edited, reordered or corrupted)",
+                        "rerun the participant level (it re-extracts them) or delete the file")
+                arrays[name] = values.astype(np.float32, copy=False)
                 shapes[name] = tuple(int(s) for s in dataset.attrs["original_shape"])
                 params = {key[len(_REDUCTION_PREFIX):]: value for key, value in _read_attrs(dataset).items()
                           if key.startswith(_REDUCTION_PREFIX)}
@@ -497,18 +545,21 @@ def _fsync(path: Path) -> None:
 
 
 def _write_atomically(path: Path, key: str, stim_ids: Sequence[str],
-                      compute: Callable[[FeatureWriter], None], **writer_options: Any) -> None:
+                      compute: Callable[[FeatureWriter], None], scratch_dir: Path | None = None,
+                      **writer_options: Any) -> None:
     """Write into ``.<name>.tmp-<pid>`` next to ``path``, fsync, rename onto ``path``.
 
-    A deferred reduction keeps its full-width rows in ``.<name>.tmp-<pid>.full`` meanwhile.
+    A deferred reduction keeps its full-width rows in ``<name>.tmp-<pid>.full`` in
+    ``scratch_dir`` (the run's work folder) meanwhile, else next to the temporary file.
     """
     for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a killed process
         stale.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    scratch = (Path(scratch_dir) / f"{path.name}.tmp-{os.getpid()}.full" if scratch_dir is not None
+               else tmp.with_name(tmp.name + ".full"))
     try:
         with h5py.File(tmp, "w", track_order=True) as h5:
-            writer = FeatureWriter(h5, stim_ids, key=key, scratch=tmp.with_name(tmp.name + ".full"),
-                                   **writer_options)
+            writer = FeatureWriter(h5, stim_ids, key=key, scratch=scratch, **writer_options)
             try:
                 compute(writer)
                 writer.finalize()
@@ -549,7 +600,8 @@ def _locked(path: Path, timeout: float) -> FileLock:
 def ensure_features(path: Path, key: str, compute: Callable[[FeatureWriter], None], *,
                     stim_ids: Sequence[str], dtype: str = "float32",
                     attrs: Mapping[str, Any] | None = None, compression: str | None = None,
-                    reduction: Any = None, force: bool = False, timeout: float = 6 * 3600.0) -> Path:
+                    reduction: Any = None, force: bool = False, timeout: float = 6 * 3600.0,
+                    scratch_dir: Path | None = None) -> Path:
     """Return ``path``, computing it with ``compute(writer)`` unless it holds ``key``.
 
     Parameters
@@ -569,6 +621,9 @@ def ensure_features(path: Path, key: str, compute: Callable[[FeatureWriter], Non
         Recompute even when the stored file holds ``key`` (``--force``).
     timeout : float
         Seconds to wait for another process computing the same file.
+    scratch_dir : Path, optional
+        Folder of the scratch file of a deferred reduction (``-w``); default: next to the
+        temporary file, in ``path``'s folder.
 
     Raises
     ------
@@ -581,7 +636,7 @@ def ensure_features(path: Path, key: str, compute: Callable[[FeatureWriter], Non
         with _locked(path, timeout):
             if not force and path.is_file() and stored_content_key(path) == key:
                 return path
-            _write_atomically(path, key, stim_ids, compute, dtype=dtype, attrs=attrs,
+            _write_atomically(path, key, stim_ids, compute, scratch_dir, dtype=dtype, attrs=attrs,
                               compression=compression, reduction=reduction)
     except Timeout:
         raise AnalysisError(f"waited {timeout:.0f} s for another process writing {path.name}",

@@ -29,10 +29,12 @@ from bids_dnn.errors import AnalysisError, BidsValidationError, InputMissingErro
 from bids_dnn.spec import GLMSpec
 
 __all__ = [
-    "CONFOUND_GROUPS", "ConfoundGroup", "RunGLM", "chunk_size_for_budget", "fit_run_glm",
-    "sample_mask_from_confounds", "select_confounds",
+    "CONFOUND_GROUPS", "ConfoundGroup", "RunGLM", "chunk_size_for_budget", "drop_constant_confounds",
+    "fit_run_glm", "sample_mask_from_confounds", "select_confounds",
 ]
 
+#: conditions of events that are not stimuli (``nuisance_<trial_type>``): modelled, never patterns
+NUISANCE_PREFIX = "nuisance_"
 GLM_MEMORY_BUDGET = 2**30
 """Bytes of working memory for the fit of one voxel chunk (sets the default chunk size).
 
@@ -111,7 +113,8 @@ def select_confounds(
         row's n/a of derivative-type columns (``*derivative1*``, framewise displacement,
         DVARS) set to 0, fMRIPrep's convention.
     warnings : list of str
-        Notes for the user: constant columns, optional groups that matched nothing.
+        Notes for the user: optional groups that matched nothing. (Constant columns are kept
+        here; :func:`fit_run_glm` drops those constant over the volumes it fits.)
 
     Raises
     ------
@@ -161,12 +164,35 @@ def select_confounds(
             f"{source}: confound column(s) contain n/a values: {', '.join(still_nan)}",
             "remove these columns from brain.glm.confounds",
         )
-    constant = [c for c in selected if len(out) and np.ptp(out[c].to_numpy()) == 0]
-    if constant:
-        notes.append(
-            f"confound column(s) constant in {source} (no effect beyond the intercept): {', '.join(constant)}"
-        )
     return out, notes
+
+
+def drop_constant_confounds(regs: pd.DataFrame, keep: np.ndarray) -> tuple[pd.DataFrame, list[str]]:
+    """Remove confound columns that are constant over the kept volumes.
+
+    fMRIPrep tables hold all-zero columns (e.g. a motion outlier that never fired, a spike
+    regressor of a volume that is censored anyway); such a column is a multiple of the
+    intercept (or zero) over the fitted volumes, so it cannot change any estimate and only
+    makes the design rank deficient.
+
+    Parameters
+    ----------
+    regs : pandas.DataFrame, shape (n_time, n_columns)
+        Selected confound regressors (no NaN).
+    keep : numpy.ndarray of bool, shape (n_time,)
+        Volumes that enter the fit.
+
+    Returns
+    -------
+    kept : pandas.DataFrame, shape (n_time, n_kept)
+        ``regs`` without the constant columns (column order kept).
+    dropped : list of str
+        Names of the dropped columns.
+    """
+    values = regs.to_numpy(dtype=float)[np.asarray(keep, dtype=bool)]
+    constant = np.ptp(values, axis=0) == 0 if len(values) else np.ones(regs.shape[1], dtype=bool)
+    dropped = [str(c) for c, flat in zip(regs.columns, constant) if flat]
+    return regs.loc[:, ~constant], dropped
 
 
 def sample_mask_from_confounds(
@@ -237,8 +263,13 @@ class RunGLM:
         Volumes that entered the fit.
     fitted_voxels : numpy.ndarray of bool, shape (n_vox,)
         Voxels that were fitted (finite and not constant over the kept volumes).
+    constant_voxels : numpy.ndarray of bool, shape (n_vox,)
+        Voxels finite but constant over the kept volumes (not fitted); the other unfitted
+        voxels have NaN or infinite values.
     n_trials : dict of str to int
         Events per condition that entered the model.
+    conditions_without_signal : list of str
+        Conditions with events whose regressor is zero over the kept volumes (betas NaN).
     """
 
     conditions: list[str]
@@ -249,7 +280,9 @@ class RunGLM:
     warnings: list[str] = field(default_factory=list)
     sample_mask: np.ndarray | None = None
     fitted_voxels: np.ndarray | None = None
+    constant_voxels: np.ndarray | None = None
     n_trials: dict[str, int] = field(default_factory=dict)
+    conditions_without_signal: list[str] = field(default_factory=list)
 
     @property
     def n_conditions(self) -> int:
@@ -268,15 +301,27 @@ def _check_events(
     if missing:
         raise BidsValidationError(f"{source}: events lack column(s) {', '.join(missing)}")
     notes: list[str] = []
+    source = events.attrs.get("source_file", source)
     ev = events.loc[:, ["onset", "duration", "condition"]].copy()
     for col in ("onset", "duration"):
-        values = pd.to_numeric(ev[col], errors="coerce")
-        if values.isna().any():
-            rows = np.flatnonzero(values.isna().to_numpy())[:10]
-            raise BidsValidationError(
-                f"{source}: events column '{col}' has n/a or non-numeric values (rows {', '.join(map(str, rows))})"
-            )
-        ev[col] = values.astype(float)
+        ev[col] = pd.to_numeric(ev[col], errors="coerce").astype(float)
+    bad_onset = ~np.isfinite(ev["onset"].to_numpy())
+    if bad_onset.any():
+        rows = np.flatnonzero(bad_onset)[:10] + 2  # as numbered in the file (header = row 1)
+        raise BidsValidationError(
+            f"{source}: events column 'onset' has n/a or non-numeric values (rows {', '.join(map(str, rows))})")
+    unknown = ev["duration"].isna() & ev["condition"].notna()
+    stimulus_rows = unknown & ~ev["condition"].astype(str).str.startswith(NUISANCE_PREFIX)
+    if stimulus_rows.any():
+        row = int(np.flatnonzero(stimulus_rows.to_numpy())[0])
+        raise BidsValidationError(
+            f"{source}: row {row + 2}: duration 'n/a' on a stimulus event ({ev['condition'].iloc[row]}), which the "
+            "GLM must model", "give the duration of every stimulus event in seconds")
+    if unknown.any():
+        kinds = sorted(set(ev.loc[unknown, "condition"].astype(str)))
+        notes.append(f"{int(unknown.sum())} non-stimulus event(s) with duration n/a modelled as impulses "
+                     f"({', '.join(kinds[:10])})")
+        ev.loc[unknown, "duration"] = 0.0
     negative = ev["duration"] < 0
     if negative.any():
         rows = np.flatnonzero(negative.to_numpy())
@@ -412,6 +457,7 @@ def fit_run_glm(
     *,
     source: str = "run",
     chunk_size: int | None = None,
+    memory_budget_bytes: int | None = None,
 ) -> RunGLM:
     """Fit a first-level GLM to one run and return one pattern per condition.
 
@@ -436,7 +482,11 @@ def fit_run_glm(
     source : str
         Name of the run for error messages.
     chunk_size : int, optional
-        Voxels fitted at once (bounds memory; default :func:`chunk_size_for_budget`).
+        Voxels fitted at once (bounds memory; default :func:`chunk_size_for_budget` of
+        ``memory_budget_bytes``).
+    memory_budget_bytes : int, optional
+        Working memory of one voxel chunk (``--mem``; default :data:`GLM_MEMORY_BUDGET`).
+        Does not change the estimates.
 
     Returns
     -------
@@ -455,8 +505,10 @@ def fit_run_glm(
     Notes
     -----
     Censored volumes are dropped after building the design on the full run; AR(1) then
-    treats the kept volumes as consecutive (as nilearn does). Voxels with NaN or constant
-    values over the kept volumes are not fitted (NaN betas) and counted in ``warnings``.
+    treats the kept volumes as consecutive (as nilearn does). Confound columns constant over
+    the kept volumes (all-zero columns of fMRIPrep tables) are dropped, named in one warning
+    (:func:`drop_constant_confounds`). Voxels with NaN or constant values over the kept
+    volumes are not fitted (NaN betas) and counted in ``warnings``.
     With ``lss`` (one model per trial, cost grows with the number of trials) a condition's
     pattern is the mean of its trials' estimates (t values with ``output='t'``), while
     ``residuals``, ``design`` and ``dof`` come from the condition-level (LSA) model.
@@ -496,7 +548,8 @@ def fit_run_glm(
         notes.append(f"the design is rank deficient (rank {rank} of {X.shape[1]} columns): collinear estimates are not unique")
 
     rows = np.flatnonzero(keep)
-    step = max(int(chunk_size_for_budget(len(rows)) if chunk_size is None else chunk_size), 1)
+    budget = GLM_MEMORY_BUDGET if memory_budget_bytes is None else memory_budget_bytes
+    step = max(int(chunk_size_for_budget(len(rows), budget) if chunk_size is None else chunk_size), 1)
     finite, constant = _finite_and_constant(bold, rows, step)
     fitted = finite & ~constant
     if not fitted.all():
@@ -542,7 +595,9 @@ def fit_run_glm(
         warnings=notes,
         sample_mask=keep,
         fitted_voxels=fitted,
+        constant_voxels=constant,
         n_trials=n_trials,
+        conditions_without_signal=list(empty),
     )
 
 
@@ -571,8 +626,13 @@ def _confounds_and_censoring(
             raise AnalysisError(f"{source}: the confounds table has {len(confounds)} rows for {n_time} volumes")
         regs, more = select_confounds(confounds, list(options.confounds), source=source)
         notes += more
-        regs = regs.reset_index(drop=True) if regs.shape[1] else None
         keep = sample_mask_from_confounds(confounds, options.drop_non_steady_state, options.scrub_fd, source)
+        regs, dropped = drop_constant_confounds(regs, keep)
+        if dropped:
+            notes.append(f"dropped {len(dropped)} confound column(s) constant over the fitted volumes (no effect "
+                         f"beyond the intercept): {', '.join(dropped[:20])}"
+                         + (f", ... ({len(dropped) - 20} more)" if len(dropped) > 20 else ""))
+        regs = regs.reset_index(drop=True) if regs.shape[1] else None
     elif options.confounds or options.scrub_fd is not None:
         notes.append("no confounds table given: fitted without confound regressors or scrubbing")
     if not keep.all():

@@ -41,7 +41,12 @@ ENCODING_SUMMARY_COLUMNS = {
     "mean_noise_ceiling": "Mean over subjects of the ROI reliability (participant column noise_ceiling).",
     "mean_normalized_r2": "mean_r2 / mean_noise_ceiling (ratio of the group means); NaN (n/a) when "
                           "mean_noise_ceiling < 0.1, i.e. the ROI has no reproducible signal.",
-    "best_layer": "True for the layer with the highest mean_r2 in this ROI and model (descriptive).",
+    "normalized_r2_out_of_range": "True when mean_normalized_r2 is outside [0, 1] (not a fraction of the "
+                                  "explainable variance).",
+    "mean_alpha_at_grid_edge": "Mean over subjects of alpha_at_grid_edge: share of the ROI's ridge penalties at the "
+                               "smallest or largest value of the grid.",
+    "best_layer": "True for the ROI's best layer: the highest mean_r2 among the layers with p_fdr below "
+                  "statistics.alpha; False for every layer of an ROI without such a layer.",
 }
 
 
@@ -111,15 +116,31 @@ def group_map(ctx: "Context", analysis: str, model: str, layer: str, paths: list
 
 
 def _model_layers(ctx: "Context") -> list[tuple[str, str]]:
-    """(model label, layer) pairs from the root model RDM sidecars written at participant level."""
-    import json
+    """(model label, layer) pairs from the root model RDM sidecars written at participant level.
+
+    Only RDMs of the current feature file count (their sidecar's ``ContentKey`` is that of the
+    feature file, layer and measure): those of layers an earlier spec asked for stay in the
+    folder (nothing recorded them for removal) but are not analysed. When no RDM matches (the
+    feature file deleted to save space, RDMs of another bids_dnn version) every RDM of the
+    measure counts.
+    """
+    from bids_dnn.features import stored_content_key
+    from bids_dnn.stages import content_key
 
     pairs = []
+    measure = ctx.spec.rdm.model
     for model_spec in ctx.spec.models:
         model = model_spec.output_label
-        folder = ctx.layout.model_dir(model)
-        for sidecar in sorted(folder.glob(f"*_stat-{ctx.spec.rdm.model}_relmat.json")):
-            pairs.append((model, json.loads(sidecar.read_text())["Layer"]))
+        feature_key = stored_content_key(ctx.layout.features(model))
+        found = []
+        for sidecar in sorted(ctx.layout.model_dir(model).glob(f"*_stat-{measure}_relmat.json")):
+            fields = drv.read_json_object(sidecar)
+            if fields.get("Layer") is not None:
+                found.append((fields["Layer"], fields.get("ContentKey") == content_key(
+                    "model_rdm", feature_key, fields["Layer"], measure)))
+        current = [layer for layer, matches in found if matches]
+        # none identifiable (feature file deleted, RDMs of another bids_dnn version): all of them
+        pairs += [(model, layer) for layer in (current or [layer for layer, _ in found])]
     return pairs
 
 
@@ -135,12 +156,19 @@ def run_group_maps(ctx: "Context", subjects: list[str]) -> list[Path]:
     if analyses.encoding.enabled:
         jobs += [("encoding", m, lay, ENCODING_STAT, True) for m, lay in layers]
     written: list[Path] = []
+    if jobs and len(subjects) < 2:
+        logger.warning("group maps: skipped; a one-sample test across participants needs at least 2 (found %d)",
+                       len(subjects))
+        return written
     n_flips = min(2 ** len(subjects), ctx.spec.statistics.map_permutations)
     if jobs and n_flips and 1.0 / n_flips > ctx.spec.statistics.alpha:
         logger.warning("group maps: with %d subjects the smallest sign-flip p is %.3g > alpha %.3g, so no voxel can "
                        "be FWE-significant; more subjects are needed", len(subjects), 1.0 / n_flips,
                        ctx.spec.statistics.alpha)
     ledger = group_map_ledger(ctx)
+    names = {f"{analysis}:{model}:{layer}" for analysis, model, layer, _, _ in jobs}
+    dropped = [name for name in ledger.recorded if name not in names]
+    _log_removed(ledger.remove_obsolete(dropped), f"of group maps the spec no longer asks for ({', '.join(dropped)})")
     skipped = 0
     with progress("group maps", len(jobs)) as advance:
         for offset, (analysis, model, layer, stat, correlation) in enumerate(jobs):
@@ -157,28 +185,37 @@ def run_group_maps(ctx: "Context", subjects: list[str]) -> list[Path]:
             else:
                 outputs = group_map(ctx, analysis, model, layer, paths, stat, correlation, offset + 1)
                 ledger.record(name, key, outputs + [drv.sidecar_path(p) for p in outputs])
-                drv.write_json(ctx.layout.group_status(), {"stages": dict(sorted(ledger.done.items()))})
+                _log_removed(ledger.remove_obsolete([name]), f"that {name} no longer writes")
+                drv.write_json(ctx.layout.group_status(), _group_status(ledger))
                 written += outputs
             advance()
     if skipped:
         logger.info("group maps: %d of %d up to date, kept (--force recomputes)", skipped, len(jobs))
-    drv.write_json(ctx.layout.group_status(), {"stages": dict(sorted(ledger.done.items()))}, if_changed=True)
+    drv.write_json(ctx.layout.group_status(), _group_status(ledger), if_changed=True)
     return written
 
 
+def _group_status(ledger: Any) -> dict[str, Any]:
+    """The group status file: the group maps done or kept, and those of an earlier run not yet redone."""
+    pending = ledger.pending()
+    return {"stages": dict(sorted(ledger.done.items())), **({"pending": pending} if pending else {})}
+
+
+def _log_removed(removed: list[Path], why: str) -> None:
+    if removed:
+        names = ", ".join(p.name for p in removed[:3]) + (", ..." if len(removed) > 3 else "")
+        logger.info("group: removed %d output(s) %s: %s", len(removed), why, names)
+
+
 def group_map_ledger(ctx: "Context") -> Any:
-    """The group-map stages recorded by an earlier run (none with ``--force``)."""
-    import json
+    """The group-map stages recorded by an earlier run (none with ``--force``), and every group
+    map file an earlier run recorded (also with ``--force``; removed once no group map of the
+    current spec writes it)."""
+    from bids_dnn.stages import StageLedger, recorded_stages, removable_stages
 
-    from bids_dnn.stages import StageLedger, recorded_stages
-
-    previous: dict[str, Any] = {}
-    if not ctx.options.force:
-        try:
-            previous = json.loads(ctx.layout.group_status().read_text())
-        except (OSError, ValueError):
-            previous = {}
-    return StageLedger(ctx.layout.root, recorded_stages(previous if isinstance(previous, dict) else {}))
+    status = drv.read_json_object(ctx.layout.group_status())
+    return StageLedger(ctx.layout.root, {} if ctx.options.force else recorded_stages(status),
+                       recorded=removable_stages(status))
 
 
 def group_map_key(ctx: "Context", paths: list[Path], stat: str, correlation: bool, seed_offset: int) -> str:
@@ -200,7 +237,7 @@ def encoding_summary(ctx: "Context", subjects: list[str], model: str) -> tuple[p
     ceiling is below :data:`bids_dnn.encoding.MIN_CEILING`), not the mean of the subjects'
     ratios, which one subject with a ceiling near 0 would dominate.
     """
-    from bids_dnn.encoding import ceiling_normalised
+    from bids_dnn.encoding import ceiling_normalised, outside_unit_interval
     from bids_dnn.stats import fdr_bh, one_sample_tests
 
     paths = [ctx.layout.encoding_table(s, model) for s in subjects]
@@ -213,15 +250,22 @@ def encoding_summary(ctx: "Context", subjects: list[str], model: str) -> tuple[p
         r = group["mean_r"].to_numpy(dtype=float)
         r = r[np.isfinite(r)]
         ceiling = float(group["noise_ceiling"].mean())
+        edge = group["alpha_at_grid_edge"].to_numpy(dtype=float) if "alpha_at_grid_edge" in group else np.array([])
         tests = one_sample_tests(r2[:, None], ctx.spec.statistics.alternative)
+        normalized = float(ceiling_normalised(float(tests["mean"][0]), ceiling))
         rows.append({"roi": roi, "model": model, "layer": layer, "n_subjects": int(tests["n"][0]),
                      "mean_r2": float(tests["mean"][0]), "sem_r2": float(tests["sem"][0]),
                      "t": float(tests["t"][0]), "p": float(tests["p_t"][0]),
                      "mean_r": float(r.mean()),
                      "sem_r": float(r.std(ddof=1) / np.sqrt(r.size)) if r.size > 1 else float("nan"),
                      "mean_noise_ceiling": ceiling,
-                     "mean_normalized_r2": float(ceiling_normalised(float(tests["mean"][0]), ceiling))})
+                     "mean_normalized_r2": normalized,
+                     "normalized_r2_out_of_range": bool(outside_unit_interval(normalized)),
+                     "mean_alpha_at_grid_edge": float(np.nanmean(edge)) if np.isfinite(edge).any() else np.nan})
     summary = pd.DataFrame(rows)
     summary["p_fdr"] = fdr_bh(summary["p"].to_numpy())
-    summary["best_layer"] = summary.groupby("roi")["mean_r2"].transform("max") == summary["mean_r2"]
+    # the best layer: highest mean R2 among the layers significant after FDR (none when none is)
+    significant_r2 = summary["mean_r2"].where(summary["p_fdr"] < ctx.spec.statistics.alpha)
+    best_r2 = significant_r2.groupby(summary["roi"]).transform("max")
+    summary["best_layer"] = best_r2.notna() & (significant_r2 == best_r2)
     return table, summary[list(ENCODING_SUMMARY_COLUMNS)]

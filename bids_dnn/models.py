@@ -20,6 +20,7 @@ import difflib
 import fnmatch
 import hashlib
 import importlib
+import importlib.util
 import inspect
 import os
 import threading
@@ -32,8 +33,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from bids_dnn.errors import AnalysisError, InputMissingError, SpecError
-from bids_dnn.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, TransformSpec
+from bids_dnn.errors import AnalysisError, InputMissingError, SpecError, UsageError
+from bids_dnn.spec import ENTRY_POINT, IMAGENET_MEAN, IMAGENET_STD, ModelSpec, TransformSpec
 from bids_dnn.stimuli import file_sha256
 
 __all__ = [
@@ -74,15 +75,22 @@ class ImageTransform:
     interpolation: str = "bilinear"
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        from torchvision.transforms import InterpolationMode
         from torchvision.transforms.v2 import functional as F
 
-        image = image.convert("RGB")
-        mode = InterpolationMode(self.interpolation)
-        image = F.resize(image, [self.resize], interpolation=mode, antialias=True)
+        image = self.resized(image.convert("RGB"))
         image = F.center_crop(image, [self.crop, self.crop])
         tensor = F.to_dtype(F.pil_to_tensor(image), torch.float32, scale=True)
         return F.normalize(tensor, mean=list(self.mean), std=list(self.std))
+
+    def resized(self, image: Image.Image) -> Image.Image:
+        """The resize step alone: shorter side to ``resize`` pixels, antialiased (an image of
+        that size is returned as it is). :func:`bids_dnn.image_decoding.load_image` applies it
+        to large pictures while decoding (``fit``), so that they are never held at full size as
+        floats; the network input is the same."""
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms.v2 import functional as F
+
+        return F.resize(image, [self.resize], interpolation=InterpolationMode(self.interpolation), antialias=True)
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready description (recorded as the ``preprocessing`` provenance)."""
@@ -439,17 +447,31 @@ def _load_torchscript(spec: ModelSpec, field_path: str) -> LoadedModel:
 
 
 def _load_custom(spec: ModelSpec, field_path: str) -> LoadedModel:
-    module_name, _, attr_path = str(spec.entry_point).partition(":")
+    """Run ``file.py:callable`` (the file given in the spec; never an importable module name).
+
+    The file is executed as a module of its own (not added to ``sys.path``). A ``SystemExit``
+    from its code is an error, never the run's success."""
+    match = ENTRY_POINT.fullmatch(str(spec.entry_point))
+    file = Path(match["file"]) if match else Path("")
+    if not match or not file.is_file():
+        raise InputMissingError(f"{field_path}.entry_point: file not found: {file}",
+                                "entry_point paths are relative to the spec file's folder")
     try:
-        target: Any = importlib.import_module(module_name)
-        for part in attr_path.split("."):
+        module_spec = importlib.util.spec_from_file_location(f"bids_dnn_custom_{spec.output_label}", file)
+        code = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(code)
+        target: Any = code
+        for part in match["callable"].split("."):
             target = getattr(target, part)
-    except (ImportError, AttributeError) as exc:
-        raise InputMissingError(f"{field_path}.entry_point: cannot import {spec.entry_point!r} "
+        torch.manual_seed(spec.init_seed)
+        takes_weights = "weights" in inspect.signature(target).parameters
+        module = target(weights=spec.weights) if takes_weights else target()
+    except SystemExit as exc:
+        raise AnalysisError(f"{field_path}.entry_point: {file.name} called sys.exit({exc.code!r})",
+                            "a custom model's code must not exit the process") from None
+    except (ImportError, AttributeError, SyntaxError) as exc:
+        raise InputMissingError(f"{field_path}.entry_point: cannot load {spec.entry_point!r} "
                                 f"({exc.__class__.__name__}: {exc})") from None
-    torch.manual_seed(spec.init_seed)
-    takes_weights = "weights" in inspect.signature(target).parameters
-    module = target(weights=spec.weights) if takes_weights else target()
     if not isinstance(module, nn.Module):
         raise AnalysisError(f"{field_path}.entry_point: {spec.entry_point} returned "
                             f"{type(module).__name__}, not a torch.nn.Module")
@@ -729,10 +751,36 @@ def fetch_weights(names: list[str], weights: str = "DEFAULT", *, progress: bool 
     for i, name in enumerate(names):
         _check_torchvision_name(name, f"names[{i}]")
         entry = _resolve_torchvision_weights(name, weights, f"names[{i}]")
+        if not cached_checkpoint_path(entry).is_file():
+            _check_weights_folder_writable(cached_checkpoint_path(entry).parent)
         torch.hub.load_state_dict_from_url(entry.url, progress=progress, check_hash=True,
                                            map_location="cpu", weights_only=True)
         paths.append(cached_checkpoint_path(entry))
     return paths
+
+
+def _check_weights_folder_writable(folder: Path) -> None:
+    """Refuse, before any download, a weights folder that cannot be written (a read-only image).
+
+    Raises
+    ------
+    UsageError
+        ``folder`` cannot be created or is not writable (exit 64).
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            reason: str | None = "read-only file system"
+        else:
+            reason = None if os.access(folder, os.W_OK | os.X_OK) else "not writable by this user"
+    except OSError as exc:
+        reason = (exc.strerror or str(exc)).lower()
+    if reason is not None:
+        raise UsageError(
+            f"cannot write weights into TORCH_HOME ({_torch_home()}): {folder}: {reason}",
+            "fetch them into a writable folder (TORCH_HOME=DIR bids_dnn models fetch NAME, or in the image: "
+            "docker run -v DIR:/opt/torch -u $(id -u):$(id -g) IMAGE models fetch NAME) and mount it at run time "
+            "(-v DIR:/opt/torch:ro), or build the image with --build-arg MODELS=\"NAME ...\"")
 
 
 def model_catalog() -> list[dict[str, Any]]:

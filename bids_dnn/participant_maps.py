@@ -77,6 +77,11 @@ ENCODING_COLUMNS = {
     "noise_ceiling": "ROI reliability: Spearman-Brown correction 2r / (1 + r) of the mean over voxels of the "
                      "split-half (odd vs even runs) correlation r of the stimulus profile.",
     "normalized_r2": "mean_r2 / noise_ceiling; NaN (n/a) when noise_ceiling < 0.1 (no reproducible signal).",
+    "normalized_r2_out_of_range": "True when normalized_r2 is outside [0, 1]: not a fraction of the explainable "
+                                  "variance (noisy ceiling, or a model worse than the mean response).",
+    "alpha_at_grid_edge": "Share of the ROI's (voxel, outer fold) ridge penalties that are the smallest or the "
+                          "largest value of analyses.encoding.alphas (extend the grid; at the top: no learnable "
+                          "signal).",
     "cv": "Outer cross-validation scheme.",
     "n_folds": "Number of outer folds.",
 }
@@ -188,7 +193,7 @@ def _engine_kwargs(ctx: "Context", inputs: SearchlightInputs) -> dict[str, Any]:
     device = resolve_device(ctx.options.device)
     return {"rdm_measure": inputs.measure, "comparison": ctx.spec.analyses.searchlight.comparison,
             "device": device, "dtype": np.float32 if device.startswith("cuda") else np.float64,
-            "memory_budget_bytes": ctx.options.mem_bytes or DEFAULT_SEARCHLIGHT_MEMORY}
+            "memory_budget_bytes": ctx.resources.memory_bytes or DEFAULT_SEARCHLIGHT_MEMORY}
 
 
 def searchlight_scores(ctx: "Context", subject: str, inputs: SearchlightInputs, neighbourhoods: Any,
@@ -343,7 +348,8 @@ def run_encoding(ctx: "Context", subject: str, stimuli: "StimulusSet", patterns:
                else np.full(columns.size, np.nan))
     backend = "torch_cuda" if resolve_device(ctx.options.device).startswith("cuda") else "numpy"
     fit_options = {"inner_folds": spec.inner_folds, "inner_groups": groups, "pca": spec.pca, "backend": backend,
-                   "standardize": spec.standardize, "seed": ctx.spec.statistics.seed}
+                   "standardize": spec.standardize, "seed": ctx.spec.statistics.seed,
+                   "memory_budget_bytes": ctx.resources.memory_bytes}  # --mem: target batches
     mask = np.zeros(patterns.brain_mask.shape, dtype=bool)
     mask.ravel()[np.flatnonzero(patterns.brain_mask.ravel())[columns]] = True
     affine = patterns.reference.affine
@@ -377,7 +383,7 @@ def run_encoding(ctx: "Context", subject: str, stimuli: "StimulusSet", patterns:
                                        "Description": descriptions[s]} for s in maps])
                 for roi, cols in roi_columns.items():
                     rows.append(_encoding_row(subject, roi, model, layer, cols, result, alpha, ceiling, scheme,
-                                              len(folds)))
+                                              len(folds), spec.alphas))
             if spec.banded and len(features) > 1:
                 banded = banded_ridge([v.astype(np.float64) for v in features.values()], responses, folds,
                                       spec.alphas, **fit_options)
@@ -393,8 +399,8 @@ def run_encoding(ctx: "Context", subject: str, stimuli: "StimulusSet", patterns:
 
 
 def _encoding_row(subject: str, roi: str, model: str, layer: str, cols: np.ndarray, result: Any, alpha: np.ndarray,
-                  ceiling: np.ndarray, scheme: str, n_folds: int) -> dict[str, Any]:
-    from bids_dnn.encoding import ceiling_normalised, pooled_reliability
+                  ceiling: np.ndarray, scheme: str, n_folds: int, alpha_grid: list[float]) -> dict[str, Any]:
+    from bids_dnn.encoding import at_alpha_grid_edge, ceiling_normalised, outside_unit_interval, pooled_reliability
 
     def mean(values: np.ndarray) -> float:
         values = values[cols]
@@ -402,9 +408,14 @@ def _encoding_row(subject: str, roi: str, model: str, layer: str, cols: np.ndarr
 
     mean_ceiling = pooled_reliability(ceiling[cols])
     mean_r2 = mean(result.r2)
+    normalized = float(ceiling_normalised(np.array([mean_r2]), np.array([mean_ceiling]))[0])
+    chosen = result.alphas[:, cols]
+    chosen = chosen[np.isfinite(chosen)]
     return {"subject": subject, "roi": roi, "model": model, "layer": layer, "n_voxels": int(cols.size),
             "mean_r": mean(result.r), "mean_r2": mean_r2,
             "median_alpha": float(np.median(result.alphas[:, cols])) if cols.size else float("nan"),
-            "noise_ceiling": mean_ceiling,
-            "normalized_r2": float(ceiling_normalised(np.array([mean_r2]), np.array([mean_ceiling]))[0]),
+            "noise_ceiling": mean_ceiling, "normalized_r2": normalized,
+            "normalized_r2_out_of_range": bool(outside_unit_interval(normalized)),
+            "alpha_at_grid_edge": float(at_alpha_grid_edge(chosen, alpha_grid).mean()) if chosen.size
+            else float("nan"),
             "cv": scheme, "n_folds": n_folds}

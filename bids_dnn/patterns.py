@@ -47,6 +47,9 @@ def load_nifti(img: ImageLike, what: str) -> nib.spatialimages.SpatialImage:
         path = Path(img)
         if not path.is_file():
             raise InputMissingError(f"{what}: file not found: {path}")
+        if path.stat().st_size == 0:
+            raise InputMissingError(f"{what}: {path.name} is empty (0 bytes)",
+                                    "the file was not written completely; regenerate or re-copy it")
         try:
             return nib.load(str(path))
         except Exception as exc:  # noqa: BLE001 - any reader error means unreadable input
@@ -159,9 +162,10 @@ def _reference(target_img: ImageLike) -> nib.Nifti1Image:
     return nib.Nifti1Image(np.zeros(shape, dtype=np.int8), affine)
 
 
-def _to_grid(img: nib.spatialimages.SpatialImage, reference: nib.Nifti1Image) -> np.ndarray:
-    """Image data on the reference grid (nearest neighbour), as float array (3D or 4D)."""
-    data = np.asarray(img.dataobj, dtype=np.float32)
+def _to_grid(img: nib.spatialimages.SpatialImage, reference: nib.Nifti1Image, what: str = "image") -> np.ndarray:
+    """Image data on the reference grid (nearest neighbour), as float array (3D or 4D); a
+    truncated file is exit 66 naming ``what``."""
+    data = image_data(img, what, np.float32)
     src = nib.Nifti1Image(data, np.asarray(img.affine, dtype=float))
     shape, affine = _grid(reference)
     if src.shape[:3] == shape and np.allclose(src.affine, affine, atol=AFFINE_ATOL, rtol=0):
@@ -179,6 +183,42 @@ def _check_brain_mask(brain_mask: np.ndarray, reference: nib.Nifti1Image) -> np.
     return mask.astype(bool)
 
 
+def read_atlas_labels(path: str | Path) -> pd.DataFrame:
+    """Read an atlas labels table (``dseg.tsv``: columns ``index`` and ``name``).
+
+    Names are text as written: ``NULL``, ``NA``, ``None``, ``nan`` or ``007`` are ROI names,
+    not missing values or numbers (only ``n/a`` means missing, as in BIDS). ``index`` is
+    converted to numbers.
+
+    Raises
+    ------
+    BidsValidationError
+        Not a readable TSV, no ``index`` / ``name`` column, a row without a name, or an index
+        that is not a whole number.
+    """
+    path = Path(path)
+    try:
+        table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, na_values=["n/a"])
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise BidsValidationError(f"atlas labels table {path.name} is not a readable TSV ({exc.__class__.__name__})",
+                                  "it needs tab-separated 'index' and 'name' columns") from None
+    missing_cols = [c for c in ("index", "name") if c not in table.columns]
+    if missing_cols:
+        raise BidsValidationError(f"atlas labels table {path.name} lacks column(s) {', '.join(missing_cols)} "
+                                  f"(has: {', '.join(map(str, table.columns))})")
+    problems = [f"row {row + 2}: no name" for row in np.flatnonzero(table["name"].isna().to_numpy())]
+    index = pd.to_numeric(table["index"].str.strip(), errors="coerce")
+    bad = index.isna() | ~np.isclose(index.fillna(0), np.round(index.fillna(0)))
+    problems += [f"row {row + 2}: index {table['index'].iloc[row]!r} is not a whole number"
+                 for row in np.flatnonzero(bad.to_numpy())]
+    if problems:
+        raise BidsValidationError(f"atlas labels table {path.name}: " + "; ".join(problems[:5])
+                                  + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""),
+                                  "every row needs a whole-number index and a name")
+    table["index"] = index.round().astype(int)
+    return table
+
+
 def load_roi_masks_from_atlas(
     atlas_img: ImageLike,
     labels_table: pd.DataFrame,
@@ -186,6 +226,7 @@ def load_roi_masks_from_atlas(
     brain_mask: np.ndarray,
     names: Sequence[str] | None = None,
     threshold: float | None = None,
+    allow_empty: bool = False,
 ) -> dict[str, np.ndarray]:
     """ROI masks on the BOLD grid from a deterministic or probabilistic atlas.
 
@@ -206,6 +247,9 @@ def load_roi_masks_from_atlas(
     threshold : float, optional
         Probability threshold of a probabilistic atlas (voxels with p >= threshold;
         default 0.5).
+    allow_empty : bool
+        Return an ROI with no voxel inside the brain mask as an empty mask instead of raising
+        (the caller skips it).
 
     Returns
     -------
@@ -238,7 +282,7 @@ def load_roi_masks_from_atlas(
     if duplicated:
         raise BidsValidationError(f"atlas labels table has duplicate names: {', '.join(duplicated)}")
 
-    data = _to_grid(atlas, reference)
+    data = _to_grid(atlas, reference, "atlas")
     if data.ndim == 4 and data.shape[3] == 1 and len(table) > 1:
         data = data[..., 0]
     integer = bool(np.all(np.isclose(data, np.round(data))))
@@ -270,6 +314,7 @@ def load_roi_masks_from_atlas(
                 "check rois.labels",
             )
         rows = [table_names.index(n) for n in names]
+    _check_file_labels([table_names[i] for i in rows])
 
     masks: dict[str, np.ndarray] = {}
     for i in rows:
@@ -279,7 +324,7 @@ def load_roi_masks_from_atlas(
         else:
             roi = np.round(data) == int(table["index"][i])
         roi &= mask
-        if not roi.any():
+        if not roi.any() and not allow_empty:
             raise AnalysisError(
                 f"ROI '{name}' (index {table['index'][i]}) has no voxels inside the brain mask "
                 "on the BOLD grid",
@@ -289,8 +334,24 @@ def load_roi_masks_from_atlas(
     return masks
 
 
+def _check_file_labels(names: Sequence[str]) -> None:
+    """Refuse ROI names that would share a file name label (``NA`` and ``N/A`` both give
+    ``label-NA``)."""
+    from bids_dnn.spec import sanitize_label
+
+    by_label: dict[str, list[str]] = {}
+    for name in names:
+        by_label.setdefault(sanitize_label(name), []).append(name)
+    clashes = [f"{', '.join(repr(n) for n in group)} -> label-{label}" for label, group in by_label.items()
+               if len(group) > 1]
+    if clashes:
+        raise BidsValidationError(f"atlas ROI names would share an output file name: {'; '.join(clashes)}",
+                                  "file names keep only letters and digits of a name; rename one of them in the "
+                                  "labels table, or choose the ROIs with rois.labels")
+
+
 def load_roi_masks_from_files(
-    paths: Mapping[str, ImageLike], target_img: ImageLike, brain_mask: np.ndarray
+    paths: Mapping[str, ImageLike], target_img: ImageLike, brain_mask: np.ndarray, allow_empty: bool = False
 ) -> dict[str, np.ndarray]:
     """ROI masks on the BOLD grid from one mask image per ROI.
 
@@ -302,6 +363,8 @@ def load_roi_masks_from_files(
         Reference on the BOLD grid.
     brain_mask : numpy.ndarray of bool, shape target_img.shape[:3]
         Every ROI is intersected with it.
+    allow_empty : bool
+        As in :func:`load_roi_masks_from_atlas`.
 
     Returns
     -------
@@ -320,13 +383,13 @@ def load_roi_masks_from_files(
     masks: dict[str, np.ndarray] = {}
     for name, img in paths.items():
         loaded = load_nifti(img, f"ROI mask '{name}'")
-        data = _to_grid(loaded, reference)
+        data = _to_grid(loaded, reference, f"ROI mask '{name}'")
         if data.ndim == 4:
             if data.shape[3] != 1:
                 raise AnalysisError(f"ROI mask '{name}' is 4D with {data.shape[3]} volumes; expected one")
             data = data[..., 0]
         roi = (np.nan_to_num(data) > 0.5) & mask
-        if not roi.any():
+        if not roi.any() and not allow_empty:
             raise AnalysisError(
                 f"ROI '{name}' has no voxels inside the brain mask on the BOLD grid",
                 "check that the mask is in the same space as the BOLD data",

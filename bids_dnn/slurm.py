@@ -114,7 +114,7 @@ def build_parser():
     parser.add_argument("bids_dir", type=Path)
     parser.add_argument("output_dir", type=Path)
     parser.add_argument("--participant-label", "--participant_label", nargs="+", metavar="LABEL",
-                        help="participants (or a file with one per line); default: participants.tsv, "
+                        help="participants (or @FILE: the labels listed in FILE); default: participants.tsv, "
                              "else the sub-* folders")
     parser.add_argument("--script-dir", type=Path, metavar="DIR",
                         help="where the scripts, participants.txt and logs/ go (default OUT_DIR/code/slurm)")
@@ -424,7 +424,7 @@ def group_script(plan: SlurmPlan) -> str:
         *_common_prelude(plan),
         'echo "bids_dnn group: job ${SLURM_JOB_ID:-?} on $(hostname), started $(date -Iseconds)"',
         f"{_bids_dnn_call(plan, gpu=False)} {_q(plan.bids_dir)} {_q(plan.output_dir)} group "
-        f'--participant-label "$script_dir/participants.txt" {args}',
+        f'--participant-label "@$script_dir/participants.txt" {args}',
         "rc=$?",
         'echo "bids_dnn group: exit code $rc, finished $(date -Iseconds)"',
         'exit "$rc"',

@@ -22,8 +22,28 @@ from typing import Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bids_dnn.errors import InputMissingError, SpecError
+from bids_dnn.limits import (
+    MAX_ALPHA,
+    MAX_ALPHAS,
+    MAX_BATCH_SIZE,
+    MAX_COMPONENTS,
+    MAX_FOLDS,
+    MAX_FPS,
+    MAX_FRAMES,
+    MAX_IMAGE_SIDE,
+    MAX_PERMUTATIONS,
+    MAX_RADIUS_MM,
+    MAX_RESAMPLES,
+    MAX_ROI_MIN_VOXELS,
+    MAX_SEED,
+    UPPER_BOUND_REASONS,
+)
 
 SCHEMA_VERSION = 1
+#: ``entry_point`` of a custom model: a Python file (relative to the spec's folder) and a callable in it
+ENTRY_POINT = re.compile(r"(?P<file>[^:]+\.py):(?P<callable>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)")
+#: model sources that run code from a user's file (allowed only with --allow-custom-code)
+CODE_RUNNING_SOURCES = ("custom", "torchscript")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -51,10 +71,11 @@ class VideoOptions(_Strict):
     time takes the decoded frame nearest to it (the earlier one on a tie).
     """
 
-    fps: float = Field(2.0, gt=0, description="Frames sampled per second of video (at 0, 1/fps, 2/fps, ...).")
+    fps: float = Field(2.0, gt=0, le=MAX_FPS, description="Frames sampled per second of video (at 0, 1/fps, 2/fps, ...).")
     n_frames: int | None = Field(
         None,
         ge=1,
+        le=MAX_FRAMES,
         description="Sample this many frames evenly over each video instead of by fps "
         "(same clip length for every video; useful for video models).",
     )
@@ -100,8 +121,8 @@ class StimuliSpec(_Strict):
 class TransformSpec(_Strict):
     """Image preprocessing: aspect-preserving resize, centre crop, normalisation."""
 
-    resize: int = Field(256, gt=0, description="Shorter side after resizing, in pixels.")
-    crop: int = Field(224, gt=0, description="Centre crop size, in pixels.")
+    resize: int = Field(256, gt=0, le=MAX_IMAGE_SIDE, description="Shorter side after resizing, in pixels.")
+    crop: int = Field(224, gt=0, le=MAX_IMAGE_SIDE, description="Centre crop size, in pixels.")
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
@@ -130,8 +151,8 @@ class ReductionSpec(_Strict):
         "(transductive; for encoding models prefer analyses.encoding.pca, fitted on training "
         "folds only). PCA keeps at most min(n_stimuli, n_units) components.",
     )
-    n_components: int = Field(..., gt=0, description="Columns kept per reduced layer.")
-    seed: int = Field(0, description="Seed of the random projection (and of randomized PCA).")
+    n_components: int = Field(..., gt=0, le=MAX_COMPONENTS, description="Columns kept per reduced layer.")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the random projection (and of randomized PCA).")
     min_units: int | None = Field(
         None,
         gt=0,
@@ -160,15 +181,17 @@ class ModelSpec(_Strict):
         description="Weights name ('DEFAULT', an enum member such as 'IMAGENET1K_V1'), "
         "or 'random' for a seeded random initialisation (no download).",
     )
-    init_seed: int = Field(0, description="Seed of the random initialisation (weights: random).")
+    init_seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the random initialisation (weights: random).")
     layers: Union[str, list[str]] = Field(
         "top_level",
         description="A preset ('top_level', 'all_relu', 'all_conv', 'all_linear', 'leaves'), "
         "or a list of node names and globs (e.g. 'layer*.relu').",
     )
-    torchscript: str | None = Field(None, description="TorchScript file (source: torchscript).")
+    torchscript: str | None = Field(None, description="TorchScript file (source: torchscript; runs only with "
+                                    "--allow-custom-code).")
     entry_point: str | None = Field(
-        None, description="'module:callable' returning an nn.Module (source: custom)."
+        None, description="'file.py:callable' returning an nn.Module, the file relative to the spec's folder "
+        "(source: custom; runs its code, so only with --allow-custom-code)."
     )
     transform: TransformSpec | None = Field(
         None, description="Preprocessing; default: the weights' own transforms, else ImageNet."
@@ -179,7 +202,7 @@ class ModelSpec(_Strict):
         "'mean' average over tokens, 'all' every token flattened.",
     )
     dtype: Literal["float32", "float16"] = Field("float32", description="Stored feature dtype.")
-    batch_size: int = Field(16, gt=0)
+    batch_size: int = Field(16, gt=0, le=MAX_BATCH_SIZE)
     reduction: ReductionSpec | None = Field(
         None, description="Dimensionality reduction of the stored features (default: none)."
     )
@@ -198,9 +221,11 @@ class ModelSpec(_Strict):
         if self.source == "torchscript" and not self.torchscript:
             raise ValueError("source 'torchscript' needs a 'torchscript' file path")
         if self.source == "custom" and not self.entry_point:
-            raise ValueError("source 'custom' needs 'entry_point' ('module:callable')")
-        if self.entry_point and not re.fullmatch(r"[\w.]+:[\w.]+", self.entry_point):
-            raise ValueError(f"entry_point must look like 'module:callable' (got {self.entry_point!r})")
+            raise ValueError("source 'custom' needs 'entry_point' ('file.py:callable')")
+        if self.entry_point and not ENTRY_POINT.fullmatch(self.entry_point):
+            raise ValueError(f"entry_point must name a Python file and a function in it, 'file.py:callable' (got "
+                             f"{self.entry_point!r}); importable module names are not accepted, so a spec cannot "
+                             "run code from the Python path")
         return self
 
     @property
@@ -240,6 +265,10 @@ class BrainSpec(_Strict):
     derivatives: str = Field("fmriprep", description="Name of the derivatives folder to use.")
     space: str = "MNI152NLin2009cAsym"
     resolution: str | None = Field(None, description="res- entity, if the data have one.")
+    repetition_time: Literal["check", "sidecar", "header"] = Field(
+        "check", description="Where the TR comes from: 'check' takes the JSON sidecar's RepetitionTime and "
+        "stops when the NIfTI header disagrees; 'sidecar' or 'header' trusts that one."
+    )
     glm: GLMSpec = Field(default_factory=GLMSpec)
     noise_normalization: Literal["none", "univariate", "multivariate"] = "multivariate"
     noise_estimator: Literal["shrinkage_diag", "shrinkage_eye", "diag"] = "shrinkage_diag"
@@ -261,10 +290,25 @@ class RoiSpec(_Strict):
     atlas: str | None = Field(
         None, description="Atlas image (dseg or probabilistic) with a .tsv of index / name."
     )
-    labels: list[str] | None = Field(None, description="Subset of ROI names to use.")
+    labels: list[str] | None = Field(None, description="Subset of ROI names to use (text as written: "
+                                                       "NULL, NA, 007 are names).")
     threshold: float | None = Field(
         None, gt=0, le=1, description="Threshold for a probabilistic (4D) atlas."
     )
+    min_voxels: int = Field(
+        3, ge=1, le=MAX_ROI_MIN_VOXELS, description="ROIs with fewer usable voxels (inside the brain mask, "
+        "not constant) are skipped with a warning: n/a rows in the RSA table, left out of the group level."
+    )
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels_as_text(cls, value: Any) -> Any:
+        """Numbers are names too (a JSON ``[7]`` means the ROI ``7``); YAML scalars are already
+        read as written (:func:`_yaml_load`)."""
+        if isinstance(value, list):
+            return [str(v).lower() if isinstance(v, bool) else str(v) if isinstance(v, (int, float)) else v
+                    for v in value]
+        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> "RoiSpec":
@@ -285,7 +329,7 @@ class RdmSpec(_Strict):
 class RsaSpec(_Strict):
     enabled: bool = True
     comparison: ComparisonMeasure = "spearman"
-    permutations: int = Field(10000, ge=0, description="Stimulus-label permutations (0: none).")
+    permutations: int = Field(10000, ge=0, le=MAX_PERMUTATIONS, description="Stimulus-label permutations (0: none).")
 
 
 class WeightedRsaSpec(_Strict):
@@ -331,9 +375,9 @@ class EncodingSpec(_Strict):
         "'leave_one_run_out' needs runs with disjoint stimulus sets; 'kfold' splits the stimuli "
         "(seeded); 'auto' picks 'leave_one_run_out' when runs hold disjoint stimuli, else 'kfold'.",
     )
-    n_folds: int = Field(5, ge=2, description="Outer folds for 'kfold'.")
-    inner_folds: int = Field(5, ge=2, description="Inner folds that choose each voxel's alpha.")
-    pca: int | None = Field(None, gt=0, description="PCA components fitted on training stimuli only.")
+    n_folds: int = Field(5, ge=2, le=MAX_FOLDS, description="Outer folds for 'kfold'.")
+    inner_folds: int = Field(5, ge=2, le=MAX_FOLDS, description="Inner folds that choose each voxel's alpha.")
+    pca: int | None = Field(None, gt=0, le=MAX_COMPONENTS, description="PCA components fitted on training stimuli only.")
     standardize: bool = Field(
         False, description="z-score each unit with its training mean and SD (else centre only). Off by "
         "default: sparse ReLU units with near-zero training SD explode on test stimuli."
@@ -353,8 +397,8 @@ class EncodingSpec(_Strict):
             if not match:
                 raise ValueError("must be a list of numbers or 'logspace(start, stop, num)'")
             start, stop, num = float(match[1]), float(match[2]), int(match[3])
-            if num < 1:
-                raise ValueError("logspace needs num >= 1")
+            if not 1 <= num <= MAX_ALPHAS:
+                raise ValueError(f"logspace needs 1 <= num <= {MAX_ALPHAS} (each alpha is a ridge fit per fold)")
             step = (stop - start) / (num - 1) if num > 1 else 0.0
             return [10 ** (start + i * step) for i in range(num)]
         return value
@@ -364,8 +408,11 @@ class EncodingSpec(_Strict):
     def _positive(cls, value: list[float]) -> list[float]:
         if not value:
             raise ValueError("must contain at least one value")
-        if any(not (a > 0 and math.isfinite(a)) for a in value):
-            raise ValueError("every alpha must be a finite number greater than 0")
+        if len(value) > MAX_ALPHAS:
+            raise ValueError(f"at most {MAX_ALPHAS} alphas (got {len(value)}; each alpha is a ridge fit per fold)")
+        if any(not (0 < a <= MAX_ALPHA and math.isfinite(a)) for a in value):
+            raise ValueError(f"every alpha must be a finite number in (0, {MAX_ALPHA:g}] (larger alphas "
+                             "only shrink every weight to 0)")
         return value
 
 
@@ -373,7 +420,7 @@ class SearchlightSpec(_Strict):
     """Whole-brain searchlight RSA: one map per model layer."""
 
     enabled: bool = False
-    radius_mm: float = Field(6.0, gt=0, description="Sphere radius in mm (distances use the voxel size).")
+    radius_mm: float = Field(6.0, gt=0, le=MAX_RADIUS_MM, description="Sphere radius in mm (distances use the voxel size).")
     rdm: BrainRdmMeasure = Field(
         "auto", description="Sphere RDM measure; 'auto' follows rdm.brain. Noise normalisation is "
         "univariate (residual SD per voxel) in searchlights."
@@ -416,15 +463,15 @@ class StatisticsSpec(_Strict):
     )
     correction: Literal["fdr_bh", "bonferroni", "none"] = "fdr_bh"
     alpha: float = Field(0.05, gt=0, lt=1)
-    bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples for CIs.")
+    bootstrap: int = Field(1000, ge=0, le=MAX_RESAMPLES, description="Bootstrap resamples for CIs.")
     bootstrap_method: Literal["subjects", "dual"] = Field(
         "subjects", description="CIs of the group mean from resampling subjects, or subjects and stimuli "
         "together (rsatoolbox eval_dual_bootstrap; wider, generalises to new stimuli)."
     )
     ci: float = Field(0.95, gt=0, lt=1)
-    seed: int = Field(42, ge=0, description="Seed of every random step (overridden by --random-seed).")
+    seed: int = Field(42, ge=0, le=MAX_SEED, description="Seed of every random step (overridden by --random-seed).")
     map_permutations: int = Field(
-        5000, ge=0, description="Sign flips for group maps (max-T family-wise error; 0: parametric only)."
+        5000, ge=0, le=MAX_RESAMPLES, description="Sign flips for group maps (max-T family-wise error; 0: parametric only)."
     )
     map_tfce: bool = Field(False, description="Also compute TFCE on group maps (slower).")
 
@@ -557,6 +604,8 @@ def _format_error(error: dict[str, Any]) -> str:
     expected = re.findall(r"'([^']*)'", message)
     if kind not in ("missing", "extra_forbidden", "value_error") and not isinstance(value, (dict, list)):
         message += f" (got {value!r})"
+    if kind in ("less_than_equal", "less_than") and str(loc[-1]) in UPPER_BOUND_REASONS:
+        message += f": {UPPER_BOUND_REASONS[str(loc[-1])]}"
     if kind == "literal_error" and isinstance(value, str):
         close = difflib.get_close_matches(value, expected, n=1, cutoff=0.5)
         if close:
@@ -593,7 +642,9 @@ def parse_spec(data: Any, source: str = "spec") -> AnalysisSpec:
 def load_spec(path: str | Path | None) -> AnalysisSpec:
     """Read and validate a YAML or JSON spec file (``None``: all defaults).
 
-    YAML is read with ``yaml.safe_load``: a spec can never execute code.
+    YAML is read with ``yaml.safe_load``: reading a spec never executes code. A model with
+    ``source: custom`` or ``torchscript`` does run the code of the file it names; the command line
+    refuses it unless ``--allow-custom-code`` is given (:func:`check_code_permission`).
     """
     if path is None:  # the defaults, validated like a file (they need ROIs for ROI RSA)
         return parse_spec({}, source="the built-in defaults (no --spec given)")
@@ -608,13 +659,80 @@ def load_spec(path: str | Path | None) -> AnalysisSpec:
         if path.suffix.lower() == ".json":
             data = json.loads(text) if text.strip() else {}
         else:
-            import yaml
-
-            data = yaml.safe_load(text)
+            data = _yaml_load(text)
     except Exception as exc:  # noqa: BLE001 - any parser error is a spec error
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise SpecError([f"(file): not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {first_line}"], str(path)) from None
-    return parse_spec(data, source=str(path))
+    return parse_spec(_files_next_to_spec(data, path.parent.resolve()), source=str(path))
+
+
+#: spec fields whose list items are names, read as the text written (``[NULL, 007]`` are the
+#: names ``NULL`` and ``007``, not a null and the number 7)
+TEXT_LIST_FIELDS = (("rois", "labels"),)
+
+
+def _yaml_load(text: str) -> Any:
+    """``yaml.safe_load``, except that the plain scalars of :data:`TEXT_LIST_FIELDS` stay text."""
+    import yaml
+
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        for path in TEXT_LIST_FIELDS:
+            items = _yaml_child(node, path)
+            if isinstance(items, yaml.SequenceNode):
+                for item in items.value:
+                    if isinstance(item, yaml.ScalarNode) and item.style is None:  # plain: NULL, ~, 007, yes
+                        item.tag = "tag:yaml.org,2002:str"
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _yaml_child(node: Any, path: tuple[str, ...]) -> Any:
+    """The node at ``path`` (mapping keys) below ``node``, or None."""
+    import yaml
+
+    for key in path:
+        if not isinstance(node, yaml.MappingNode):
+            return None
+        node = next((value for name, value in node.value
+                     if isinstance(name, yaml.ScalarNode) and name.value == key), None)
+    return node
+
+
+def _files_next_to_spec(data: Any, folder: Path) -> Any:
+    """Custom models' ``entry_point`` files made absolute, relative to the spec's ``folder``."""
+    if not isinstance(data, dict) or not isinstance(data.get("models"), list):
+        return data
+    models = []
+    for model in data["models"]:
+        match = ENTRY_POINT.fullmatch(model.get("entry_point") or "") if isinstance(model, dict) else None
+        if match and not Path(match["file"]).is_absolute():
+            model = {**model, "entry_point": f"{folder / match['file']}:{match['callable']}"}
+        models.append(model)
+    return {**data, "models": models}
+
+
+def check_code_permission(spec: AnalysisSpec, allowed: bool) -> None:
+    """Refuse models that run a user's code (``source: custom`` / ``torchscript``) unless ``allowed``.
+
+    Raises
+    ------
+    UsageError
+        Naming the first such model, its file and the flag that allows it.
+    """
+    from bids_dnn.errors import UsageError
+
+    for i, model in enumerate(spec.models):
+        if model.source in CODE_RUNNING_SOURCES and not allowed:
+            file = model.entry_point if model.source == "custom" else model.torchscript
+            raise UsageError(f"models[{i}] (source: {model.source}) runs the code of {file}; this needs "
+                             "--allow-custom-code",
+                             "add --allow-custom-code if you trust that file: custom models and TorchScript "
+                             "files execute their code with your permissions")
 
 
 def spec_json_schema() -> dict[str, Any]:

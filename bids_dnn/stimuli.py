@@ -46,6 +46,10 @@ SOURCE_COLUMNS = {"stim_file": "stim_file", "stimuli_tsv": "stim_id", "trial_typ
 #: sample-to-frame distances closer than this (s) count as a tie (time bases round 0.75 - 0.7 vs 0.8 - 0.75)
 TIE_TOLERANCE_S = 1e-6
 VIDEO_EXTRA_HINT = "install the video extra: pip install 'bids_dnn[video]'"
+#: shorter side (pixels) at which images are decoded to check them: the headroom of the ImageNet
+#: resize target (256), enough to decode every block of the file (the model's own size is used
+#: for extraction, :data:`bids_dnn.image_decoding.DECODE_HEADROOM` times its resize target)
+CHECK_SHORTER_SIDE = 4 * 256
 
 
 @dataclass(frozen=True)
@@ -101,17 +105,28 @@ class StimulusSet:
 
 
 def read_events(path: Path) -> pd.DataFrame:
-    """Read and check one ``*_events.tsv``.
+    """Read and check one ``*_events.tsv`` the way BIDS defines it.
+
+    ``onset`` must be a finite number (negative onsets, e.g. a response before the first volume,
+    are valid BIDS); ``duration`` a finite number >= 0 or ``n/a`` (unknown). Whether a row can be
+    modelled is decided later, for the rows the analysis uses (:func:`bids_dnn.glm.fit_run_glm`).
+    The table's ``attrs["source_file"]`` holds the file name, for messages about its rows.
 
     Raises
     ------
     BidsValidationError
-        Missing ``onset`` / ``duration`` columns, non-numeric values, negative durations.
+        Empty file, missing ``onset`` / ``duration`` columns, a value that is not a number (or
+        ``n/a`` in ``duration``), an infinite value, a negative duration; the message names the
+        row (as numbered in the file, header = row 1) and the value as written.
     """
     path = Path(path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise BidsValidationError(f"{path.name}: empty file (0 bytes)",
+                                  "an events file needs at least a header row with onset and duration")
     try:
         table = pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False,
-                            dtype={"stim_file": str, "stim_id": str})
+                            dtype={"stim_file": str, "stim_id": str, "trial_type": str, "category": str,
+                                   "onset": str, "duration": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise BidsValidationError(f"{path.name}: not a readable TSV ({exc.__class__.__name__})") from None
     missing = [c for c in REQUIRED_EVENT_COLUMNS if c not in table.columns]
@@ -119,20 +134,40 @@ def read_events(path: Path) -> pd.DataFrame:
         raise BidsValidationError(f"{path.name}: missing column(s) {', '.join(missing)}",
                                   "events files need onset and duration columns")
     for column in REQUIRED_EVENT_COLUMNS:
-        numeric = pd.to_numeric(table[column], errors="coerce")
-        bad = numeric.isna() & table[column].notna()
-        if bad.any() or numeric.isna().any():
-            row = int(np.flatnonzero(numeric.isna().to_numpy())[0])
+        written = table[column]
+        numeric = pd.to_numeric(written, errors="coerce")
+        allowed_na = written.isna() if column == "duration" else pd.Series(False, index=table.index)
+        bad = numeric.isna() & ~allowed_na
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
             raise BidsValidationError(f"{path.name}: column '{column}' must be numeric (row {row + 2}: "
-                                      f"{table[column].iloc[row]!r})")
+                                      f"{_as_written(written.iloc[row])})")
+        infinite = np.isinf(numeric.to_numpy(dtype=float))
+        if infinite.any():
+            row = int(np.flatnonzero(infinite)[0])
+            raise BidsValidationError(f"{path.name}: column '{column}' must be a finite number (row {row + 2}: "
+                                      f"{_as_written(written.iloc[row])})")
         table[column] = numeric.astype(float)
     if (table["duration"] < 0).any():
         row = int(np.flatnonzero((table["duration"] < 0).to_numpy())[0])
         raise BidsValidationError(f"{path.name}: negative duration in row {row + 2}")
-    if (table["onset"] < 0).any():
-        row = int(np.flatnonzero((table["onset"] < 0).to_numpy())[0])
-        raise BidsValidationError(f"{path.name}: negative onset in row {row + 2}")
+    table.attrs["source_file"] = path.name
     return table
+
+
+def _check_stimulus_durations(events: pd.DataFrame, names: pd.Series) -> None:
+    """Refuse a stimulus event with duration ``n/a`` (valid BIDS, but the GLM must model it)."""
+    unknown = names.map(lambda n: isinstance(n, str)) & events["duration"].isna()
+    if unknown.any():
+        row = int(np.flatnonzero(unknown.to_numpy())[0])
+        raise BidsValidationError(
+            f"{events.attrs.get('source_file', 'events')}: row {row + 2}: duration 'n/a' on a stimulus event "
+            f"({names.iloc[row]}), which the GLM must model", "give the duration of every stimulus event in seconds")
+
+
+def _as_written(value: Any) -> str:
+    """A TSV cell as the user wrote it (``n/a`` for a missing value)."""
+    return "'n/a'" if pd.isna(value) else repr(str(value))
 
 
 def stimulus_column(events: pd.DataFrame, source: str, trial_type_map: dict[str, str] | None,
@@ -154,9 +189,22 @@ def stimulus_column(events: pd.DataFrame, source: str, trial_type_map: dict[str,
                                       "name each stimulus in a stim_file column, or set stimuli.source")
         files = events[column].map(lambda v: v if isinstance(v, str) or pd.isna(v) else str(v)).astype(object)
     files = files.where(files.notna() & (files.astype(str).str.strip() != ""), np.nan)
+    if source != "stimuli_tsv":  # file paths: one spelling per file (ids of stimuli.tsv are names, kept)
+        files = files.map(lambda v: normalize_stimulus_path(v) if isinstance(v, str) else v)
     if ignored and "trial_type" in events.columns:
         files = files.where(~events["trial_type"].isin(ignored), np.nan)
     return files
+
+
+def normalize_stimulus_path(text: str) -> str:
+    """One spelling per stimulus file: ``./a.png``, ``a.png`` and ``.//a.png`` are ``a.png``.
+
+    Surrounding white space, ``.`` components and repeated or trailing slashes are removed
+    (:class:`~pathlib.PurePosixPath`); ``..`` and a leading ``/`` are kept, so the safety check
+    still sees them, and so is the case (file systems may tell ``A.png`` from ``a.png``).
+    """
+    stripped = text.strip()
+    return str(PurePosixPath(stripped)) if stripped else stripped
 
 
 def _is_safe_relative(text: str) -> bool:
@@ -240,11 +288,8 @@ def check_stimulus_file(path: Path) -> str | None:
         return f"{path.name}: empty file (0 bytes)"
     if suffix in VIDEO_EXTENSIONS:
         return _check_video(path)
-    try:
-        from PIL import Image
-
-        with Image.open(path) as image:
-            image.load()
+    try:  # decoded and converted as for extraction (a mode it refuses is listed here), at a reduced size
+        load_image(path, CHECK_SHORTER_SIDE)
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for corrupt images
         return f"{path.name}: not a readable image ({_short(exc, path)})"
     return None
@@ -270,16 +315,13 @@ def _check_video(path: Path) -> str | None:
     return None
 
 
-def load_image(path: Path):
-    """Open an image as RGB (grayscale, palette and RGBA converted)."""
-    from PIL import Image
+def load_image(path: Path, shorter_side: int | None = None, fit: Any = None) -> Any:
+    """Open an image as 8-bit RGB: 16-bit and float data scaled, transparency over white; a
+    large one reduced while decoding when ``shorter_side`` is given (see
+    :func:`bids_dnn.image_decoding.load_image`)."""
+    from bids_dnn.image_decoding import load_image as decode
 
-    with Image.open(path) as image:
-        if image.mode == "RGBA":
-            background = Image.new("RGB", image.size, (255, 255, 255))
-            background.paste(image, mask=image.split()[3])
-            return background
-        return image.convert("RGB")
+    return decode(path, shorter_side, fit)
 
 
 @dataclass(frozen=True)
@@ -400,7 +442,7 @@ def load_video(path: Path, fps: float = 2.0, n_frames: int | None = None) -> lis
                                 "re-encode or replace the video") from None
 
 
-def load_stimulus(path: Path, video: Any = None):
+def load_stimulus(path: Path, video: Any = None, shorter_side: int | None = None, fit: Any = None):
     """Load one stimulus as model input: an RGB image, or a video's sampled RGB frames.
 
     Parameters
@@ -408,6 +450,12 @@ def load_stimulus(path: Path, video: Any = None):
     path : Path
     video : bids_dnn.spec.VideoOptions, optional
         ``fps`` / ``n_frames`` for videos (default: 2 frames per second).
+    shorter_side : int, optional
+        Images: decode large ones reduced, keeping at least this many pixels on the shorter side;
+        None: full size.
+    fit : callable, optional
+        Images: the model's resize, applied to large ones while decoding (see
+        :func:`bids_dnn.image_decoding.load_image`).
 
     Returns
     -------
@@ -417,7 +465,7 @@ def load_stimulus(path: Path, video: Any = None):
     if is_video(path):
         fps = getattr(video, "fps", 2.0)
         return load_video(Path(path), fps=fps, n_frames=getattr(video, "n_frames", None))
-    return load_image(path)
+    return load_image(path, shorter_side, fit)
 
 
 def stimulus_input_identity(stimuli: StimulusSet, video: Any) -> dict[str, Any]:
@@ -506,7 +554,7 @@ def read_stimuli_table(path: Path) -> StimuliTable:
         raise BidsValidationError(f"{path}: {len(problems)} problem(s):\n  " + "\n  ".join(problems),
                                   "every row of stimuli.tsv needs its own stim_id")
     table = table.assign(stim_id=ids).set_index("stim_id", drop=False)
-    files = dict(zip(ids, table["stim_file"].fillna("").str.strip()))
+    files = dict(zip(ids, table["stim_file"].fillna("").map(normalize_stimulus_path)))
     return StimuliTable(path=path, files=files, annotations=table)
 
 
@@ -533,7 +581,8 @@ def _stimuli_table_for(events_tables: list[pd.DataFrame], source: str, given: St
 def build_stimulus_set(events_tables: list[pd.DataFrame], bids_dir: Path, *, source: str = "stim_file",
                        trial_type_map: dict[str, str] | None = None, category_column: str | None = None,
                        ignore_trial_types: Iterable[str] = (), extra_dirs: Iterable[Path] = (),
-                       stimuli_table: StimuliTable | Path | None = None) -> StimulusSet:
+                       stimuli_table: StimuliTable | Path | None = None,
+                       require_durations: bool = False) -> StimulusSet:
     """Collect, resolve and check every stimulus named in ``events_tables``.
 
     Parameters
@@ -553,6 +602,9 @@ def build_stimulus_set(events_tables: list[pd.DataFrame], bids_dir: Path, *, sou
     stimuli_table : StimuliTable or Path, optional
         The ``stimuli.tsv`` to use; default: the first ``stimuli.tsv`` in ``extra_dirs``, then
         ``bids_dir/stimuli`` (its ``stim_file`` paths are resolved against its folder first).
+    require_durations : bool
+        Refuse a stimulus event whose duration is ``n/a`` (the GLM must model it); ``False`` for
+        ready-made betas, where durations are not used.
 
     Raises
     ------
@@ -577,6 +629,8 @@ def build_stimulus_set(events_tables: list[pd.DataFrame], bids_dir: Path, *, sou
         cat_col = category_column or ("category" if "category" in events.columns else
                                       "trial_type" if "trial_type" in events.columns else None)
         cat_col = cat_col if cat_col in events.columns else None
+        if require_durations:
+            _check_stimulus_durations(events, names)
         for row, name in names.items():
             if not isinstance(name, str):
                 continue
@@ -589,7 +643,7 @@ def build_stimulus_set(events_tables: list[pd.DataFrame], bids_dir: Path, *, sou
         file_of, categories = _map_through_table(table, categories, category_column)
     else:
         file_of = {name: name for name in categories}
-    problems: list[str] = []
+    problems: list[tuple[str, str]] = []  # (file as named, what is wrong with it)
     unsafe: list[str] = []
     resolved: dict[str, tuple[Path, Path]] = {}
     for file in sorted(set(file_of.values())):
@@ -598,11 +652,12 @@ def build_stimulus_set(events_tables: list[pd.DataFrame], bids_dir: Path, *, sou
         if problem and ("must be relative" in detail or "symlink leaves" in detail):
             unsafe.append(problem)
         elif problem:
-            problems.append(problem)
+            named, separator, reason = problem.partition(": ")  # "<file as named or quoted>: <reason>"
+            problems.append((named, reason) if separator else ("", problem))
         else:
             reason = check_stimulus_file(path)
             if reason:
-                problems.append(f"{file}: {reason.split(': ', 1)[1]}")
+                problems.append((file, reason.split(": ", 1)[1]))
             else:
                 resolved[file] = (path, folder)
     if unsafe:
@@ -610,7 +665,7 @@ def build_stimulus_set(events_tables: list[pd.DataFrame], bids_dir: Path, *, sou
                                   f"{'stimuli.tsv stim_file' if table is not None else 'stim_file'} "
                                   "must name a file inside stimuli/")
     if problems:
-        raise InputMissingError(f"{len(problems)} stimulus file(s) missing or unreadable:\n  " + "\n  ".join(problems))
+        raise stimulus_problems_error(problems)
     if len(file_of) < MIN_STIMULI:
         raise BidsValidationError(f"only {len(file_of)} distinct stimuli; RSA needs at least {MIN_STIMULI}")
     order = sorted(file_of, key=lambda n: (categories[n], file_of[n], n))
@@ -622,10 +677,54 @@ def build_stimulus_set(events_tables: list[pd.DataFrame], bids_dir: Path, *, sou
         if len(set(ids)) != len(ids):
             ids = list(order)
     digests = {f: file_sha256(resolved[f][0]) for f in set(files)}
+    _warn_identical_content(digests)
+    _log_large_images({f: resolved[f][0] for f in set(files)})
     return StimulusSet(stim_ids=ids, files=files, paths=[resolved[f][0] for f in files],
                        categories=[categories[n] for n in order], sha256=[digests[f] for f in files],
                        source_dirs=[_describe_dir(resolved[f][1], bids_dir) for f in files],
                        events_source=effective)
+
+
+def _log_large_images(paths: dict[str, Path]) -> None:
+    """One log line when images are much larger than a network needs (they are decoded reduced)."""
+    from bids_dnn.image_decoding import DECODE_HEADROOM, image_size
+
+    sizes = {file: size for file, path in sorted(paths.items())
+             if not is_video(path) and (size := image_size(path)) is not None and min(size) >= 2 * CHECK_SHORTER_SIDE}
+    if not sizes:
+        return
+    from bids_dnn.console import logger
+
+    largest = max(sizes, key=lambda file: sizes[file][0] * sizes[file][1])
+    width, height = sizes[largest]
+    logger.info("%d stimulus image(s) are larger than a network needs (largest: %s, %d x %d pixels, %.0f megapixels); "
+                "they are decoded at a reduced size, at least %d times the model's resize target on the shorter "
+                "side", len(sizes), largest, width, height, width * height / 1e6, DECODE_HEADROOM)
+
+
+#: identical files named in a warning (the rest are counted)
+MAX_LISTED_DUPLICATES = 5
+
+
+def _warn_identical_content(digests: dict[str, str]) -> None:
+    """One warning when files with different names have the same content (SHA-256).
+
+    They stay distinct stimuli (the events name them as such), but their model RDM distance is 0
+    whatever the network, which a copy made by mistake would not be meant to mean.
+    """
+    by_digest: dict[str, list[str]] = {}
+    for file, digest in sorted(digests.items()):
+        by_digest.setdefault(digest, []).append(file)
+    groups = [names for names in by_digest.values() if len(names) > 1]
+    if not groups:
+        return
+    from bids_dnn.console import logger
+
+    shown = "; ".join(" = ".join(names) for names in groups[:MAX_LISTED_DUPLICATES])
+    more = f"; and {len(groups) - MAX_LISTED_DUPLICATES} more group(s)" if len(groups) > MAX_LISTED_DUPLICATES else ""
+    logger.warning("%d group(s) of stimulus files have identical content (SHA-256), so the networks see the same "
+                   "picture under different names and their model RDM distance is 0: %s%s; if one stimulus was "
+                   "meant, name one file in the events", len(groups), shown, more)
 
 
 def _map_through_table(table: StimuliTable, categories: dict[str, str],
@@ -644,6 +743,66 @@ def _map_through_table(table: StimuliTable, categories: dict[str, str],
         categories = {sid: (str(values[sid]) if isinstance(values[sid], str) and values[sid].strip() else cat)
                       for sid, cat in categories.items()}
     return {sid: table.files[sid] for sid in categories}, categories
+
+
+#: more unusable stimulus files than this are summarised by kind (``-v`` lists every one)
+MAX_LISTED_PROBLEMS = 10
+#: files named per kind of problem in a summary
+EXAMPLES_PER_KIND = 3
+#: what to do, by kind of problem (the start of its description)
+PROBLEM_HINTS = {
+    "empty file": "empty files are placeholders (as in bids-examples, or a DataLad / git-annex clone whose "
+                  "content was not fetched): get the real files (e.g. 'datalad get stimuli')",
+    "not found": "put the files under BIDS_DIR/stimuli (or pass -d stimuli=PATH); stim_file is relative to "
+                 "that folder",
+    "not a readable": "re-export or re-copy the damaged files",
+    "unreadable": "check the files' permissions and links",
+    "unsupported file type": "convert them to a supported image or video format",
+    "not a valid file name": "fix the stim_file values of the events",
+}
+
+
+def _problem_kind(reason: str) -> str:
+    """The kind of a stimulus problem: its description without the details in brackets."""
+    return reason.split(" (", 1)[0].strip()
+
+
+def stimulus_problems_error(problems: list[tuple[str, str]]) -> InputMissingError:
+    """One error for every unusable stimulus file (exit 66).
+
+    Up to :data:`MAX_LISTED_PROBLEMS` files are listed one per line; more are summarised, one
+    line per kind of problem with its count and the first few files, so that the message fits
+    on a screen (e.g. bids-examples' hundreds of empty placeholder images); the error's
+    ``details`` (shown with ``-v``) list every file. The hint says what to do for each kind.
+
+    Parameters
+    ----------
+    problems : list of (str, str)
+        ``(file as named in the events, what is wrong)``; an empty file name when the
+        description names the file itself.
+    """
+    lines = [f"{file}: {reason}" if file else reason for file, reason in problems]
+    kinds: dict[str, list[tuple[str, str]]] = {}
+    for file, reason in problems:
+        kinds.setdefault(_problem_kind(reason), []).append((file, reason))
+    hints = list(dict.fromkeys(hint for kind in kinds for start, hint in PROBLEM_HINTS.items()
+                               if kind.startswith(start)))
+    header = f"{len(problems)} stimulus file(s) missing or unreadable"
+    if len(problems) <= MAX_LISTED_PROBLEMS:
+        return InputMissingError(f"{header}:\n  " + "\n  ".join(lines), "; ".join(hints) or None)
+    summary = []
+    for kind, items in sorted(kinds.items(), key=lambda item: -len(item[1])):
+        reasons = {reason for _, reason in items}
+        label = items[0][1] if len(reasons) == 1 else f"{kind} (e.g. {items[0][1][len(kind):].strip(' ()')})"
+        names = [file or reason for file, reason in items[:EXAMPLES_PER_KIND]]
+        more = f", ... ({len(items) - EXAMPLES_PER_KIND} more)" if len(items) > EXAMPLES_PER_KIND else ""
+        summary.append(f"{len(items)} x {label}: {', '.join(names)}{more}")
+    if len(summary) > MAX_LISTED_PROBLEMS:
+        rest = sum(len(items) for items in sorted(kinds.values(), key=len, reverse=True)[MAX_LISTED_PROBLEMS:])
+        summary = summary[:MAX_LISTED_PROBLEMS] + [f"{rest} file(s) with {len(summary) - MAX_LISTED_PROBLEMS} other "
+                                                   "kinds of problem"]
+    return InputMissingError(f"{header}, by kind of problem:\n  " + "\n  ".join(summary),
+                             "; ".join([*hints, "run with -v to list every file"]), details=lines)
 
 
 def _listing(items: list[str], limit: int = 20) -> str:
@@ -674,5 +833,7 @@ def condition_column(events: pd.DataFrame, stimuli: StimulusSet, source: str,
     files = stimulus_column(events, source, trial_type_map, ignore)
     conditions = files.map(lambda f: mapping.get(f.strip()) if isinstance(f, str) else None)
     other = events["trial_type"].astype(str) if "trial_type" in events.columns else pd.Series("other", index=events.index)
-    nuisance = "nuisance_" + other.str.replace(r"[^A-Za-z0-9]", "", regex=True)
+    from bids_dnn.glm import NUISANCE_PREFIX
+
+    nuisance = NUISANCE_PREFIX + other.str.replace(r"[^A-Za-z0-9]", "", regex=True)
     return conditions.where(conditions.notna(), nuisance)

@@ -16,6 +16,8 @@ def pytest_configure(config: pytest.Config) -> None:
     # registered here, not in pyproject.toml, so that a new marker does not rebuild the venv
     config.addinivalue_line("markers", "slurm: needs root; installs slurm-wlm and munge with apt-get and runs a "
                                        "local SLURM cluster (~2 min)")
+    config.addinivalue_line("markers", "system: builds and runs the container image with podman "
+                                       "(scripts/container-test.sh, 15-40 min); only with -m system")
 
 
 @pytest.fixture

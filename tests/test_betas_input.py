@@ -413,3 +413,30 @@ def test_betas_stimulus_tables_resolve_files_ids_and_tables(tmp_path: Path) -> N
     assert source == "stimuli_tsv" and list(tables[0]["stim_id"]) == ["third", "first", "second"]
     stim_set = build_stimulus_set(tables, root, source=source)
     assert stim_set.stim_ids == ["first", "third", "second"] and stim_set.categories == ["x", "x", "y"]
+
+
+@pytest.mark.parametrize("source, expected", [("sidecar", 0.5), ("header", 2.0)])
+def test_repetition_time_source_the_user_trusts(tmp_path: Path, source: str, expected: float) -> None:
+    """Sidecar 0.5 s vs header 2 s: 'check' stops (tests/test_hostile_inputs.py), 'sidecar' or
+    'header' take that one; a header in milliseconds is converted."""
+    import json
+
+    import nibabel as nib
+
+    from bids_dnn.bids_io import repetition_time
+
+    bold = tmp_path / "sub-01_task-x_bold.nii.gz"
+    image = nib.Nifti1Image(np.zeros((2, 2, 2, 3), np.float32), np.eye(4))
+    image.header.set_zooms((1.0, 1.0, 1.0, 2.0))
+    nib.save(image, bold)
+    (tmp_path / "sub-01_task-x_bold.json").write_text(json.dumps({"RepetitionTime": 0.5}))
+
+    class Layout:
+        def get_metadata(self, path: str) -> dict:
+            return json.loads(Path(path.replace(".nii.gz", ".json")).read_text())
+
+    assert repetition_time(Layout(), bold, source) == pytest.approx(expected)
+    image.header.set_xyzt_units("mm", "msec")
+    image.header.set_zooms((1.0, 1.0, 1.0, 500.0))
+    nib.save(image, bold)
+    assert repetition_time(Layout(), bold, "check") == pytest.approx(0.5)  # 500 ms agrees with 0.5 s

@@ -54,7 +54,7 @@ def test_label_normalisation(value: str, expected: str) -> None:
 def test_labels_from_file_and_mixed(tmp_path: Path) -> None:
     listing = tmp_path / "subjects.txt"
     listing.write_text("sub-03\n04 05\n")
-    assert expand_labels(["sub-01", "02", str(listing), "01"]) == ["01", "02", "03", "04", "05"]
+    assert expand_labels(["sub-01", "02", f"@{listing}", "01"]) == ["01", "02", "03", "04", "05"]
 
 
 def test_bad_label_is_usage_error() -> None:
@@ -77,6 +77,11 @@ def test_memory_without_unit_is_usage_error(capsys: pytest.CaptureFixture[str], 
     assert code == 64 and "memory size" in text
 
 
+def test_seed_beyond_32_bits_is_usage_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, text = run_cli([tmp_path, tmp_path / "out", "participant", "--random-seed", str(10**29)], capsys)
+    assert code == 64 and "must be at most 4294967295" in text
+
+
 def test_unknown_level_exit_17(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, text = run_cli([tmp_path, tmp_path / "out", "subject"], capsys)
     assert code == 17 and "unknown analysis level" in text
@@ -88,12 +93,25 @@ def test_missing_arguments_exit_64(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_output_inside_bids_dir_refused(demo_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    for out in (demo_copy, demo_copy / "derivatives" / "bids_dnn"):
+    """BIDS_DIR itself and any place inside it but BIDS_DIR/derivatives/<new folder> are refused
+    (BIDS_DIR/derivatives/bids_dnn is allowed: tests/test_run_hygiene.py)."""
+    spec = demo_copy / "code" / "spec.yaml"
+    cases = [(demo_copy, "inside the input dataset"), (demo_copy / "sub-01" / "x", "inside the input dataset"),
+             (demo_copy / "derivatives", "inside the input dataset"),
+             (demo_copy / "derivatives" / "fmriprep" / "bids_dnn", "holds the derivatives of another tool (fMRIPrep)"),
+             (demo_copy / "derivatives" / "rois", "holds the derivatives of another tool (bids_dnn demo)"),
+             (demo_copy / "derivatives" / "notes", "holds files that are not bids_dnn outputs")]
+    (demo_copy / "derivatives" / "notes").mkdir()
+    (demo_copy / "derivatives" / "notes" / "README").write_text("not an output of bids_dnn\n")
+    for out, message in cases:
         before = sorted(p for p in demo_copy.rglob("*"))
-        code, text = run_cli([demo_copy, out, "participant", "--spec", demo_copy / "code" / "spec.yaml"], capsys)
+        code, text = run_cli([demo_copy, out, "participant", "--spec", spec], capsys)
         assert code == 64, text
-        assert "inside the input dataset" in text
+        assert message in text
         assert sorted(p for p in demo_copy.rglob("*")) == before
+    code, text = run_cli([demo_copy, demo_copy.parent / "out", "participant", "--spec", spec,
+                          "--bids-database-dir", demo_copy / "code" / "db"], capsys)
+    assert code == 64 and "pybids database folder" in text and not (demo_copy / "code" / "db").exists()
 
 
 def test_work_dir_inside_bids_dir_refused(demo_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -30,8 +30,10 @@ EVENTS = "sub-01/func/sub-01_task-shapes_run-1_events.tsv"
 FUNC = "derivatives/fmriprep/sub-01/func"
 BOLD = f"{FUNC}/sub-01_task-shapes_run-1_space-{SPACE}_desc-preproc_bold.nii.gz"
 MASK = f"{FUNC}/sub-01_task-shapes_run-1_space-{SPACE}_desc-brain_mask.nii.gz"
-ROOT_FILES = {"dataset_description.json", ".bidsignore", "descriptions.tsv", "task-shapes_stimuli.tsv",
-              "task-shapes_stimuli.json"}
+CONFOUNDS = f"{FUNC}/sub-01_task-shapes_run-1_desc-confounds_timeseries.tsv"
+ROOT_FILES = {"dataset_description.json", ".bidsignore", "README.md", "descriptions.tsv", "descriptions.json",
+              "input_dataset.json",
+              "task-shapes_stimuli.tsv", "task-shapes_stimuli.json"}
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +125,15 @@ def _replace(path: str, data: bytes) -> Callable[[Path, Path], None]:
     return lambda bids, spec: (bids / path).write_bytes(data)
 
 
+def _empty(path: str, *, drop_sidecar: bool = False) -> Callable[[Path, Path], None]:
+    """Empty a file (0 bytes); optionally delete its JSON sidecar (then the TR comes from the header)."""
+    def breaker(bids: Path, spec: Path) -> None:
+        (bids / path).write_bytes(b"")
+        if drop_sidecar:
+            (bids / path.replace(".nii.gz", ".json")).unlink()
+    return breaker
+
+
 # id, breaker, exit code, expected message parts, fails after the shared model outputs were written
 CASES = [
     pytest.param(_spec_text(SPEC.replace("permutations: 20", "permutations: many")), 65,
@@ -173,18 +184,36 @@ CASES = [
                  id="bold-not-nifti"),
     pytest.param(_truncate(BOLD, 20000), 66, ["desc-preproc_bold.nii.gz"], True, id="bold-truncated"),
     pytest.param(_replace(MASK, b"garbage"), 66, ["desc-brain_mask.nii.gz"], True, id="mask-not-nifti"),
+    pytest.param(_empty(BOLD, drop_sidecar=True), 66,
+                 [f"preprocessed BOLD: sub-01_task-shapes_run-1_space-{SPACE}_desc-preproc_bold.nii.gz is empty "
+                  "(0 bytes)",
+                  "regenerate or re-copy it"], False, id="bold-empty-no-sidecar"),
+    pytest.param(_empty(BOLD), 66, [f"preprocessed BOLD: sub-01_task-shapes_run-1_space-{SPACE}_desc-preproc_bold"
+                                    ".nii.gz is empty (0 bytes)"], False, id="bold-empty"),
+    pytest.param(_empty(MASK), 66, [f"brain mask: sub-01_task-shapes_run-1_space-{SPACE}_desc-brain_mask.nii.gz is "
+                                    "empty (0 bytes)"], False, id="mask-empty"),
+    pytest.param(_empty(CONFOUNDS), 66, ["fMRIPrep confounds: sub-01_task-shapes_run-1_desc-confounds_timeseries.tsv "
+                                         "is empty (0 bytes)"], False, id="confounds-empty"),
+    pytest.param(_empty(EVENTS), 16, ["sub-01_task-shapes_run-1_events.tsv: empty file (0 bytes)",
+                                      "a header row with onset and duration"], False, id="events-empty"),
 ]
 
 
 def assert_no_partial_output(out: Path, shared_ok: bool) -> None:
-    """Nothing half-written: at most the root files (and, after feature extraction, complete model files)."""
+    """Nothing half-written: at most the root files (and, after feature extraction, complete model
+    files), and a failed participant's status file recording the failure."""
     if not out.exists():
         return
     files = [p for p in out.rglob("*") if p.is_file()]
     assert not [p for p in files if p.name.startswith(".") and ".tmp" in p.name]
-    assert not list(out.glob("sub-*")) and not (out / "group").exists()
+    assert not (out / "group").exists()
     for path in files:
         rel = path.relative_to(out)
+        if len(rel.parts) > 1 and rel.parts[0].startswith("sub-"):
+            assert len(rel.parts) == 3 and rel.parts[1] == "log" and rel.name.endswith("_status.json"), rel
+            status = json.loads(path.read_text())
+            assert status["complete"] is False and status["failure"]["message"], status
+            continue
         if len(rel.parts) == 1:
             assert path.name in ROOT_FILES or path.name.endswith(".html"), rel
             continue
@@ -246,7 +275,10 @@ def test_fuzzed_events_table(columns: list[str], rows: list[list[str]], final_ne
             assert exc.exit_code in (16, 65, 66) and str(exc)
             return
     assert isinstance(table, pd.DataFrame)
-    assert table["onset"].dtype == float and (table["duration"] >= 0).all() and (table["onset"] >= 0).all()
+    # what BIDS allows: any finite onset (also negative); a finite duration >= 0, or n/a (NaN)
+    assert table["onset"].dtype == float and np.isfinite(table["onset"]).all()
+    duration = table["duration"].to_numpy(dtype=float)
+    assert ((duration >= 0) | np.isnan(duration)).all() and not np.isinf(duration).any()
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))

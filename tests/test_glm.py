@@ -313,6 +313,34 @@ def test_scrubbing_drops_volumes_like_a_nilearn_sample_mask(rng):
     assert result.dof == N_TIME - 4 - np.linalg.matrix_rank(design.to_numpy()[keep])
 
 
+def test_constant_confound_columns_are_dropped_with_one_warning(rng):
+    """All-zero / constant confound columns (and a spike regressor of a censored volume) give the
+    betas of the model without them (nilearn reference) and no rank-deficiency warning."""
+    events, confounds, _, bold = _planted(rng, n_vox=40)
+    confounds["non_steady_state_outlier00"] = np.eye(N_TIME)[0]  # zero once volume 0 is censored
+    for name in ("rot_y", "csf", "a_comp_cor_01"):
+        confounds[name] = 0.0
+    confounds["white_matter"] = 3.0
+    flat = ["rot_y", "csf", "white_matter", "a_comp_cor_01", "non_steady_state_outlier00"]
+    options = GLMSpec(confounds=["motion_6", "csf", "white_matter", "a_comp_cor_5", "non_steady_state"],
+                      noise_model="ols")
+    result = fit_run_glm(bold, events, T_R, options, confounds=confounds)
+    keep = np.arange(N_TIME) > 0
+    used = ["trans_x", "trans_y", "trans_z", "rot_x", "rot_z", "a_comp_cor_00", "a_comp_cor_02", "a_comp_cor_03",
+            "a_comp_cor_04"]
+    design = _nilearn_design(events, hrf_model="spm", drift_model="cosine", high_pass=0.008,
+                             add_regs=confounds[used])
+    _, res = run_glm(bold[keep], design.to_numpy()[keep], noise_model="ols")
+    expected = res[0.0].theta[[list(design.columns).index(c) for c in CONDS]]
+    np.testing.assert_allclose(result.betas, expected, rtol=1e-8, atol=1e-10)
+    assert not set(flat) & set(result.design.columns) and set(used) <= set(result.design.columns)
+    assert result.dof == N_TIME - 1 - np.linalg.matrix_rank(design.to_numpy()[keep])
+    dropped = [w for w in result.warnings if "constant" in w]
+    assert len(dropped) == 1 and "dropped 5 confound column(s)" in dropped[0], result.warnings
+    assert all(name in dropped[0] for name in flat)
+    assert not [w for w in result.warnings if "rank deficient" in w or "singular" in w], result.warnings
+
+
 def test_onsets_beyond_scan_are_dropped_with_warning(rng):
     events = _events(n_rep=2)
     late = pd.DataFrame({"onset": [N_TIME * T_R + 10.0], "duration": [2.0], "condition": ["late_stim"]})
@@ -322,6 +350,28 @@ def test_onsets_beyond_scan_are_dropped_with_warning(rng):
     assert any("after the end of the scan" in w and "late_stim" in w for w in result.warnings)
     with pytest.raises(AnalysisError, match="no events left"):
         fit_run_glm(bold, late, T_R, GLMSpec(confounds=[]))
+
+
+def test_unknown_duration_of_a_nuisance_event_is_an_impulse(rng):
+    """BIDS allows duration n/a: a non-stimulus row (a pre-scan response, negative onset) is
+    modelled as an impulse, exactly as with duration 0; a stimulus row with n/a is refused."""
+    events = _events(n_rep=1)
+    extra = pd.DataFrame({"onset": [-1.5, 30.0], "duration": [np.nan, np.nan],
+                          "condition": ["nuisance_response", "nuisance_response"]})
+    with_na = pd.concat([events, extra], ignore_index=True)
+    with_zero = with_na.assign(duration=with_na["duration"].fillna(0.0))
+    bold = rng.normal(size=(N_TIME, 5))
+    a = fit_run_glm(bold, with_na, T_R, GLMSpec(confounds=[]))
+    b = fit_run_glm(bold, with_zero, T_R, GLMSpec(confounds=[]))
+    np.testing.assert_allclose(a.betas, b.betas, rtol=1e-12, atol=1e-12)
+    assert any("2 non-stimulus event(s) with duration n/a modelled as impulses (nuisance_response)" in w
+               for w in a.warnings), a.warnings
+    stimulus_na = events.copy()
+    stimulus_na.loc[3, "duration"] = np.nan
+    stimulus_na.attrs["source_file"] = "sub-01_task-x_events.tsv"
+    with pytest.raises(BidsValidationError, match=r"sub-01_task-x_events.tsv: row 5: duration 'n/a' on a "
+                                                  r"stimulus event \(stim03\)"):
+        fit_run_glm(bold, stimulus_na, T_R, GLMSpec(confounds=[]))
 
 
 def test_bad_events_raise_clear_errors(rng):

@@ -183,22 +183,29 @@ def test_fetch_weights_uses_torch_hub_safely(empty_torch_home: Path, monkeypatch
 # --- other sources ---------------------------------------------------------------------
 
 
-def test_custom_entry_point_is_seeded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_custom_entry_point_is_seeded(tmp_path: Path) -> None:
     (tmp_path / "tiny_net_mod.py").write_text(
         "import torch\n"
         "def build():\n"
         "    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(),\n"
         "                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 2))\n"
     )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    spec = ModelSpec(name="tiny", source="custom", entry_point="tiny_net_mod:build", weights="random",
-                     init_seed=5)
+    spec = ModelSpec(name="tiny", source="custom", entry_point=f"{tmp_path / 'tiny_net_mod.py'}:build",
+                     weights="random", init_seed=5)
     first, second = M.load_model(spec), M.load_model(spec)
     assert first.weights_sha256 == second.weights_sha256 and first.source == "custom"
     assert M.resolve_layers(first.module, "top_level") == ["1", "4"]
-    bad = ModelSpec(name="x", source="custom", entry_point="no_such_module_xyz:build")
-    with pytest.raises(InputMissingError, match=r"models\[0\].entry_point: cannot import"):
+    assert "tiny_net_mod" not in sys.modules  # executed from its file, not imported by name
+    bad = ModelSpec(name="x", source="custom", entry_point=f"{tmp_path / 'no_such_file.py'}:build")
+    with pytest.raises(InputMissingError, match=r"models\[0\].entry_point: file not found"):
         M.load_model(bad)
+
+
+def test_custom_code_calling_sys_exit_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "quitter.py").write_text("import sys\ndef build():\n    sys.exit(0)\n")
+    spec = ModelSpec(name="q", source="custom", entry_point=f"{tmp_path / 'quitter.py'}:build")
+    with pytest.raises(AnalysisError, match=r"quitter.py called sys.exit\(0\)"):
+        M.load_model(spec)
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit deprecation

@@ -7,6 +7,7 @@ Planted truth (bids_dnn.demo): ROI ``early`` follows ``features.2``, ``late`` fo
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -259,3 +260,39 @@ def test_variance_partitioning_needs_two_groups_and_known_models(tmp_path: Path)
     with pytest.raises(SpecError, match="names no model"):
         parse_spec({**base, "analyses": {"variance_partitioning": {
             "enabled": True, "groups": {"a": ["alexnet"], "b": ["vgg16:features.3"]}}}})
+
+
+@pytest.mark.slow
+def test_default_demo_group_maps_reach_fwe_significance(tmp_path: Path) -> None:
+    """``bids_dnn demo`` writes 6 participants by default: 2^6 = 64 sign flips, so the group
+    searchlight map of each planted layer has FWE-significant voxels, in and next to its ROI
+    (4 participants: smallest p_FWE 1/16, never significant), and the report shows it
+    thresholded. Encoding maps (per-voxel accuracies vary between participants) reach FDR
+    significance in the signal ROIs. Two layers and fewer ROI permutations keep the run short;
+    the group maps use the demo spec's statistics."""
+    bids, out = tmp_path / "bids", tmp_path / "out"
+    assert main(["demo", str(bids)]) == 0
+    assert len(pd.read_csv(bids / "participants.tsv", sep="\t")) == 6
+    text = (bids / "code" / "spec.yaml").read_text()
+    text = text.replace("layers: [features.2, features.5, features.12, classifier.1, classifier.4]",
+                        "layers: [features.2, classifier.4]").replace("permutations: 1000}", "permutations: 100}")
+    assert "layers: [features.2, classifier.4]" in text
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(text)
+    for level in ("participant", "group"):
+        assert main([str(bids), str(out), level, "--spec", str(spec), "--no-progress"]) == 0
+    lay = layout(out)
+    signal = scipy_dilate(roi_mask(out, "01", "early") | roi_mask(out, "01", "late"), 1)
+    for layer, roi in (("features.2", "early"), ("classifier.4", "late")):
+        pfwe = load(lay.group_map("searchlight", "alexnet", layer, "pfwe"))
+        significant = np.isfinite(pfwe) & (pfwe <= 0.05)
+        assert significant.sum() >= 10, layer
+        # a searchlight sphere (8 mm, 4 mm voxels) reaches 2 voxels beyond its ROI
+        assert not (significant & ~scipy_dilate(roi_mask(out, "01", roi), 2)).any(), layer
+        assert np.nanmin(pfwe) == pytest.approx(1 / 64)
+    pfdr = load(lay.group_map("encoding", "alexnet", "features.2", "pfdr"))
+    significant = np.isfinite(pfdr) & (pfdr <= 0.05)
+    assert significant.sum() >= 10 and (significant & signal).sum() >= 0.8 * significant.sum()
+    # the report shows the searchlight maps thresholded (figure threshold p_FWE), not the fallback
+    page = (out / "group.html").read_text(encoding="utf-8")
+    assert len(re.findall(r'data-col="threshold"[^>]*>p_FWE \(max-T\)<', page)) >= 2

@@ -57,8 +57,8 @@ def _command(bids: Path, out: Path, level: str, spec: Path, labels: tuple[str, .
 
 
 def run_bids_dnn(cmd: list[str], log: Path, kill_when: Callable[[], bool] | None = None,
-                 timeout: float = 240.0) -> RunResult:
-    """Run ``cmd``; SIGKILL it as soon as ``kill_when()`` is true (polled every ~2 ms)."""
+                 timeout: float = 240.0, sig: int = signal.SIGKILL) -> RunResult:
+    """Run ``cmd``; send ``sig`` (default SIGKILL) as soon as ``kill_when()`` is true (polled every ~2 ms)."""
     start = time.monotonic()
     with open(log, "wb") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=ENV)
@@ -66,7 +66,7 @@ def run_bids_dnn(cmd: list[str], log: Path, kill_when: Callable[[], bool] | None
         try:
             while proc.poll() is None:
                 if kill_when is not None and kill_when():
-                    proc.send_signal(signal.SIGKILL)
+                    proc.send_signal(sig)
                     killed = True
                     break
                 if time.monotonic() - start > timeout:
@@ -78,8 +78,8 @@ def run_bids_dnn(cmd: list[str], log: Path, kill_when: Callable[[], bool] | None
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    return RunResult(proc.returncode, log.read_text(errors="replace"), killed and proc.returncode == -signal.SIGKILL,
-                     time.monotonic() - start)
+    stopped = killed and (sig != signal.SIGKILL or proc.returncode == -signal.SIGKILL)
+    return RunResult(proc.returncode, log.read_text(errors="replace"), stopped, time.monotonic() - start)
 
 
 def _normalise_json(value):
@@ -353,3 +353,27 @@ def test_two_participants_and_an_early_group_on_one_folder(fault_runs: FaultRuns
     assert run["torn"] is None, run["torn"]
     assert run["status_complete"] == [True, True]
     assert run["group_tables"]
+
+
+@pytest.mark.parametrize("sig, code, message", [
+    (signal.SIGTERM, 143, "terminated (SIGTERM, e.g. a job's time limit or 'docker stop'); finished outputs are kept"),
+    (signal.SIGINT, 130, "interrupted (Ctrl-C / SIGINT); finished outputs are kept"),
+], ids=["sigterm", "sigint"])
+def test_signal_ends_with_its_code_and_a_rerun_resumes(fault_runs: FaultRuns, small_demo: tuple[Path, Path],
+                                                       tmp_path: Path, sig: int, code: int, message: str) -> None:
+    """SIGTERM / Ctrl-C while the RDM tables are written: exit 143 / 130 with one message, no
+    temporary or torn file; the same command then completes with the uninterrupted run's outputs."""
+    bids, spec = small_demo
+    out = tmp_path / "out"
+    cmd = _command(bids, out, "participant", spec, ("01",))
+    start_ns = time.time_ns()
+    stopped = run_bids_dnn(cmd, tmp_path / "stopped.log", sig=sig,
+                           kill_when=lambda: _kill_points(out)["during_rdm_tables"](start_ns, set()))
+    assert stopped.killed and stopped.returncode == code, stopped.stderr
+    text = " ".join(stopped.stderr.split())
+    assert text.count(message) == 1 and "rerun the same command" in text and "Traceback" not in text, text
+    assert temp_files(out) == []
+    assert_no_torn_files(out)
+    rerun = run_bids_dnn(cmd, tmp_path / "rerun.log")
+    assert rerun.returncode == 0, rerun.stderr
+    assert_same_outputs(fault_runs.baseline_outputs, comparable_outputs(out))

@@ -223,7 +223,11 @@ def test_participant_numbers_equal_tsvs(demo_outputs: Path) -> None:
     assert {r["roi"]: int(r["n_voxels"]) for r in page.tables["rois"]} == rois["n_voxels"].to_dict()
     best = {r["roi"]: r for r in page.tables["summary-best"]}
     for roi, sub in table.reset_index().groupby("roi"):
-        top = sub.loc[sub["score"].idxmax()]
+        significant = sub[sub["p_permutation"] < 0.05]
+        if not len(significant):  # no best-layer claim without a layer with permutation p < alpha
+            assert best[roi]["layer"].startswith("none") and best[roi]["score"] == "n/a"
+            continue
+        top = significant.loc[significant["score"].idxmax()]
         assert best[roi]["layer"] == top["layer"]
         assert_printed(best[roi]["score"], top["score"])
 
@@ -282,7 +286,7 @@ def test_group_report_sections_and_numbers(demo_outputs: Path) -> None:
     assert [r["participant"] for r in participants] == ["sub-01", "sub-02", "sub-03", "sub-04"]
     assert all(r["included"] == "yes" for r in participants)
     best = {r["roi"]: r["best_layer"] for r in page.tables["summary-best"]}
-    assert best == {"early": "features.2", "late": "classifier.4", "control": best["control"]}
+    assert best == {"early": "features.2", "late": "classifier.4", "control": "none (no significant layer)"}
 
 
 def test_methods_and_provenance(demo_outputs: Path) -> None:
@@ -625,3 +629,114 @@ def test_reports_are_deterministic(out_copy: Path) -> None:
     assert first == second
     html_second = [(out_copy / n).read_text() for n in ("sub-01.html", "group.html")]
     assert html_first == html_second
+
+
+# ---------------------------------------------------------------------------------------
+# Readable figures and claims: best layer only where significant, flags, colour scales
+# ---------------------------------------------------------------------------------------
+
+
+def test_no_signal_roi_has_no_best_layer(demo_outputs: Path) -> None:
+    """The noise-only ROI gets no best layer in any table or in the HTML; where there is one,
+    the RSA summary and the weighted RSA name the same layer."""
+    group = demo_outputs / "group"
+    stem = f"task-{TASK}_space-{SPACE}_model-alexnet"
+    summary = drv.read_tsv(group / f"{stem}_desc-summary_rsa.tsv")
+    weighted = drv.read_tsv(group / f"{stem}_desc-weighted_rsa.tsv").set_index("roi")
+    encoding = drv.read_tsv(group / f"{stem}_desc-summary_encoding.tsv")
+    assert not summary.loc[summary["roi"] == "control", "significant"].any()  # the planted truth: no signal
+    for roi, rows in summary.groupby("roi"):
+        best = rows.loc[rows["best_layer_cv"], "layer"]
+        assert len(best) == (1 if rows["significant"].any() else 0), roi
+        assert rows.loc[rows["best_layer_cv"], "significant"].all()
+        expected = best.iloc[0] if len(best) else None
+        named = weighted.loc[roi, "best_single_layer"]
+        assert (named == expected) if expected else pd.isna(named), (roi, named, expected)
+    for roi, rows in encoding.groupby("roi"):
+        significant = rows[rows["p_fdr"] < 0.05]
+        chosen = rows.loc[rows["best_layer"], "layer"].tolist()
+        assert chosen == ([significant.loc[significant["mean_r2"].idxmax(), "layer"]] if len(significant) else [])
+    assert not encoding.loc[encoding["roi"] == "control", "best_layer"].any()
+    page = parse(demo_outputs / "group.html")
+    assert {r["roi"]: r["best_layer"] for r in page.tables["summary-best"]}["control"].startswith("none")
+    control = [r for r in page.tables["group-summary-alexnet"] if r["roi"] == "control"]
+    assert control and all(r["best_layer_cv"] == "no" for r in control)
+    assert {r["roi"]: r["best_single_layer"] for r in page.tables["weighted-alexnet"]}["control"] == "n/a"
+    rows = [r for r in page.tables["group-encoding-summary-table-alexnet"] if r["roi"] == "control"]
+    assert rows and all(r["best_layer"] == "no" for r in rows)
+
+
+def test_group_tsv_sidecars_describe_every_column(demo_outputs: Path) -> None:
+    """Every column of every group table has a Description in its JSON sidecar; the columns
+    named like a pybids entity (subject, roi, model, layer), which pybids would read as entities
+    there, are described in the folder's README instead."""
+    readme = (demo_outputs / "README.md").read_text()
+    tables = sorted((demo_outputs / "group").glob("*.tsv"))
+    assert len(tables) >= 10
+    for path in tables:
+        sidecar = json.loads(drv.sidecar_path(path).read_text())
+        table = drv.read_tsv(path)
+        for column in table.columns:
+            if column in drv.PYBIDS_ENTITY_NAMES:
+                assert f"`{column}`" in readme, (path.name, column)
+                continue
+            entry = sidecar.get(column)
+            assert isinstance(entry, dict) and str(entry.get("Description", "")).strip(), (path.name, column)
+        if "subject" in table.columns:  # labels read back as text: 01 stays 01
+            assert set(table["subject"]) == {"01", "02", "03", "04"}, path.name
+
+
+def test_reports_state_colour_scales_and_flag_normalised_maps(demo_outputs: Path) -> None:
+    import nibabel as nib
+
+    page = parse(demo_outputs / "sub-01.html")
+    maps = page.section_text("maps")
+    assert "99th percentile of |value|" in maps and "MNI152 template" in maps
+    assert "Colour scale 0 to 1" in maps  # the noise-ceiling map on the range of a reliability
+    func = demo_outputs / "sub-01" / "func"
+    flagged = 0
+    for row in page.tables["encoding-alexnet"]:
+        if row["stat"] != "normr2":
+            continue
+        layer = row["layer"].replace(".", "")
+        values = np.asarray(nib.load(func / f"sub-01_task-{TASK}_space-{SPACE}_model-alexnet_layer-{layer}_stat-normr2"
+                                            f"_desc-encoding_statmap.nii.gz").dataobj, dtype=float)
+        outside = int((np.isfinite(values) & ((values < 0) | (values > 1))).sum())
+        assert row["flag"] == (f"{outside} of {int(np.isfinite(values).sum())} voxels outside [0, 1]" if outside
+                               else ""), row
+        flagged += bool(outside)
+    warnings = [w for w in page.sections["maps"]["warnings"] if "ceiling-normalised R²" in w]
+    assert len(warnings) == (1 if flagged else 0)  # one warning naming every flagged layer
+    assert all(w.count("voxels outside [0, 1]") == flagged for w in warnings)
+    group = parse(demo_outputs / "group.html")
+    assert "99th percentile of |value|" in group.section_text("maps")
+    assert "MNI152 template" in group.section_text("maps")
+
+
+def test_encoding_flags_appear_in_the_report(out_copy: Path) -> None:
+    """An out-of-range ceiling-normalised R2 and penalties at the grid edge are flagged in the
+    participant report (table cell and warning)."""
+    layout = layout_of(out_copy)
+    for pattern in ("*_desc-searchlight_statmap.*", "*_desc-encoding_statmap.*"):  # keep the ROI table only
+        for path in (out_copy / "sub-01" / "func").glob(pattern):
+            path.unlink()
+    path = layout.encoding_table("01", "alexnet")
+    table = drv.read_tsv(path)
+    assert {"normalized_r2_out_of_range", "alpha_at_grid_edge"} <= set(table.columns)
+    early = (table["roi"] == "early") & (table["layer"] == "features.2")
+    control = (table["roi"] == "control") & (table["layer"] == "classifier.4")
+    table["normalized_r2_out_of_range"] = early
+    table.loc[early, "normalized_r2"] = 2.98
+    table["alpha_at_grid_edge"] = np.where(control, 0.6, 0.05)
+    drv.write_tsv(path, table)
+    build_participant_report(layout, "01")
+    page = parse(out_copy / "sub-01.html")
+    warnings = page.sections["maps"]["warnings"]
+    assert any("outside [0, 1] for early features.2 (2.98)" in w for w in warnings), warnings
+    assert any("control classifier.4 (60%)" in w and "early" not in w for w in warnings), warnings
+    rows = {(r["roi"], r["layer"]): r for r in page.tables["encoding-table-alexnet"]}
+    assert rows[("control", "classifier.4")]["alpha_at_grid_edge"] == "60%"
+    assert rows[("early", "features.2")]["normalized_r2"] == "2.980"
+    html = (out_copy / "sub-01.html").read_text()
+    assert len(re.findall(r'data-col="normalized_r2" class="bad"', html)) == 1
+    assert len(re.findall(r'data-col="alpha_at_grid_edge" class="bad"', html)) == 1

@@ -207,3 +207,112 @@ def test_group_maps_are_kept_while_current(resumed: dict, tmp_path: Path) -> Non
     _pause()
     third = group(changed)
     assert set(third) == set(first) and all(third[name] != first[name] for name in first)
+
+
+# ---------------------------------------------------------------------------------------
+# Reruns from another working directory, and outputs a changed spec no longer produces
+# ---------------------------------------------------------------------------------------
+
+
+def _run_level(level: str, bids: str | Path, out: str | Path, spec: str | Path, cwd: Path) -> None:
+    """One level through ``main`` with the paths as given, from working directory ``cwd``."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(cwd)
+        assert main([str(bids), str(out), level, "--spec", str(spec), "--participant-label", *SUBJECTS,
+                     "--no-progress"]) == 0
+
+
+def _all_files(out: Path) -> dict[str, int]:
+    """Every file under ``out`` (logs, status files and reports included) -> modification time."""
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def moved(demo_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Participant + group levels run first with relative BIDS_DIR / OUT_DIR, then again from
+    other working directories (relative and absolute paths), then with ``rdm.brain`` changed and
+    with the searchlight switched off."""
+    root = tmp_path_factory.mktemp("moved")
+    first, other = root / "first", root / "other" / "deeper"
+    first.mkdir()
+    other.mkdir(parents=True)
+    spec = root / "spec.yaml"
+    spec.write_text(SPEC)
+    bids_rel = os.path.relpath(demo_dataset, first)
+    steps: dict = {"out": first / "out"}
+    for level in ("participant", "group"):
+        _run_level(level, bids_rel, "out", "../spec.yaml", first)
+    steps["first"] = _all_files(first / "out")
+    _pause()
+    for level in ("participant", "group"):  # other relative paths to the same folders
+        _run_level(level, os.path.relpath(demo_dataset, other), "../../first/out", "../../spec.yaml", other)
+    steps["relative"] = _all_files(first / "out")
+    _pause()
+    for level in ("participant", "group"):  # absolute paths
+        _run_level(level, demo_dataset, first / "out", spec, root)
+    steps["absolute"] = _all_files(first / "out")
+
+    out = first / "out"
+    mine = out / "sub-01" / "func" / "sub-01_task-shapes_label-early_stat-crossnobis_desc-mine_relmat.tsv"
+    mine.write_text("a file bids_dnn did not write\n")
+    steps["mine"] = mine
+    steps["before_change"] = _all_files(out)
+    correlation = root / "spec_correlation.yaml"
+    correlation.write_text(SPEC.replace("analyses:", "rdm: {brain: correlation}\nanalyses:"))
+    for level in ("participant", "group"):
+        _run_level(level, bids_rel, "out", correlation, first)
+    steps["correlation"] = _all_files(out)
+    no_searchlight = root / "spec_off.yaml"
+    no_searchlight.write_text(correlation.read_text().replace(
+        "searchlight: {enabled: true, radius_mm: 6, comparison: spearman}", "searchlight: {enabled: false}"))
+    assert no_searchlight.read_text() != correlation.read_text()
+    for level in ("participant", "group"):
+        _run_level(level, bids_rel, "out", no_searchlight, first)
+    steps["off"] = _all_files(out)
+    steps["status"] = {s: _status(out, s) for s in SUBJECTS}
+    steps["group_status"] = json.loads(next((out / "group" / "log").glob("task-*_status.json")).read_text())
+    return steps
+
+
+@pytest.mark.slow  # ~1 min: participant + group levels, four times
+def test_rerun_from_another_directory_recomputes_nothing(moved: dict) -> None:
+    """Status files record outputs relative to OUT_DIR, so neither the working directory nor
+    relative vs absolute BIDS_DIR / OUT_DIR makes a rerun recompute anything."""
+    first = moved["first"]
+    assert any("_desc-searchlight_statmap" in rel and rel.startswith("group/") for rel in first)
+    status = json.loads((moved["out"] / "sub-01" / "log" / "task-shapes_status.json").read_text())
+    assert all(not rel.startswith(("out/", "/", "..")) for rel in status["outputs"])
+    for rerun in ("relative", "absolute"):
+        files = moved[rerun]
+        # participant level: no file written (no log folder, status file or output); group level:
+        # the group maps and their status are kept, the ROI tables (always recomputed) rewritten
+        changed = _changed(first, files) | (set(files) - set(first))
+        assert not {rel for rel in changed if not _group_roi_output(rel)}, rerun
+        assert any(rel.startswith("group/") and rel.endswith("_rsa.tsv") for rel in changed)
+
+
+def _group_roi_output(rel: str) -> bool:
+    """A group output that every group run rewrites (ROI tables, report, provenance)."""
+    return rel == "group.html" or (rel.startswith("group/") and "_statmap." not in rel
+                                   and not rel.endswith("_status.json"))
+
+
+@pytest.mark.slow
+def test_outputs_a_changed_spec_no_longer_produces_are_removed(moved: dict) -> None:
+    before, after = moved["before_change"], moved["correlation"]
+    crossnobis = {rel for rel in before if "stat-crossnobis_relmat" in rel and "desc-mine" not in rel}
+    assert {rel for rel in crossnobis if rel.endswith(".tsv")} and {rel for rel in crossnobis if rel.endswith(".json")}
+    assert not crossnobis & set(after), "the crossnobis brain RDMs must be gone"
+    correlation = {rel.replace("crossnobis", "correlation") for rel in crossnobis}
+    assert correlation <= set(after)
+    assert moved["mine"].read_text() == "a file bids_dnn did not write\n"  # not recorded: kept
+    # results (report figures are not recorded by the stages and stay)
+    searchlight = {rel for rel in after if "searchlight" in rel and "/log/" not in rel and "/figures/" not in rel}
+    assert any(rel.startswith("sub-") for rel in searchlight) and any(rel.startswith("group/") for rel in searchlight)
+    off = moved["off"]
+    assert not searchlight & set(off), "switching the searchlight off removes its participant and group maps"
+    assert str(moved["mine"].relative_to(moved["out"])) in off
+    for status in moved["status"].values():
+        assert "pending" not in status and not any(name.startswith("searchlight") for name in status["stages"])
+        assert all((moved["out"] / rel).is_file() for rel in status["outputs"])
+    assert moved["group_status"] == {"stages": {}}

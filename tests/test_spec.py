@@ -55,6 +55,26 @@ def test_error_messages_name_the_field(data: dict, expected: str) -> None:
     assert any(expected in p for p in found), found
 
 
+@pytest.mark.parametrize("data, expected", [
+    ({"analyses": {"rsa": {"permutations": 10**12}}},
+     "analyses.rsa.permutations: must be less than or equal to 1000000 (got 1000000000000): p-values resolve"),
+    ({"analyses": {"searchlight": {"radius_mm": 1e9}}},
+     "analyses.searchlight.radius_mm: must be less than or equal to 50 (got 1000000000.0): a sphere of more"),
+    ({"analyses": {"encoding": {"alphas": "logspace(0, 9, 1000000000)"}}},
+     "analyses.encoding.alphas: logspace needs 1 <= num <= 100"),
+    ({"analyses": {"encoding": {"alphas": [1.0] * 101}}}, "at most 100 alphas (got 101"),
+    ({"analyses": {"encoding": {"alphas": [1e300]}}}, "every alpha must be a finite number in (0, 1e+15]"),
+    ({"statistics": {"seed": 10**29}}, "statistics.seed: must be less than or equal to 4294967295"),
+    ({"statistics": {"map_permutations": 10**7}}, "statistics.map_permutations: must be less than or equal to"),
+    ({"statistics": {"bootstrap": 10**9}}, "statistics.bootstrap: must be less than or equal to 100000"),
+    ({"models": [{"name": "alexnet", "batch_size": 10**6}]}, "models[0].batch_size: must be less than or equal"),
+])
+def test_unbounded_numbers_are_refused_with_the_reason(data: dict, expected: str) -> None:
+    """Numbers that passed validation and failed later with MemoryError (issue: hostile inputs)."""
+    found = problems({**MINIMAL, **data})
+    assert any(expected in p for p in found), found
+
+
 def test_logspace_alphas() -> None:
     spec = parse_spec({**MINIMAL, "analyses": {"encoding": {"alphas": "logspace(-2, 8, 21)"}}})
     alphas = spec.analyses.encoding.alphas

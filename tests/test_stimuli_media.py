@@ -353,3 +353,15 @@ def test_cli_stimuli_tsv_run_equals_stim_file_run(small_demo: Path, tmp_path: Pa
         assert len(stimuli) == 24
     pd.testing.assert_frame_equal(tables["file"], tables["tsv"])
     assert len(tables["file"]) > 0 and tables["file"]["score"].notna().all()
+
+
+def test_events_accept_what_bids_accepts(tmp_path: Path) -> None:
+    """Negative onsets (a response before the first volume) and duration n/a are valid BIDS."""
+    from bids_dnn.stimuli import read_events
+
+    path = tmp_path / "sub-01_task-x_events.tsv"
+    path.write_text("onset\tduration\ttrial_type\n-2.5\tn/a\tresponse\n4\t1\tstim\n")
+    table = read_events(path)
+    assert table["onset"].tolist() == [-2.5, 4.0]
+    assert np.isnan(table["duration"].iloc[0]) and table["duration"].iloc[1] == 1.0
+    assert table.attrs["source_file"] == path.name

@@ -71,3 +71,5 @@ def test_video_stimuli_give_the_image_results(demo_dataset: Path, tmp_path: Path
     np.testing.assert_allclose(clips["score"], images["score"], atol=1e-4)
     stimuli = pd.read_csv(next((tmp_path / "videos_out").glob("task-*_stimuli.tsv")), sep="\t")
     assert stimuli["stim_file"].str.endswith(".mkv").all()
+    report = (tmp_path / "videos_out" / "sub-01.html").read_text()
+    assert "Grey tiles" not in report  # the montage shows each video's first frame, not a placeholder

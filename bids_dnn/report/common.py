@@ -6,10 +6,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from bids_dnn import __version__
 from bids_dnn import derivatives as drv
+from bids_dnn.console import LOG_FILE_NAME
 from bids_dnn.report.assemble import Block, Col, Section, fmt_text, table_block
 from bids_dnn.report.inputs import container_tag
 from bids_dnn.spec import AnalysisSpec, spec_hash, spec_to_dict
@@ -67,7 +69,9 @@ def provenance_section(section: Section, layout: drv.OutputLayout, log_dir: Path
         ("container", container or "none recorded (not run from a container image)"),
         ("platform", provenance.get("platform", "not recorded")),
         ("device", provenance.get("device", "not recorded")),
-        ("log folder", str(log_dir.relative_to(layout.root)) if log_dir else "not found"),
+        ("log folder", (str(log_dir.relative_to(layout.root))
+                        + (f" ({LOG_FILE_NAME}: the run's messages)" if (log_dir / LOG_FILE_NAME).is_file() else ""))
+         if log_dir else "not found"),
         *(extra or []),
     ]
     section.kv(rows, id="provenance-run")
@@ -91,3 +95,56 @@ def parse_bool(value: Any) -> bool:
         return bool(value) and not pd.isna(value)
     except (TypeError, ValueError):
         return bool(value)
+
+
+#: share of an ROI's ridge penalties at the edge of the alpha grid from which the reports flag it:
+#: half, i.e. the typical (median) choice is at the edge. Smaller shares are common and benign at
+#: the bottom edge (penalties far below the kernel's eigenvalues all fit alike; ties pick the
+#: smallest): the demo's signal ROIs have 25-40 %, its noise-only ROI 60 % (top edge).
+ALPHA_EDGE_WARNING = 0.5
+
+
+def fmt_share(value: Any) -> str:
+    """A fraction as a whole percentage (``0.25`` -> ``25%``); ``n/a`` when missing."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return "n/a"
+    return "n/a" if not np.isfinite(number) else f"{100 * number:.0f}%"
+
+
+def edge_flagged(value: Any) -> bool:
+    """True when a share of penalties at the grid edge reaches :data:`ALPHA_EDGE_WARNING`."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return False
+    return bool(np.isfinite(number) and number >= ALPHA_EDGE_WARNING)
+
+
+def encoding_table_warnings(table: pd.DataFrame, normalized: str, out_of_range: str, edge: str) -> list[str]:
+    """Warnings for the flagged rows of an encoding ROI table (participant or group summary).
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Rows with ``roi`` and ``layer``.
+    normalized, out_of_range, edge : str
+        Columns of the ceiling-normalised score, of its out-of-[0, 1] flag and of the share of
+        penalties at the edge of the alpha grid (absent columns are skipped: older outputs).
+    """
+    out = []
+    if out_of_range in table and normalized in table:
+        flagged = table[table[out_of_range].map(parse_bool)]
+        if len(flagged):
+            items = ", ".join(f"{r['roi']} {r['layer']} ({float(r[normalized]):.3g})" for _, r in flagged.iterrows())
+            out.append(f"R² / ceiling outside [0, 1] for {items}: not a fraction of the explainable variance (a noisy "
+                       "noise ceiling, or a model that predicts worse than the mean response).")
+    if edge in table:
+        flagged = table[table[edge].map(edge_flagged)]
+        if len(flagged):
+            items = ", ".join(f"{r['roi']} {r['layer']} ({fmt_share(r[edge])})" for _, r in flagged.iterrows())
+            out.append(f"Ridge penalty at the smallest or largest value of the alpha grid for at least "
+                       f"{ALPHA_EDGE_WARNING:.0%} of the choices in {items}: extend analyses.encoding.alphas (at the "
+                       "top edge the prediction is close to the mean response: no learnable signal).")
+    return out

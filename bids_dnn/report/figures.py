@@ -127,16 +127,49 @@ def draw_roi_overlay(fig: Any, background: Any, rois: dict[str, Any], counts: di
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False, fontsize=9)
 
 
-def max_abs(images: Sequence[Any]) -> float:
-    """Largest absolute finite value of ``images`` (a shared colour scale); 1.0 when there is none."""
-    peaks = []
+#: percentile of |value| that sets the colour limits of signed maps (one extreme voxel must not
+#: wash out the rest: e.g. a group t map with a maximum of 202 and a 99th percentile of 7.3)
+ROBUST_PERCENTILE = 99.0
+
+
+def robust_abs_limit(images: Sequence[Any], percentile: float = ROBUST_PERCENTILE) -> float:
+    """Symmetric colour limit shared by ``images``: the ``percentile`` of |value| over their
+    finite non-zero voxels (zeros are the not-shown voxels of a thresholded map).
+
+    Values beyond the limit are drawn in the end colour of the scale. 1.0 when no voxel has a
+    value.
+
+    Parameters
+    ----------
+    images : sequence of nibabel images
+        The maps shown on one colour scale.
+    percentile : float
+        Percentile of the absolute values (default :data:`ROBUST_PERCENTILE`).
+
+    Returns
+    -------
+    float
+        The limit ``vmax`` (colour scale ``-vmax .. vmax``).
+    """
+    values = []
     for image in images:
-        data = np.asarray(image.dataobj, dtype=np.float64)
-        data = np.abs(data[np.isfinite(data)])
-        if data.size:
-            peaks.append(float(data.max()))
-    peak = max(peaks, default=1.0)
-    return peak if peak > 0 else 1.0
+        data = np.abs(np.asarray(image.dataobj, dtype=np.float64))
+        values.append(data[np.isfinite(data) & (data > 0)])
+    pooled = np.concatenate(values) if values else np.array([])
+    if not pooled.size:
+        return 1.0
+    limit = float(np.percentile(pooled, percentile))
+    return limit if limit > 0 else 1.0
+
+
+def robust_limit_note(vmax: float, images: Sequence[Any], percentile: float = ROBUST_PERCENTILE) -> str:
+    """Caption text stating a colour scale set by :func:`robust_abs_limit` (and how many voxels lie beyond it)."""
+    beyond = 0
+    for image in images:
+        data = np.abs(np.asarray(image.dataobj, dtype=np.float64))
+        beyond += int((np.isfinite(data) & (data > vmax * (1 + 1e-6))).sum())
+    text = f"Colour scale ±{vmax:.3g}: the {percentile:g}th percentile of |value| over the voxels shown"
+    return text + (f"; {beyond} voxel(s) beyond it are drawn in the end colour." if beyond else ".")
 
 
 def _transparency(value: float) -> dict[str, float]:
@@ -159,8 +192,8 @@ def draw_stat_map_rows(fig: Any, rows: Sequence[tuple[str, Any]], background: An
                        glass: Sequence[Any] | None = None, n_cuts: int = 6) -> None:
     """One row of axial slices per map (``rows``: (title, image)), optionally a glass brain beside each.
 
-    NaN voxels are not shown. ``vmax`` (shared colour scale) defaults to the largest absolute
-    finite value of all maps.
+    NaN voxels are not shown. ``vmax`` (shared colour scale) defaults to the robust limit of all
+    maps (:func:`robust_abs_limit`); with ``symmetric=False`` the scale runs from 0 to ``vmax``.
     """
     with warnings.catch_warnings():
         # nilearn warns about empty maps (nothing survives a threshold): the title says so already
@@ -175,7 +208,7 @@ def _stat_map_rows(fig: Any, rows: Sequence[tuple[str, Any]], background: Any, *
 
     images = [_nan_to_zero(image) for _, image in rows]
     if vmax is None:
-        vmax = max_abs(images)
+        vmax = robust_abs_limit(images)
     vmax = vmax if vmax and np.isfinite(vmax) and vmax > 0 else 1.0
     cuts = z_cuts(images, n_cuts)
     n = len(images)
@@ -190,10 +223,13 @@ def _stat_map_rows(fig: Any, rows: Sequence[tuple[str, Any]], background: Any, *
                                vmax=vmax, symmetric_cbar=symmetric, colorbar=True, annotate=(i == n - 1),
                                draw_cross=False, black_bg=True, **kwargs)
         if glass is not None and glass[i] is not None:
+            # the same scale as the slices: symmetric maps need vmin = -vmax (nilearn would start at the
+            # data's minimum, 0 for a thresholded positive map, and draw small t values in the cold half)
+            glass_kwargs = {**kwargs, "vmin": -vmax} if symmetric else kwargs
             plotting.plot_glass_brain(_nan_to_zero(glass[i]), display_mode="z", figure=fig,
                                       axes=[left_width + 0.01, bottom + 0.02 / n, 1.0 - left_width - 0.01, 0.96 / n],
                                       cmap=cmap, vmax=vmax, colorbar=False, plot_abs=False,
-                                      annotate=False, black_bg=False, **kwargs)
+                                      annotate=False, black_bg=False, **glass_kwargs)
 
 
 # ---------------------------------------------------------------------------------------
@@ -250,11 +286,30 @@ def _category_ticks(ax: Any, categories: Sequence[str], axis_labels: bool = True
     ax.tick_params(length=0)
 
 
+#: what the values of an RDM of each dissimilarity measure are (colour-bar labels)
+RDM_UNITS = {
+    "correlation": "1 - Pearson r",
+    "cosine": "1 - cosine similarity",
+    "euclidean": "Euclidean distance",
+    "sqeuclidean": "squared Euclidean distance / n channels",
+    "mahalanobis": "Mahalanobis distance / n channels",
+    "crossnobis": "crossnobis distance",
+}
+
+
+def rdm_unit(measure: str | None) -> str:
+    """The colour-bar label of an RDM of ``measure`` (the measure's name when it is not known)."""
+    if not measure:
+        return "dissimilarity"
+    return RDM_UNITS.get(str(measure), f"{measure} dissimilarity")
+
+
 def draw_rdm_grid(fig: Any, panels: Sequence[tuple[str, np.ndarray]], categories: Sequence[str], seed: int,
                   max_cols: int = 4, value_label: str = "dissimilarity") -> None:
     """Per panel an RDM heatmap (rows ordered by category) and its 2D MDS below it.
 
-    ``panels``: (title, square RDM already in category order); ``categories``: the row categories.
+    ``panels``: (title, square RDM already in category order); ``categories``: the row categories;
+    ``value_label``: the values' unit, written on every colour bar (see :func:`rdm_unit`).
     """
     from matplotlib.lines import Line2D
 
@@ -275,8 +330,7 @@ def draw_rdm_grid(fig: Any, panels: Sequence[tuple[str, np.ndarray]], categories
         ax.set_title(title, fontsize=9)
         bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03)
         bar.ax.tick_params(labelsize=6)
-        if c == cols - 1 or k == n - 1:
-            bar.set_label(value_label, fontsize=7)
+        bar.set_label(value_label, fontsize=6)
         ax2 = fig.add_subplot(grid[2 * b + 1, c])
         coords = mds_2d(square, seed)
         ax2.scatter(coords[:, 0], coords[:, 1], c=point_colors, s=22, edgecolors="k", linewidths=0.3)
@@ -323,23 +377,51 @@ def draw_rsa_profile(fig: Any, table: pd.DataFrame, layers: Sequence[str], alpha
 
 
 def draw_line_profile(fig: Any, table: pd.DataFrame, layers: Sequence[str], value: str, ylabel: str, title: str,
-                      error: str | None = None) -> None:
-    """A value per layer, one line per ROI (encoding summaries)."""
+                      error: str | None = None, ceiling: dict[str, tuple[float, float]] | None = None,
+                      best: str | None = None) -> None:
+    """A value per layer, one line per ROI (encoding summaries).
+
+    ``ceiling``: per ROI the noise-ceiling band (low, high), drawn in the ROI's colour behind its
+    line (a dashed line when low == high); non-finite bands are skipped. ``best``: a boolean
+    column marking each ROI's best layer (a triangle above the point).
+    """
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
     ax = fig.add_subplot(1, 1, 1)
     rois = list(dict.fromkeys(table["roi"]))
     colors = colors_for(rois)
     x = np.arange(len(layers))
+    bands = marked = False
     for roi in rois:
         rows = table[table["roi"] == roi].set_index("layer").reindex(layers)
         y = rows[value].to_numpy(dtype=float)
         yerr = rows[error].to_numpy(dtype=float) if error and error in rows else None
         ax.errorbar(x, y, yerr=yerr, fmt="-o", color=colors[roi], ms=5, capsize=2, label=roi)
+        low, high = (ceiling or {}).get(roi, (np.nan, np.nan))
+        if np.isfinite(low) and np.isfinite(high):
+            if high > low:
+                ax.axhspan(low, high, color=colors[roi], alpha=0.18, lw=0)
+            else:
+                ax.axhline(low, color=colors[roi], lw=1.2, ls="--", alpha=0.8)
+            bands = True
+        if best and best in rows:
+            chosen = rows[best].map(lambda v: str(v).lower() in ("true", "1")).to_numpy()
+            top = y + (np.nan_to_num(yerr) if yerr is not None else 0.0)
+            ax.scatter(x[chosen], top[chosen], marker="v", s=46, color=colors[roi], edgecolors="k",
+                       linewidths=0.4, zorder=4, clip_on=False)
+            marked = marked or bool(chosen.any())
     ax.axhline(0, color="k", lw=0.6)
     ax.set_xticks(x, layers, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, frameon=False)
+    handles, _ = ax.get_legend_handles_labels()
+    if bands:
+        handles.append(Patch(color="0.5", alpha=0.3, label="noise ceiling (ROI colour)"))
+    if marked:
+        handles.append(Line2D([], [], marker="v", ls="", color="0.3", mec="k", label="best layer"))
+    ax.legend(handles=handles, fontsize=8, frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5))
 
 
 def draw_group_profiles(fig: Any, summaries: dict[str, pd.DataFrame], rois: Sequence[str], alpha: float,
@@ -406,7 +488,8 @@ def draw_group_profiles(fig: Any, summaries: dict[str, pd.DataFrame], rois: Sequ
     handles += [Patch(color="0.6", alpha=0.3, label="noise ceiling (lower-upper)"),
                 Line2D([], [], marker="o", ls="", color="0.3", mec="k", label=f"significant ({correction}, alpha {alpha:g})"),
                 Line2D([], [], marker="o", ls="", mfc="white", mec="0.3", label="not significant"),
-                Line2D([], [], marker="v", ls="", color="0.3", mec="k", label="best layer (cross-validated)")]
+                Line2D([], [], marker="v", ls="", color="0.3", mec="k",
+                       label="best layer (cross-validated among significant)")]
     fig.legend(handles=handles, loc="lower center", ncol=3, frameon=False, fontsize=8, bbox_to_anchor=(0.5, -0.01))
     fig.subplots_adjust(bottom=0.26 if n_rows == 1 else 0.16, wspace=0.3, hspace=0.6)
 

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from bids_dnn import derivatives as drv
+from bids_dnn.console import logger
 from bids_dnn.report import figures as figs
 from bids_dnn.report.assemble import (
     Block,
@@ -33,16 +34,23 @@ from bids_dnn.report.assemble import (
     render_page,
     table_block,
 )
-from bids_dnn.report.common import parse_bool, provenance_section, versions_text
+from bids_dnn.report.common import (
+    edge_flagged,
+    encoding_table_warnings,
+    fmt_share,
+    parse_bool,
+    provenance_section,
+    versions_text,
+)
 from bids_dnn.report.inputs import (
     MapFile,
     find_log_dir,
     find_maps,
     load_volume,
+    map_background,
     read_json,
     read_table,
     spec_from_log,
-    subject_background,
     subject_ids,
 )
 from bids_dnn.report.methods import methods_blocks
@@ -88,17 +96,9 @@ class GroupContext:
 
     @cached_property
     def background(self) -> tuple[Any, str]:
-        """Mean over included participants of their background images (same grid), else none."""
-        import nibabel as nib
-
-        images = [subject_background(self.layout, s)[0] for s in self.subjects]
-        images = [i for i in images if i is not None]
-        if not images:
-            return None, "no background"
-        first = images[0]
-        same = [i for i in images if i.shape == first.shape and np.allclose(i.affine, first.affine, atol=1e-4)]
-        mean = np.mean([np.asarray(i.dataobj, dtype=np.float32) for i in same], axis=0)
-        return nib.Nifti1Image(mean, first.affine), f"mean over {len(same)} participants of the mean absolute betas"
+        """The MNI152 template in a template space, else the mean over included participants of
+        their background images (same grid), else none."""
+        return map_background(self.layout, self.subjects)
 
 
 # ---------------------------------------------------------------------------------------
@@ -132,7 +132,7 @@ def _summary(ctx: GroupContext, section: Section) -> None:
             significant = int(rows_roi["significant"].map(parse_bool).sum()) if "significant" in rows_roi else 0
             record = best.iloc[0] if len(best) else None
             best_rows.append({"model": model, "roi": roi,
-                              "best_layer": record["layer"] if record is not None else "n/a",
+                              "best_layer": record["layer"] if record is not None else "none (no significant layer)",
                               "mean": record["mean"] if record is not None else np.nan,
                               "p_corr": record[ctx.p_corrected] if record is not None and ctx.p_corrected in record
                               else np.nan,
@@ -140,13 +140,29 @@ def _summary(ctx: GroupContext, section: Section) -> None:
     if best_rows:
         section.heading("Key results")
         section.add(table_block(pd.DataFrame(best_rows), [
-            Col("model", "model"), Col("roi", "ROI"), Col("best_layer", "best layer (cross-validated)"),
+            Col("model", "model"), Col("roi", "ROI"),
+            Col("best_layer", "best layer (cross-validated, among significant layers)"),
             Col("mean", "mean score", fmt_score), Col("p_corr", f"{ctx.p_corrected} of best layer", fmt_p),
             Col("n_significant", "significant layers")], id="summary-best"))
 
 
+def _participant_warnings(ctx: GroupContext, subject: str) -> list[str]:
+    """The warnings the participant's report lists (its status file's when they cannot be worked out)."""
+    from bids_dnn.report.participant_report import participant_warnings
+
+    try:
+        return participant_warnings(ctx.layout, subject)
+    except Exception as exc:  # noqa: BLE001 - an unreadable participant output must not lose the table
+        logger.warning("report: cannot work out the warnings of sub-%s (%s); counting its recorded ones", subject, exc)
+        return list(read_json(ctx.layout.status(subject)).get("warnings") or [])
+
+
 def _participants(ctx: GroupContext, section: Section) -> None:
+    from bids_dnn.group import failure_reason, other_dataset
+    from bids_dnn.input_dataset import read_record
+
     current = spec_hash(ctx.spec)
+    record = read_record(ctx.layout.root)
     rows = []
     for subject in sorted(set(subject_ids(ctx.layout)) | set(ctx.subjects) | set(ctx.excluded)):
         status = read_json(ctx.layout.status(subject))
@@ -157,13 +173,17 @@ def _participants(ctx: GroupContext, section: Section) -> None:
             reason = ctx.excluded[subject]
         elif not status:
             reason = "no participant outputs (status file missing)"
+        elif isinstance(status.get("failure"), dict):
+            reason = f"participant run failed ({failure_reason(status['failure'])})"
         elif not status.get("complete"):
             reason = "participant run incomplete"
+        elif other_dataset(status, record):
+            reason = "computed from another input dataset than this folder's (input_dataset.json)"
         elif status.get("spec_hash") != current:
             reason = f"made with a different spec ({status.get('spec_hash')})"
         else:
             reason = "not selected for this group run (--participant-label)"
-        warnings = status.get("warnings") or []
+        warnings = _participant_warnings(ctx, subject) if status else []
         rois = status.get("rois") or {}
         rows.append({"participant": f"sub-{subject}", "included": included, "reason": reason or "",
                      "runs": status.get("n_runs", np.nan),
@@ -197,7 +217,8 @@ def _rsa(ctx: GroupContext, section: Section) -> None:
         (4.3 * cols + 0.5, 3.6 * n_rows + 1.3), "group RSA layer profiles",
         f"Mean RSA score per layer across participants with {stats.ci:.0%} participant-bootstrap CIs (SEM when no "
         f"CI); grey band: lower-upper noise ceiling; filled markers: significant after {stats.correction} "
-        f"(alpha {stats.alpha:g}); triangles: layer chosen by leave-one-participant-out cross-validation."
+        f"(alpha {stats.alpha:g}); triangles: the ROI's best layer, chosen by leave-one-participant-out "
+        "cross-validation among the significant layers (none in an ROI without a significant layer)."
         + (" With several models, layers are placed by relative depth." if len(ctx.summaries) > 1 else "")))
     p_corr = ctx.p_corrected
     for model, summary in ctx.summaries.items():
@@ -314,7 +335,7 @@ def _group_maps(ctx: GroupContext, section: Section) -> None:
                 n_sig = int(significant.sum()) if significant is not None else 0
                 if significant is not None and n_sig:
                     shown = np.where(significant, t_values, 0.0)
-                    title = f"{name}: t where {used_label} <= {alpha:g} ({n_sig} voxels)"
+                    title = f"{name}: t where {used_label} <= {alpha:g} ({n_sig} voxel{'s' if n_sig != 1 else ''})"
                 else:  # nothing survives (or no corrected map): show the pattern, say so in the title
                     shown = np.nan_to_num(t_values)
                     title = (f"{name}: t, unthresholded (0 voxels at {used} <= {alpha:g})"
@@ -339,15 +360,17 @@ def _group_maps(ctx: GroupContext, section: Section) -> None:
                 records.append(record)
             if not rows:
                 continue
-            peak = max((abs(r["max_t"]) for r in records if np.isfinite(r["max_t"])), default=1.0)
+            images = [image for _, image in rows]
+            vmax = figs.robust_abs_limit(images)
             section.blocks += ctx.figures.figures(
                 f"task-{ctx.layout.task}_model-{model}_desc-{analysis}_groupmap", list(zip(rows, glass_rows)), 8,
-                lambda fig, part, v=peak: figs.draw_stat_map_rows(
+                lambda fig, part, v=vmax: figs.draw_stat_map_rows(
                     fig, [r for r, _ in part], background, glass=[g for _, g in part] if glass else None, vmax=v),
                 lambda part: (11, 2.0 * len(part) + 0.3), f"group {analysis} maps {model}",
                 f"One-sample t across participants per layer of {model}, shown where the corrected p <= {alpha:g} "
                 f"(the first of FWE max-T, FWE TFCE, FDR that was computed; unthresholded where no voxel survives, as "
-                f"the titles say), over the {description}" + ("; glass brain on the right (MNI)." if glass else "."))
+                f"the titles say), over the {description}" + ("; glass brain on the right (MNI). " if glass else ". ")
+                + figs.robust_limit_note(vmax, images))
             _no_survivor_note(section, records, alpha)
             section.add(table_block(pd.DataFrame(records), [
                 Col("layer", "layer"), Col("n_voxels", "voxels tested", fmt_int), Col("max_t", "max t", fmt_fixed(2)),
@@ -367,18 +390,47 @@ def _group_maps(ctx: GroupContext, section: Section) -> None:
         summary = ctx.summaries.get(label)
         if summary is not None:
             layers = list(dict.fromkeys([*summary["layer"], *layers]))
+        bands = _encoding_ceiling_bands(ctx, label)
         section.add(ctx.figures.figure(
             f"task-{ctx.layout.task}_model-{label}_desc-profile_encoding",
-            lambda fig, t=table, lay=layers, m=label: figs.draw_line_profile(
-                fig, t, lay, "mean_r2", "mean held-out R² (± SEM)", f"{m}: encoding per ROI", error="sem_r2"),
-            (8, 3.6), f"group encoding profile {label}", "Mean over participants of the ROI-mean held-out R²."))
+            lambda fig, t=table, lay=layers, m=label, b=bands: figs.draw_line_profile(
+                fig, t, lay, "mean_r2", "mean held-out R² (± SEM)", f"{m}: encoding per ROI", error="sem_r2",
+                ceiling=b, best="best_layer"),
+            (8, 3.6), f"group encoding profile {label}",
+            "Mean over participants of the ROI-mean held-out R² (± SEM); band in the ROI's colour: its noise ceiling "
+            "(mean ± SEM over participants of the ROI's split-half reliability, the R² a perfect model could reach); "
+            f"triangles: the ROI's best layer (highest mean R² among the layers with p_FDR < {alpha:g}; none in an "
+            "ROI without such a layer)."))
         section.add(table_block(table, [
             Col("roi", "ROI"), Col("layer", "layer"), Col("n_subjects", "n", fmt_int),
             Col("mean_r2", "mean R²", fmt_fixed(4)), Col("sem_r2", "SEM", fmt_fixed(4)), Col("t", "t", fmt_fixed(2)),
             Col("p", "p", fmt_p), Col("p_fdr", "p (FDR)", fmt_p, css=lambda r: "sig" if r["p_fdr"] < alpha else ""),
             Col("mean_r", "mean r", fmt_score), Col("mean_noise_ceiling", "noise ceiling", fmt_score),
-            Col("mean_normalized_r2", "R² / ceiling", fmt_score), Col("best_layer", "best", fmt_bool)],
+            Col("mean_normalized_r2", "R² / ceiling", fmt_score,
+                css=lambda r: "bad" if parse_bool(r.get("normalized_r2_out_of_range")) else ""),
+            Col("mean_alpha_at_grid_edge", "alpha at grid edge", fmt_share,
+                css=lambda r: "bad" if edge_flagged(r.get("mean_alpha_at_grid_edge")) else ""),
+            Col("best_layer", "best", fmt_bool)],
             id=f"group-encoding-summary-table-{label}"))
+        for warning in encoding_table_warnings(table, "mean_normalized_r2", "normalized_r2_out_of_range",
+                                               "mean_alpha_at_grid_edge"):
+            section.warning(warning)
+
+
+def _encoding_ceiling_bands(ctx: GroupContext, model: str) -> dict[str, tuple[float, float]]:
+    """Per ROI the noise-ceiling band of the group encoding profile: mean ± SEM over participants
+    of the ROI reliability (from the all-participants encoding table; {} without it)."""
+    table = read_table(ctx.layout.group_table(model, suffix="encoding"))
+    if table is None or not {"subject", "roi", "noise_ceiling"} <= set(table.columns):
+        return {}
+    bands = {}
+    for roi, rows in table.drop_duplicates(["subject", "roi"]).groupby("roi", sort=False):
+        values = rows["noise_ceiling"].to_numpy(dtype=float)
+        values = values[np.isfinite(values)]
+        if values.size:
+            sem = float(values.std(ddof=1) / np.sqrt(values.size)) if values.size > 1 else 0.0
+            bands[str(roi)] = (float(values.mean()) - sem, float(values.mean()) + sem)
+    return bands
 
 
 def _methods(ctx: GroupContext, section: Section) -> None:
@@ -419,7 +471,9 @@ def _combined(ctx: GroupContext, section: Section) -> None:
         section.heading(f"Weighted RSA, model {label}")
         section.add(Block("paragraph", text=(
             "Non-negative layer weights fitted on training data and scored on held-out data "
-            f"(cross-validation over {table['cv'].iloc[0]}); compared with the best single layer on the same folds.")))
+            f"(cross-validation over {table['cv'].iloc[0]}); compared on the same folds with the ROI's best layer, "
+            "the one of the summary above (cross-validated among the significant layers; none, and no comparison, "
+            "in an ROI without a significant layer).")))
         section.add(table_block(table, [
             Col("roi", "ROI"), Col("mean", "mean held-out score", fmt_score), Col("sem", "SEM", fmt_score),
             Col("t", "t", fmt_fixed(2)), Col("p", "p", fmt_p, css=lambda r: "sig" if r["p"] < alpha else ""),

@@ -149,10 +149,11 @@ def read_relmat(path: Path) -> tuple[np.ndarray, list[str]]:
 
 
 def read_table(path: Path) -> pd.DataFrame | None:
+    """An output table (labels as text, see :data:`bids_dnn.derivatives.LABEL_COLUMNS`), or None
+    when it does not exist."""
     if not Path(path).is_file():
         return None
-    return pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False,
-                       dtype={"subject": str, "roi": str, "layer": str, "layer_a": str, "layer_b": str, "model": str})
+    return drv.read_tsv(path)
 
 
 def ordered_layers(table: pd.DataFrame | None, model_dir: Path, measure: str) -> list[str]:
@@ -233,6 +234,60 @@ def subject_background(layout: drv.OutputLayout, subject: str) -> tuple[Any, str
         return nib.Nifti1Image(np.nan_to_num(mean).astype(np.float32), image.affine), \
             "mean absolute stimulus estimate (betas)"
     return None, "none"
+
+
+#: description of the template underlay (nilearn's bundled MNI152 template)
+TEMPLATE_DESCRIPTION = "MNI152 template (ICBM 2009 T1, bundled with nilearn)"
+
+
+def is_template_space(space: str | None) -> bool:
+    """True for an MNI152 template space (``MNI152NLin2009cAsym``, ``MNI152NLin6Asym``, ...)."""
+    return str(space or "").upper().startswith("MNI152")
+
+
+def template_background() -> Any:
+    """nilearn's MNI152 T1 template (shipped inside the nilearn package: no download) at 2 mm,
+    or None when it cannot be loaded (logged).
+
+    The 1 mm template is subsampled (every second voxel; no interpolation): an underlay of maps
+    with voxels of 2 mm or more loses nothing, and every map figure draws 2.5 times faster.
+    """
+    import nibabel as nib
+
+    try:
+        from nilearn.datasets import load_mni152_template
+
+        template = load_mni152_template()
+    except Exception as exc:  # noqa: BLE001 - fall back to the data's own mean image
+        logger.warning("report: cannot load nilearn's MNI152 template (%s); using the mean image", exc)
+        return None
+    affine = template.affine.copy()
+    affine[:3, :3] *= 2
+    return nib.Nifti1Image(np.asarray(template.dataobj)[::2, ::2, ::2].copy(), affine)
+
+
+def map_background(layout: drv.OutputLayout, subjects: list[str]) -> tuple[Any, str]:
+    """The underlay of a report's maps: the MNI152 template in a template space, else the mean
+    of the subjects' background images (:func:`subject_background`, same grid only).
+
+    Returns (image or None, description).
+    """
+    import nibabel as nib
+
+    if is_template_space(layout.space):
+        template = template_background()
+        if template is not None:
+            return template, TEMPLATE_DESCRIPTION
+    found = [subject_background(layout, s) for s in subjects]
+    images = [image for image, _ in found if image is not None]
+    if not images:
+        return None, "no background"
+    if len(subjects) == 1:
+        return found[0]
+    first = images[0]
+    same = [i for i in images if i.shape == first.shape and np.allclose(i.affine, first.affine, atol=1e-4)]
+    mean = np.mean([np.asarray(i.dataobj, dtype=np.float32) for i in same], axis=0)
+    return nib.Nifti1Image(mean, first.affine), f"mean over {len(same)} participants of the mean absolute betas"
 
 
 def subject_ids(layout: drv.OutputLayout) -> list[str]:

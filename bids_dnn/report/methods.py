@@ -204,8 +204,9 @@ def methods_blocks(spec: AnalysisSpec, level: str, facts: dict[str, Any]) -> lis
                 f"participant-bootstrap resamples gave {stats.ci:.0%} percentile confidence intervals of the mean. "
                 f"p-values were adjusted across ROI x layer within each model with {correction} at alpha "
                 f"{stats.alpha:g}. Noise ceilings: lower = each participant's RDM vs the mean RDM of the others, "
-                f"upper = vs the mean of all {cite('nili')}. The best layer per ROI was chosen by "
-                "leave-one-participant-out cross-validation (selected on the others, scored on the held-out one). "
+                f"upper = vs the mean of all {cite('nili')}. The best layer per ROI was chosen among the layers "
+                "significant after correction by leave-one-participant-out cross-validation (selected on the others, "
+                "scored on the held-out one); an ROI without a significant layer has no best layer. "
                 "Layers were compared pairwise with paired t- and Wilcoxon tests (two-sided, uncorrected).")
         if searchlight_on or encoding_on:
             tfce = (f" Threshold-free cluster enhancement {cite('tfce')} was computed on the t maps with its own "

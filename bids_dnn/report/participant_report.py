@@ -33,7 +33,14 @@ from bids_dnn.report.assemble import (
     render_page,
     table_block,
 )
-from bids_dnn.report.common import provenance_section, versions_text
+from bids_dnn.report.common import (
+    edge_flagged,
+    encoding_table_warnings,
+    fmt_share,
+    parse_bool,
+    provenance_section,
+    versions_text,
+)
 from bids_dnn.report.inputs import (
     MapFile,
     StimulusInfo,
@@ -41,13 +48,13 @@ from bids_dnn.report.inputs import (
     find_log_dir,
     find_maps,
     load_volume,
+    map_background,
     ordered_layers,
     read_json,
     read_relmat,
     read_stimuli,
     read_table,
     spec_from_log,
-    subject_background,
 )
 from bids_dnn.report.methods import methods_blocks
 from bids_dnn.spec import AnalysisSpec, sanitize_label, spec_hash
@@ -134,7 +141,8 @@ class ParticipantContext:
 
     @cached_property
     def background(self) -> tuple[Any, str]:
-        return subject_background(self.layout, self.subject)
+        """Underlay of the maps: the MNI152 template in a template space, else the mean BOLD / betas."""
+        return map_background(self.layout, [self.subject])
 
     @cached_property
     def runs(self) -> list[str]:
@@ -213,6 +221,7 @@ def _summary(ctx: ParticipantContext, section: Section) -> None:
         ("models", "; ".join(models)),
         ("layers", "; ".join(f"{m.output_label}: {', '.join(ctx.layers(m.output_label))}" for m in spec.models)),
         ("ROIs", ", ".join(f"{r} ({n} voxels)" for r, n in ctx.rois.items()) or "none"),
+        ("brain-mask voxels", voxel_counts_text(ctx.status.get("voxels"))),
         ("brain RDM measure", ctx.brain_measure or "n/a"),
         ("analyses", "; ".join(analyses) or "none"),
         ("spec hash", spec_hash(spec)),
@@ -224,28 +233,63 @@ def _summary(ctx: ParticipantContext, section: Section) -> None:
     section.kv(rows, id="summary-table")
     for note in ctx.notes:
         section.note(note)
-    rows_best = []
-    for model, table in ctx.rsa_tables.items():
-        for roi, sub in table.groupby("roi", sort=False):
-            best = sub.loc[sub["score"].astype(float).idxmax()]
-            rows_best.append({"model": model, "roi": roi, "layer": best["layer"], "score": best["score"],
-                              "p_permutation": best.get("p_permutation", np.nan)})
+    alpha = ctx.spec.statistics.alpha
+    rows_best = [best_scoring_layer(model, roi, sub, alpha) for model, table in ctx.rsa_tables.items()
+                 for roi, sub in table.groupby("roi", sort=False)]
     if rows_best:
-        section.heading("Highest-scoring layer per ROI")
-        alpha = ctx.spec.statistics.alpha
+        section.heading("Highest-scoring significant layer per ROI")
         section.add(table_block(pd.DataFrame(rows_best), [
             Col("model", "model"), Col("roi", "ROI"), Col("layer", "layer"),
             Col("score", f"{ctx.spec.analyses.rsa.comparison}", fmt_score),
             Col("p_permutation", "p (permutation)", fmt_p, css=lambda r: "sig" if r["p_permutation"] < alpha else "")],
             id="summary-best"))
-        section.note("Descriptive: the highest participant score, not a cross-validated choice (see the group report).")
+        section.note(f"Descriptive: among the layers with permutation p < {alpha:g} (uncorrected), the one with the "
+                     "highest score of this participant; an ROI without such a layer has none. Not a cross-validated "
+                     "choice (see the group report).")
+
+
+def voxel_counts_text(counts: Any) -> str:
+    """The summary line on the brain-mask voxels: how many were used and how many left out.
+
+    Parameters
+    ----------
+    counts : dict or None
+        The status file's ``voxels`` (``brain_mask``, ``used``, ``left_out``,
+        ``left_out_constant``, ``left_out_nonfinite``); missing for ready-made betas and for
+        runs of older versions.
+    """
+    if not isinstance(counts, dict) or "used" not in counts:
+        return "n/a"
+    text = f"{counts['used']} used of {counts.get('brain_mask', counts['used'])}"
+    left_out = int(counts.get("left_out", 0))
+    if not left_out:
+        return text + " (none left out)"
+    return (text + f"; {left_out} left out of every analysis: {counts.get('left_out_constant', 0)} constant in a run, "
+            f"{counts.get('left_out_nonfinite', 0)} with NaN / infinite values or estimates in a run")
+
+
+def best_scoring_layer(model: str, roi: str, table: pd.DataFrame, alpha: float) -> dict[str, Any]:
+    """The summary row of one ROI: its highest-scoring layer among those with permutation p < alpha.
+
+    An ROI without such a layer gets ``layer`` "none (no layer with p < alpha)" and no score.
+    """
+    p = table["p_permutation"].astype(float) if "p_permutation" in table else pd.Series(np.nan, index=table.index)
+    candidates = table[p < alpha]
+    if not len(candidates):
+        return {"model": model, "roi": roi, "layer": f"none (no layer with p < {alpha:g})", "score": np.nan,
+                "p_permutation": np.nan}
+    best = candidates.loc[candidates["score"].astype(float).idxmax()]
+    return {"model": model, "roi": roi, "layer": best["layer"], "score": best["score"],
+            "p_permutation": best.get("p_permutation", np.nan)}
 
 
 def _stimuli(ctx: ParticipantContext, section: Section) -> None:
     from bids_dnn.stimuli import VIDEO_EXTENSIONS, load_image, load_video
 
     def first_frame(path: Path) -> Any:  # a video is shown by its first frame
-        return load_video(path, n_frames=1)[0] if path.suffix.lower() in VIDEO_EXTENSIONS else load_image(path)
+        if path.suffix.lower() in VIDEO_EXTENSIONS:
+            return load_video(path, n_frames=1)[0]
+        return load_image(path, shorter_side=2 * 144)  # a 144-pixel thumbnail: never a full-size decode
 
     stim = ctx.stimuli
     order = stim.category_order()
@@ -403,12 +447,13 @@ def _rdms(ctx: ParticipantContext, section: Section) -> None:
             continue
         square, ids = read_relmat(path)
         ordered, cats = _ordered(square, ids, stim)
-        panels.append((f"{roi} ({measure})", ordered))
+        panels.append((roi, ordered))
     section.heading("Brain RDMs")
     if panels:
         section.blocks += ctx.figures.figures(
             f"sub-{ctx.subject}_desc-brain_relmat", panels, RDM_PANELS,
-            lambda fig, part: figs.draw_rdm_grid(fig, part, cats, seed, max_cols=4),
+            lambda fig, part: figs.draw_rdm_grid(fig, part, cats, seed, max_cols=4,
+                                                 value_label=figs.rdm_unit(measure)),
             lambda part: _grid_size(len(part), 4), "brain RDMs",
             f"Top: RDM per ROI ({measure}), rows and columns grouped by category (white lines); colour range 1st-99th "
             f"percentile. Bottom: 2D metric MDS of the same RDM (scikit-learn, precomputed dissimilarities, seed "
@@ -432,7 +477,8 @@ def _rdms(ctx: ParticipantContext, section: Section) -> None:
         section.heading(f"Model RDMs: {label}")
         section.blocks += ctx.figures.figures(
             f"sub-{ctx.subject}_model-{label}_desc-model_relmat", model_panels, RDM_PANELS,
-            lambda fig, part, c=cats_m: figs.draw_rdm_grid(fig, part, c, seed, max_cols=5),
+            lambda fig, part, c=cats_m: figs.draw_rdm_grid(fig, part, c, seed, max_cols=5,
+                                                           value_label=figs.rdm_unit(ctx.spec.rdm.model)),
             lambda part: _grid_size(len(part), 5), f"model RDMs {label}",
             f"{ctx.spec.rdm.model} distance between the stimuli's activations per layer of {label}, same order as the "
             "brain RDMs; MDS below each.")
@@ -465,6 +511,24 @@ def _rsa(ctx: ParticipantContext, section: Section) -> None:
             id=f"rsa-{model}", caption=f"{ctx.layout.rsa_table(ctx.subject, model).name}"))
 
 
+def _map_flag(item: MapFile, values: np.ndarray) -> str:
+    """What is suspicious about a map's values: ceiling-normalised R2 outside [0, 1], penalties at
+    the edge of the ridge grid ("" when nothing is)."""
+    from bids_dnn.encoding import at_alpha_grid_edge, outside_unit_interval
+
+    finite = np.isfinite(values)
+    if item.stat == "normr2" and finite.any():
+        outside = int(outside_unit_interval(values).sum())
+        if outside:
+            return f"{outside} of {int(finite.sum())} voxels outside [0, 1]"
+    grid = item.sidecar.get("Alphas")
+    if item.stat == "alpha" and finite.any() and isinstance(grid, list) and len(grid) >= 2:
+        share = float(at_alpha_grid_edge(values[finite], grid).mean())
+        if edge_flagged(share):
+            return f"{share:.0%} of voxels at the edge of the alpha grid ({min(grid):g} .. {max(grid):g})"
+    return ""
+
+
 def _map_summary_rows(maps: list[MapFile]) -> pd.DataFrame:
     rows = []
     for item in maps:
@@ -480,19 +544,58 @@ def _map_summary_rows(maps: list[MapFile]) -> pd.DataFrame:
                      "n_voxels": int(finite.size), "mean": float(finite.mean()) if finite.size else np.nan,
                      "max": float(finite.max()) if finite.size else np.nan,
                      "min": float(finite.min()) if finite.size else np.nan, "peak": peak_xyz,
-                     "file": item.path.name})
+                     "flag": _map_flag(item, values), "file": item.path.name})
     return pd.DataFrame(rows)
 
 
 MAP_COLUMNS = [Col("model", "model"), Col("layer", "layer"), Col("stat", "statistic"),
                Col("n_voxels", "voxels with a value", fmt_int), Col("mean", "mean", fmt_sig(3)),
                Col("min", "min", fmt_sig(3)), Col("max", "max", fmt_sig(3)),
-               Col("peak", "peak |value| at (x, y, z) mm")]
+               Col("peak", "peak |value| at (x, y, z) mm"),
+               Col("flag", "flag", css=lambda r: "bad" if r["flag"] else "")]
 
 
 def _layer_sorted(ctx: ParticipantContext, model: str, items: list[MapFile]) -> list[MapFile]:
     order = {sanitize_label(layer): i for i, layer in enumerate(ctx.layers(model))}
     return sorted(items, key=lambda m: (order.get(m.layer_label or "", 10**6), m.layer_label or "", m.stat))
+
+
+def _signed_map_figures(ctx: ParticipantContext, section: Section, name: str, rows: list[tuple[str, Any]],
+                        alt: str, caption: str) -> None:
+    """Figures of signed maps on one robust symmetric colour scale, stated in the caption."""
+    background, _ = ctx.background
+    images = [image for _, image in rows]
+    vmax = figs.robust_abs_limit(images)
+    section.blocks += ctx.figures.figures(
+        name, rows, MAP_ROWS, lambda fig, part, v=vmax: figs.draw_stat_map_rows(fig, part, background, vmax=v),
+        lambda part: (11, 1.9 * len(part) + 0.3), alt, f"{caption} {figs.robust_limit_note(vmax, images)}")
+
+
+def _flag_warnings(section: Section, summary: pd.DataFrame) -> None:
+    """One warning per flagged statistic of a map summary table, naming its flagged layers."""
+    advice = {"normr2": ("ceiling-normalised R²", "where a voxel's split-half ceiling is small or R² is negative "
+                         "(noise voxels) the ratio is not a fraction of the explainable variance: read R² and the "
+                         "noise-ceiling map instead"),
+              "alpha": ("ridge penalty (alpha)", "extend analyses.encoding.alphas (at the top edge: no learnable "
+                        "signal, the prediction is the mean response)")}
+    flagged = summary[summary["flag"] != ""]
+    for (model, stat), rows in flagged.groupby(["model", "stat"], sort=False):
+        what, hint = advice.get(str(stat), (str(stat), ""))
+        items = "; ".join(f"{r['layer']}: {r['flag']} (range {r['min']:.3g} to {r['max']:.3g})"
+                          for _, r in rows.iterrows())
+        section.warning(f"{model} {what}: {items}. {hint[:1].upper() + hint[1:]}.")
+
+
+def _ceiling_image(path: Path) -> tuple[Any, int, int]:
+    """The noise-ceiling map with values <= 0 (no reproducible profile) set to NaN; and the counts
+    of voxels with a value and of those at or below 0."""
+    import nibabel as nib
+
+    values, image = load_volume(path)
+    finite = np.isfinite(values)
+    low = finite & (values <= 0)
+    shown = np.where(finite & ~low, values, np.nan).astype(np.float32)
+    return nib.Nifti1Image(shown, image.affine), int(finite.sum()), int(low.sum())
 
 
 def _maps(ctx: ParticipantContext, section: Section) -> None:
@@ -508,17 +611,13 @@ def _maps(ctx: ParticipantContext, section: Section) -> None:
             stat = wanted if any(m.stat == wanted for m in items) else next(
                 (m.stat for m in items if m.stat != "z"), items[0].stat)
             shown = _layer_sorted(ctx, model, [m for m in items if m.stat == stat])
-            rows = [(f"{m.layer}: {stat}", nib.load(str(m.path))) for m in shown]
-            peak = figs.max_abs([image for _, image in rows])
-            section.blocks += ctx.figures.figures(
-                f"sub-{ctx.subject}_model-{model}_desc-searchlight_map", rows, MAP_ROWS,
-                lambda fig, part, v=peak: figs.draw_stat_map_rows(fig, part, background, vmax=v),
-                lambda part: (11, 1.9 * len(part) + 0.3), f"searchlight maps {model}",
+            _signed_map_figures(
+                ctx, section, f"sub-{ctx.subject}_model-{model}_desc-searchlight_map",
+                [(f"{m.layer}: {stat}", nib.load(str(m.path))) for m in shown], f"searchlight maps {model}",
                 f"Searchlight {stat} between each sphere's RDM and the layer's model RDM, at the sphere centres "
-                f"(radius {ctx.spec.analyses.searchlight.radius_mm:g} mm), over the {description}; unthresholded, "
-                "shared colour scale.")
-            section.add(table_block(_map_summary_rows(_layer_sorted(ctx, model, items)), MAP_COLUMNS,
-                                    id=f"searchlight-{model}"))
+                f"(radius {ctx.spec.analyses.searchlight.radius_mm:g} mm), over the {description}; unthresholded.")
+            summary = _map_summary_rows(_layer_sorted(ctx, model, items))
+            section.add(table_block(summary, MAP_COLUMNS, id=f"searchlight-{model}"))
     encoding = ctx.maps["encoding"]
     tables = {m.output_label: read_table(ctx.layout.encoding_table(ctx.subject, m.output_label))
               for m in ctx.spec.models}
@@ -530,38 +629,52 @@ def _maps(ctx: ParticipantContext, section: Section) -> None:
             items = [m for m in encoding if m.model == model]
             stat = "r" if any(m.stat == "r" for m in items) else items[0].stat
             shown = _layer_sorted(ctx, model, [m for m in items if m.stat == stat])
-            rows = [(f"{m.layer}: held-out {stat}", nib.load(str(m.path))) for m in shown]
-            peak = figs.max_abs([image for _, image in rows])
-            section.blocks += ctx.figures.figures(
-                f"sub-{ctx.subject}_model-{model}_desc-encoding_map", rows, MAP_ROWS,
-                lambda fig, part, v=peak: figs.draw_stat_map_rows(fig, part, background, vmax=v),
-                lambda part: (11, 1.9 * len(part) + 0.3), f"encoding maps {model}",
+            _signed_map_figures(
+                ctx, section, f"sub-{ctx.subject}_model-{model}_desc-encoding_map",
+                [(f"{m.layer}: held-out {stat}", nib.load(str(m.path))) for m in shown], f"encoding maps {model}",
                 f"Cross-validated ridge encoding: held-out {stat} per voxel for each layer of {model}, over the "
-                f"{description}; unthresholded, shared colour scale.")
-            section.add(table_block(_map_summary_rows(_layer_sorted(ctx, model, items)), MAP_COLUMNS,
-                                    id=f"encoding-{model}"))
+                f"{description}; unthresholded.")
+            summary = _map_summary_rows(_layer_sorted(ctx, model, items))
+            section.add(table_block(summary, MAP_COLUMNS, id=f"encoding-{model}"))
+            _flag_warnings(section, summary)
         if ceiling:
-            rows = [("noise ceiling (split-half reliability)", nib.load(str(ceiling[0].path)))]
+            image, n_values, n_low = _ceiling_image(ceiling[0].path)
+            rows = [("noise ceiling (split-half reliability)", image)]
             section.add(ctx.figures.figure(
                 f"sub-{ctx.subject}_desc-encoding_noiseceiling",
-                lambda fig: figs.draw_stat_map_rows(fig, rows, background, cmap="inferno", symmetric=False),
+                lambda fig: figs.draw_stat_map_rows(fig, rows, background, cmap="inferno", symmetric=False, vmax=1.0),
                 (11, 2.2), "encoding noise ceiling",
-                "Split-half reliability of each voxel's stimulus profile (odd vs even runs, Spearman-Brown)."))
+                f"Split-half reliability of each voxel's stimulus profile (odd vs even runs, Spearman-Brown), over the "
+                f"{description}. Colour scale 0 to 1, the range of a reliability; the {n_low} of {n_values} voxels "
+                "at or below 0 (no reproducible stimulus profile; Spearman-Brown of a negative split-half r) are not "
+                "coloured."))
         for model, table in tables.items():
             present = list(dict.fromkeys(str(x) for x in table["layer"]))
             layers = [layer for layer in ctx.layers(model) if layer in present]
             layers += [layer for layer in present if layer not in layers]
+            bands = {str(roi): (float(rows["noise_ceiling"].iloc[0]),) * 2
+                     for roi, rows in table.groupby("roi", sort=False)} if "noise_ceiling" in table else {}
             section.add(ctx.figures.figure(
                 f"sub-{ctx.subject}_model-{model}_desc-encoding_profile",
-                lambda fig, t=table, lay=layers, m=model: figs.draw_line_profile(
-                    fig, t, lay, "mean_r2", "mean held-out R²", f"{m}: encoding per ROI and layer"),
-                (8, 3.6), f"encoding ROI profile {model}", "Mean over the ROI's voxels of the held-out R²."))
+                lambda fig, t=table, lay=layers, m=model, b=bands: figs.draw_line_profile(
+                    fig, t, lay, "mean_r2", "mean held-out R²", f"{m}: encoding per ROI and layer", ceiling=b),
+                (8, 3.6), f"encoding ROI profile {model}",
+                "Mean over the ROI's voxels of the held-out R²; dashed line in the ROI's colour: its noise ceiling "
+                "(split-half reliability of the ROI, the R² a perfect model could reach)."))
             section.add(table_block(table, [
                 Col("roi", "ROI"), Col("layer", "layer"), Col("n_voxels", "voxels", fmt_int),
                 Col("mean_r", "mean r", fmt_score), Col("mean_r2", "mean R²", fmt_fixed(4)),
-                Col("noise_ceiling", "noise ceiling", fmt_score), Col("normalized_r2", "R² / ceiling", fmt_score),
-                Col("median_alpha", "median alpha", fmt_sig(3)), Col("cv", "CV"), Col("n_folds", "folds", fmt_int)],
+                Col("noise_ceiling", "noise ceiling", fmt_score),
+                Col("normalized_r2", "R² / ceiling", fmt_score,
+                    css=lambda r: "bad" if parse_bool(r.get("normalized_r2_out_of_range")) else ""),
+                Col("median_alpha", "median alpha", fmt_sig(3)),
+                Col("alpha_at_grid_edge", "alpha at grid edge", fmt_share,
+                    css=lambda r: "bad" if edge_flagged(r.get("alpha_at_grid_edge")) else ""),
+                Col("cv", "CV"), Col("n_folds", "folds", fmt_int)],
                 id=f"encoding-table-{model}", caption=ctx.layout.encoding_table(ctx.subject, model).name))
+            for warning in encoding_table_warnings(table, "normalized_r2", "normalized_r2_out_of_range",
+                                                   "alpha_at_grid_edge"):
+                section.warning(warning)
 
 
 def _methods(ctx: ParticipantContext, section: Section) -> None:
@@ -589,9 +702,14 @@ def _provenance(ctx: ParticipantContext, section: Section) -> None:
 # ---------------------------------------------------------------------------------------
 
 
-def build(layout: drv.OutputLayout, subject: str, stimuli: Any = None, summary: dict[str, Any] | None = None,
-          spec: AnalysisSpec | None = None, run_id: str | None = None) -> Path:
-    """Write ``sub-<subject>.html`` from the participant's outputs; returns its path."""
+def participant_warnings(layout: drv.OutputLayout, subject: str) -> list[str]:
+    """The warnings that the participant's report lists (the group report counts the same ones)."""
+    return _warnings(_context(layout, subject))
+
+
+def _context(layout: drv.OutputLayout, subject: str, stimuli: Any = None, summary: dict[str, Any] | None = None,
+             spec: AnalysisSpec | None = None, run_id: str | None = None) -> ParticipantContext:
+    """What the report of ``subject`` is built from (status file, log folder, spec)."""
     subject = re.sub(r"^sub-", "", str(subject))
     status = read_json(layout.status(subject))
     if summary:
@@ -608,6 +726,14 @@ def build(layout: drv.OutputLayout, subject: str, stimuli: Any = None, summary: 
     if spec is not None and spec_source == "log" and spec_hash(spec) != spec_hash(used_spec):
         ctx.notes.append(f"The outputs were made with spec {spec_hash(used_spec)} (shown here), not with the spec "
                          f"given now ({spec_hash(spec)}).")
+    return ctx
+
+
+def build(layout: drv.OutputLayout, subject: str, stimuli: Any = None, summary: dict[str, Any] | None = None,
+          spec: AnalysisSpec | None = None, run_id: str | None = None) -> Path:
+    """Write ``sub-<subject>.html`` from the participant's outputs; returns its path."""
+    ctx = _context(layout, subject, stimuli, summary, spec, run_id)
+    subject = ctx.subject
     sections = [
         guarded_section("summary", "Summary", lambda s: _summary(ctx, s)),
         guarded_section("stimuli", "Stimuli", lambda s: _stimuli(ctx, s)),
