@@ -351,10 +351,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         _report_error(exc, verbosity)
         return exc.exit_code
     except KeyboardInterrupt:
+        _remove_own_temporaries(argv)
         _report_error(BidsDnnError("interrupted (Ctrl-C / SIGINT); finished outputs are kept",
                                    "rerun the same command: it resumes with the unfinished stages"), verbosity)
         return EXIT_INTERRUPTED
     except Terminated:
+        _remove_own_temporaries(argv)
         _report_error(BidsDnnError("terminated (SIGTERM, e.g. a job's time limit or 'docker stop'); finished "
                                    "outputs are kept",
                                    "rerun the same command: it resumes with the unfinished stages"), verbosity)
@@ -368,6 +370,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - last resort: one line, traceback with -v
         _report_error(exc, verbosity)
         return EXIT_OTHER
+
+
+def _remove_own_temporaries(argv: Sequence[str]) -> None:
+    """After SIGINT / SIGTERM: remove this process's (and dead workers') temp files in OUT_DIR."""
+    positional = [a for a in argv if not a.startswith("-")]
+    if len(positional) >= 2:
+        from bids_dnn.derivatives import remove_stale_temporaries
+
+        with contextlib.suppress(OSError):
+            remove_stale_temporaries(Path(positional[1]), own=True)
 
 
 @contextlib.contextmanager

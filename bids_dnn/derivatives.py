@@ -112,10 +112,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temporaries(folder: Path) -> int:
+def remove_stale_temporaries(folder: Path, *, own: bool = False) -> int:
     """Delete temp files under ``folder`` left by killed writers on this host; returns how many.
 
-    A temp file of a live process, or of another host (shared file systems), is kept.
+    A temp file of a live process, or of another host (shared file systems), is kept; with
+    ``own``, this process's too (after SIGINT / SIGTERM stopped it: the signal may arrive between
+    creating a temp file and the ``try`` that removes it).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -123,7 +125,8 @@ def remove_stale_temporaries(folder: Path) -> int:
     host, removed = socket.gethostname(), 0
     for path in folder.rglob(".*"):
         match = _TEMP_NAME.match(path.name)
-        if match and match["host"] == host and not _alive(int(match["pid"])):
+        if match and match["host"] == host and ((own and int(match["pid"]) == os.getpid())
+                                                or not _alive(int(match["pid"]))):
             path.unlink(missing_ok=True)
             removed += 1
     return removed

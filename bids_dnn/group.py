@@ -127,8 +127,8 @@ def check_participants_complete(ctx: Context) -> list[str]:
             foreign.append(subject)
         elif status.get("spec_hash") != spec_hash(ctx.spec):
             stale.append(subject)
-        else:
-            changed = [rel for stage in recorded_stages(status).values()
+        elif not ctx.options.reports_only:  # the results the group level reads (not the reports)
+            changed = [rel for name, stage in recorded_stages(status).items() if name != "report"
                        for rel in changed_outputs(ctx.layout.root, stage)]
             edited += [f"sub-{subject}: {rel}" for rel in changed]
     if missing or failed:

@@ -154,8 +154,9 @@ def test_partial_failure_is_never_exit_zero(demo_copy: Path, tmp_path: Path,
     text = capsys.readouterr().err
     assert code == 66
     assert "1 of 2 participants failed" in text and "sub-02" in text
-    assert (tmp_path / "out" / "sub-01" / "log" / "task-shapes_status.json").is_file()
-    assert not (tmp_path / "out" / "sub-02" / "log" / "task-shapes_status.json").exists()
+    assert json.loads((tmp_path / "out" / "sub-01" / "log" / "task-shapes_status.json").read_text())["complete"]
+    failed = json.loads((tmp_path / "out" / "sub-02" / "log" / "task-shapes_status.json").read_text())
+    assert not failed.get("complete") and failed["failure"]["exit_code"] == 66  # recorded for the group level
 
 
 def _spec_with_model(demo: Path, tmp_path: Path, model_yaml: str) -> Path:

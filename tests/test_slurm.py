@@ -438,8 +438,10 @@ def _tree(root: Path) -> dict[str, Path]:
     return {_normalised(str(p.relative_to(root))): p for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-#: relative tolerance for numbers computed with BLAS under different thread counts (see compare_outputs)
-NUMERIC_RTOL = 1e-9
+#: relative tolerance for numbers computed with BLAS under different thread counts (see compare_outputs):
+#: the encoding models are fitted in float32 (torch), whose sums over another thread split differ at
+#: ~1e-7 (seen: group mean R2 0.0471401268 vs 0.04714012561); float64 results agree to ~1e-15
+NUMERIC_RTOL = 1e-6
 
 
 def _compare_tsv(a: Path, b: Path) -> None:
@@ -494,7 +496,7 @@ def compare_outputs(serial: Path, parallel: Path) -> list[str]:
     reports embed all three; ``dataset_description.json`` links the raw dataset by a path relative
     to the output folder. Everything else is the same: seeds depend on the subject only, and the
     features are the same file content. JSON sidecars, feature HDF5 and figures are compared byte
-    for byte; TSV text columns exactly, TSV numbers and NIfTI values to a relative 1e-9
+    for byte; TSV text columns exactly, TSV numbers and NIfTI values to a relative 1e-6
     (:data:`NUMERIC_RTOL`): array tasks run with ``--cpus-per-task`` BLAS threads and the serial run
     with the machine's, and a BLAS reduction split over another number of threads may round the
     last bit differently (seen: a group encoding summary differing in its 10th digit).
