@@ -310,6 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code (never raises for user errors)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     verbosity = sum(a.count("v") for a in argv if re.fullmatch(r"-v+", a)) + argv.count("--verbose")
+    output_dir: Path | None = None  # known once the arguments are parsed (for the clean-up after a signal)
     try:
         if argv and argv[0] in SUBCOMMAND_HANDLERS:
             return SUBCOMMAND_HANDLERS[argv[0]](argv[1:])
@@ -323,6 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UnknownLevelError(f"unknown analysis level {args.analysis_level!r}",
                                     "use 'participant' or 'group'")
         options = options_from_args(args, argv)
+        output_dir = Path(options.output_dir)
         from bids_dnn.console import setup_logging
 
         setup_logging(options.verbosity, options.show_progress)
@@ -351,12 +353,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         _report_error(exc, verbosity)
         return exc.exit_code
     except KeyboardInterrupt:
-        _remove_own_temporaries(argv)
+        _remove_own_temporaries(output_dir)
         _report_error(BidsDnnError("interrupted (Ctrl-C / SIGINT); finished outputs are kept",
                                    "rerun the same command: it resumes with the unfinished stages"), verbosity)
         return EXIT_INTERRUPTED
     except Terminated:
-        _remove_own_temporaries(argv)
+        _remove_own_temporaries(output_dir)
         _report_error(BidsDnnError("terminated (SIGTERM, e.g. a job's time limit or 'docker stop'); finished "
                                    "outputs are kept",
                                    "rerun the same command: it resumes with the unfinished stages"), verbosity)
@@ -372,14 +374,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OTHER
 
 
-def _remove_own_temporaries(argv: Sequence[str]) -> None:
-    """After SIGINT / SIGTERM: remove this process's (and dead workers') temp files in OUT_DIR."""
-    positional = [a for a in argv if not a.startswith("-")]
-    if len(positional) >= 2:
-        from bids_dnn.derivatives import remove_stale_temporaries
+def _remove_own_temporaries(output_dir: Path | None) -> None:
+    """After SIGINT / SIGTERM: remove this process's (and dead workers') temp files in OUT_DIR
+    (nothing when the signal came before the arguments were parsed)."""
+    if output_dir is None:
+        return
+    from bids_dnn.derivatives import remove_stale_temporaries
 
-        with contextlib.suppress(OSError):
-            remove_stale_temporaries(Path(positional[1]), own=True)
+    with contextlib.suppress(OSError):
+        remove_stale_temporaries(output_dir, own=True)
 
 
 @contextlib.contextmanager
