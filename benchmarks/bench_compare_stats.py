@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import finish, report, timed_pair  # noqa: E402
 
-from bids_dnn.compare import COMPARISON_MEASURES, RSATOOLBOX_NAMES, compare_rdms  # noqa: E402
-from bids_dnn.stats import (noise_ceiling, permutation_indices,  # noqa: E402
+from bids_dnn.rsa.compare import COMPARISON_MEASURES, RSATOOLBOX_NAMES, compare_rdms  # noqa: E402
+from bids_dnn.rsa.inference import (noise_ceiling, permutation_indices,  # noqa: E402
                             permutation_test, permuted_pair_indices)
 
 

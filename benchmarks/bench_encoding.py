@@ -4,7 +4,7 @@ Input: features X, 1000 training + 200 test samples x 4096 features (correlated:
 factors plus noise), responses Y of 20k targets whose signal fraction varies across targets,
 13 alphas (logspace(-2, 10)); float32 data, handed unchanged to every estimator.
 
-ours (5-fold)  ``bids_dnn.encoding.cross_validated_ridge`` with one outer fold (train / test),
+ours (5-fold)  ``bids_dnn.encoding.ridge.cross_validated_ridge`` with one outer fold (train / test),
                5 inner folds for the per-target alpha (the default), its own z-scoring.
 himalaya       ``himalaya.kernel_ridge.KernelRidgeCV(alphas, fit_intercept=True)`` on the same
                inner folds (so its alphas must match ours) and the same z-scored features.
@@ -47,7 +47,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bids_dnn.encoding import cross_validated_ridge, inner_folds_for, r2_columns  # noqa: E402
+from bids_dnn.encoding.ridge import cross_validated_ridge, inner_folds_for, r2_columns  # noqa: E402
 from _common import finish  # noqa: E402
 
 R2_TOL = 1e-3

@@ -37,9 +37,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bids_dnn.extract import extract_features, resolve_device, tune_allocator  # noqa: E402
-from bids_dnn.features import ensure_features, read_features  # noqa: E402
-from bids_dnn.models import LoadedModel, load_model, resolve_layers  # noqa: E402
+from bids_dnn.backend import resolve_device  # noqa: E402
+from bids_dnn.dnn.extract import extract_features, tune_allocator  # noqa: E402
+from bids_dnn.features.store import ensure_features, read_features  # noqa: E402
+from bids_dnn.dnn.models import LoadedModel, load_model, resolve_layers  # noqa: E402
 from bids_dnn.spec import ModelSpec  # noqa: E402
 
 

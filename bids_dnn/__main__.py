@@ -1,3 +1,3 @@
-from bids_dnn.cli import run
+from bids_dnn.cli.main import run
 
 run()

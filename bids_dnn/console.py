@@ -76,7 +76,7 @@ class PlainStderrHandler(logging.Handler):
 
     A closed reader (``bids_dnn ... 2>&1 | head``) raises ``BrokenPipeError`` out of the logging
     call, so that the run stops the way a pipe close stops any other program
-    (:func:`bids_dnn.cli.main` then exits quietly).
+    (:func:`bids_dnn.cli.main.main` then exits quietly).
     """
 
     def emit(self, record: logging.LogRecord) -> None:

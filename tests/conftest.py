@@ -37,7 +37,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def demo_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo BIDS dataset (seed 0), written once per session. Do not modify it."""
-    from bids_dnn.demo import make_demo_dataset
+    from bids_dnn.workflows.demo import make_demo_dataset
 
     return make_demo_dataset(tmp_path_factory.mktemp("demo") / "bids", n_subjects=4, n_runs=3, seed=0)
 
@@ -45,7 +45,7 @@ def demo_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def demo_outputs(demo_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Participant + group outputs of the demo dataset, run through ``main(argv)``."""
-    from bids_dnn.cli import main
+    from bids_dnn.cli.main import main
 
     out = tmp_path_factory.mktemp("demo_out") / "out"
     spec = demo_dataset / "code" / "spec.yaml"

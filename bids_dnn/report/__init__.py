@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from bids_dnn import derivatives as drv
+from bids_dnn.io import derivatives as drv
 from bids_dnn.console import logger
 from bids_dnn.report.methods import REFERENCES as CITATIONS
 from bids_dnn.spec import AnalysisSpec

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from bids_dnn import __version__
-from bids_dnn import derivatives as drv
+from bids_dnn.io import derivatives as drv
 from bids_dnn.console import logger
 
 #: dots per inch of every figure (figure sizes are given in inches)

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from bids_dnn import __version__
-from bids_dnn import derivatives as drv
+from bids_dnn.io import derivatives as drv
 from bids_dnn.console import LOG_FILE_NAME
 from bids_dnn.report.assemble import Block, Col, Section, fmt_text, table_block
 from bids_dnn.report.inputs import container_tag

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bids_dnn import derivatives as drv
+from bids_dnn.io import derivatives as drv
 from bids_dnn.console import logger
 from bids_dnn.report import figures as figs
 from bids_dnn.report.assemble import (
@@ -158,8 +158,8 @@ def _participant_warnings(ctx: GroupContext, subject: str) -> list[str]:
 
 
 def _participants(ctx: GroupContext, section: Section) -> None:
-    from bids_dnn.group import failure_reason, other_dataset
-    from bids_dnn.input_dataset import read_record
+    from bids_dnn.workflows.group import failure_reason, other_dataset
+    from bids_dnn.io.input_dataset import read_record
 
     current = spec_hash(ctx.spec)
     record = read_record(ctx.layout.root)

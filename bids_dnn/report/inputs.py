@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bids_dnn import derivatives as drv
+from bids_dnn.io import derivatives as drv
 from bids_dnn.console import logger
 from bids_dnn.spec import AnalysisSpec, parse_spec, sanitize_label
 
@@ -149,7 +149,7 @@ def read_relmat(path: Path) -> tuple[np.ndarray, list[str]]:
 
 
 def read_table(path: Path) -> pd.DataFrame | None:
-    """An output table (labels as text, see :data:`bids_dnn.derivatives.LABEL_COLUMNS`), or None
+    """An output table (labels as text, see :data:`bids_dnn.io.derivatives.LABEL_COLUMNS`), or None
     when it does not exist."""
     if not Path(path).is_file():
         return None
@@ -165,7 +165,7 @@ def ordered_layers(table: pd.DataFrame | None, model_dir: Path, measure: str) ->
         try:
             import h5py
 
-            from bids_dnn.features import LAYER_ORDER
+            from bids_dnn.features.store import LAYER_ORDER
 
             with h5py.File(path, "r") as h5:
                 names = [n.decode() if isinstance(n, bytes) else str(n) for n in h5[LAYER_ORDER][()]]

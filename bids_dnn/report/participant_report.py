@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bids_dnn import derivatives as drv
+from bids_dnn.io import derivatives as drv
 from bids_dnn.report import figures as figs
 from bids_dnn.report.assemble import (
     Block,
@@ -284,7 +284,7 @@ def best_scoring_layer(model: str, roi: str, table: pd.DataFrame, alpha: float) 
 
 
 def _stimuli(ctx: ParticipantContext, section: Section) -> None:
-    from bids_dnn.stimuli import VIDEO_EXTENSIONS, load_image, load_video
+    from bids_dnn.io.stimuli import VIDEO_EXTENSIONS, load_image, load_video
 
     def first_frame(path: Path) -> Any:  # a video is shown by its first frame
         if path.suffix.lower() in VIDEO_EXTENSIONS:
@@ -514,7 +514,7 @@ def _rsa(ctx: ParticipantContext, section: Section) -> None:
 def _map_flag(item: MapFile, values: np.ndarray) -> str:
     """What is suspicious about a map's values: ceiling-normalised R2 outside [0, 1], penalties at
     the edge of the ridge grid ("" when nothing is)."""
-    from bids_dnn.encoding import at_alpha_grid_edge, outside_unit_interval
+    from bids_dnn.encoding.ridge import at_alpha_grid_edge, outside_unit_interval
 
     finite = np.isfinite(values)
     if item.stat == "normr2" and finite.any():

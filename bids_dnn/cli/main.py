@@ -1,0 +1,452 @@
+"""Command line: the BIDS App contract plus user sub-commands.
+
+``bids_dnn BIDS_DIR OUT_DIR {participant,group} [options]`` runs an analysis level;
+``bids_dnn spec schema|check FILE``, ``bids_dnn demo DIR`` and ``bids_dnn models list|fetch``
+are helpers. ``main(argv) -> int`` is testable without a subprocess; nothing heavy (torch,
+nilearn, pybids) is imported until a command needs it, so ``--help`` and ``--version`` are fast.
+
+Exit codes (BIDS Apps): 0 ok, 64 usage, 65 invalid spec, 16 BIDS validation failed,
+17 unknown level, 18 filters selected nothing, 66 required input missing, 73 output folder cannot
+be created or written, 130 interrupted (SIGINT), 143 terminated (SIGTERM), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import re
+import signal
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from bids_dnn import __version__
+from bids_dnn.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_OTHER,
+    EXIT_TERMINATED,
+    AnalysisError,
+    BidsDnnError,
+    Terminated,
+    UsageError,
+)
+from bids_dnn.limits import MAX_SEED
+
+LEVELS = ("participant", "group")
+SUBCOMMANDS = ("spec", "demo", "models", "slurm")
+MEMORY_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2,
+                "g": 1024**3, "gb": 1024**3, "t": 1024**4, "tb": 1024**4}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting with code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}", f"see '{self.prog} --help'")
+
+
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: X)`` only where there is a value to show and the help does not
+    already describe the default (no ``(default: None)``, no default said twice)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        default = action.default
+        if (action.help is None or "default" in action.help or default is None or default is False
+                or default == [] or default is argparse.SUPPRESS):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def parse_memory(text: str) -> int:
+    """``'8GB'`` -> bytes. A unit is required for values below 1 MiB to catch typos."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
+    if not match or match[2].lower() not in MEMORY_UNITS:
+        raise argparse.ArgumentTypeError(f"invalid memory size {text!r}; use e.g. 8GB, 512MB")
+    value = float(match[1]) * MEMORY_UNITS[match[2].lower()]
+    if value < 1024**2:
+        raise argparse.ArgumentTypeError(f"memory size {text!r} is below 1 MB; give a unit, e.g. 8GB")
+    return int(value)
+
+
+def _derivative(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        path = Path(text)
+        return path.name, text
+    name, _, path = text.partition("=")
+    if not name or not path:
+        raise argparse.ArgumentTypeError(f"invalid derivatives {text!r}; use NAME=PATH")
+    return name, path
+
+
+def _int_at_least(minimum: int, maximum: int | None = None):
+    """An argparse type: a whole number >= ``minimum`` (and <= ``maximum``)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}, got {value}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1)
+_seed = _int_at_least(0, MAX_SEED)  # unsigned 32-bit: every NumPy and torch generator takes it
+
+
+def parse_part(text: str) -> tuple[int, int]:
+    """``K/N`` (1 <= K <= N) -> ``(K, N)``: one of N work partitions."""
+    k, sep, n = text.partition("/")
+    if not sep or not k.strip().isdigit() or not n.strip().isdigit() or not 1 <= int(k) <= int(n):
+        raise argparse.ArgumentTypeError(f"invalid part {text!r}; use K/N with 1 <= K <= N, e.g. 2/8")
+    return int(k), int(n)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The BIDS App parser (testable without running anything)."""
+    parser = _Parser(
+        prog="bids_dnn",
+        description="Compare deep neural networks with fMRI data in BIDS: features, RDMs, ROI RSA, "
+                    "statistics and reports. Helpers: 'bids_dnn spec schema|check FILE', "
+                    "'bids_dnn demo DIR', 'bids_dnn models list|fetch NAME'.",
+        formatter_class=_DefaultsHelpFormatter,
+    )
+    parser.add_argument("bids_dir", type=Path, help="the raw BIDS dataset (read only)")
+    parser.add_argument("output_dir", type=Path, help="the derivatives folder to write")
+    parser.add_argument("analysis_level", help="'participant' or 'group'")
+    parser.add_argument("--version", action="version", version=f"bids_dnn {__version__}")
+    sel = parser.add_argument_group("selection")
+    sel.add_argument("--participant-label", "--participant_label", nargs="+", metavar="LABEL",
+                     help="participants to process ('01' or 'sub-01'), or @FILE: the labels listed in FILE "
+                          "(whitespace-separated; a value without @ is always a label, even where a file of that "
+                          "name exists)")
+    sel.add_argument("--session-label", "--session_label", nargs="+", metavar="LABEL",
+                     help="sessions to use ('1' or 'ses-1'), or @FILE as for --participant-label")
+    sel.add_argument("--task", help="task to analyse (default: the only task with events)")
+    sel.add_argument("--bids-filter-file", type=Path, metavar="FILE",
+                     help="JSON with per-query entity filters, e.g. {\"bold\": {\"session\": \"01\"}}")
+    sel.add_argument("--skip-bids-validation", action="store_true")
+    sel.add_argument("-d", "--derivatives", nargs="+", type=_derivative, default=[], metavar="NAME=PATH",
+                     help="derivatives folders (fmriprep, stimuli, betas); default: BIDS_DIR/derivatives/NAME")
+    sel.add_argument("--bids-database-dir", type=Path, metavar="DIR", help="pybids index cache folder")
+    ana = parser.add_argument_group("analysis")
+    ana.add_argument("--spec", type=Path, metavar="FILE", help="analysis spec (YAML or JSON)")
+    ana.add_argument("--random-seed", type=_seed, help="overrides statistics.seed of the spec")
+    ana.add_argument("--allow-custom-code", action="store_true",
+                     help="run models whose code comes from a file (source: custom / torchscript)")
+    ana.add_argument("--reports-only", action="store_true", help="rebuild the HTML reports from existing outputs")
+    ana.add_argument("--force", action="store_true",
+                     help="recompute every stage (features included); without it a rerun recomputes only "
+                          "the stages whose inputs, spec section or outputs changed. An output folder made from "
+                          "another input dataset is refused without it; with it, the folder is handed over to "
+                          "this dataset (input_dataset.json)")
+    ana.add_argument("--searchlight-part", type=parse_part, default=None, metavar="K/N",
+                     help="compute only the K-th of N centre ranges of the searchlight (e.g. one per array "
+                          "task or GPU); a later run without the option merges the parts")
+    res = parser.add_argument_group(
+        "resources", "As in fMRIPrep: --nprocs is the CPUs of the whole run, --omp-nthreads the threads of one "
+                     "process; with --nprocs N, min(N, participants) participants (N // --omp-nthreads when given) "
+                     "run at once in worker processes with N // workers threads each. The effective settings are "
+                     "recorded in each provenance.json.")
+    res.add_argument("-w", "--work-dir", type=Path, metavar="DIR",
+                     help="scratch folder: each run uses its own DIR/bids_dnn~... subfolder (TMPDIR of the libraries, "
+                          "pybids database, PCA scratch), removed at the end; DIR/matplotlib keeps the font cache "
+                          "(default: a temporary folder, removed at the end)")
+    res.add_argument("--nprocs", type=_positive_int, default=None, metavar="N",
+                     help="CPUs of the whole run; participants are processed in parallel worker processes "
+                          "(default: one participant at a time, libraries' default threads)")
+    res.add_argument("--omp-nthreads", type=_positive_int, default=None, metavar="T",
+                     help="threads of one process (torch, BLAS / OpenMP); at most --nprocs "
+                          "(default: --nprocs // workers)")
+    res.add_argument("--mem", type=parse_memory, default=None, metavar="SIZE",
+                     help="working-memory budget, e.g. 8GB, shared by the worker processes: sizes the GLM voxel "
+                          "chunks, searchlight chunks, encoding target batches and feature-extraction batches "
+                          "(libraries and held data come on top; results do not change)")
+    res.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    out = parser.add_argument_group("output")
+    out.add_argument("--no-progress", action="store_true", help="no progress bars")
+    out.add_argument("-v", "--verbose", action="count", default=0, help="-v: tracebacks, -vv: debug")
+    return parser
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Validated command-line options of an analysis level."""
+
+    bids_dir: Path
+    output_dir: Path
+    level: str
+    participant_labels: list[str] | None
+    session_labels: list[str] | None
+    task: str | None
+    spec_path: Path | None
+    derivatives: dict[str, Path]
+    bids_filter_file: Path | None
+    skip_bids_validation: bool
+    database_dir: Path | None
+    work_dir: Path | None
+    nprocs: int | None
+    omp_nthreads: int | None
+    mem_bytes: int | None
+    device: str
+    random_seed: int | None
+    reports_only: bool
+    force: bool
+    show_progress: bool
+    verbosity: int
+    searchlight_part: tuple[int, int] | None = None
+    argv: list[str] = field(default_factory=list)
+    allow_custom_code: bool = False
+
+
+def options_from_args(args: argparse.Namespace, argv: Sequence[str]) -> RunOptions:
+    from bids_dnn.io.bids import expand_labels
+
+    return RunOptions(
+        bids_dir=args.bids_dir, output_dir=args.output_dir, level=args.analysis_level,
+        participant_labels=expand_labels(args.participant_label, "sub"),
+        session_labels=expand_labels(args.session_label, "ses"), task=args.task, spec_path=args.spec,
+        derivatives={name: Path(path) for name, path in args.derivatives},
+        bids_filter_file=args.bids_filter_file, skip_bids_validation=args.skip_bids_validation,
+        database_dir=args.bids_database_dir, work_dir=args.work_dir, nprocs=args.nprocs,
+        omp_nthreads=args.omp_nthreads, mem_bytes=args.mem, device=args.device, random_seed=args.random_seed,
+        reports_only=args.reports_only, force=args.force, show_progress=not args.no_progress,
+        verbosity=args.verbose, searchlight_part=args.searchlight_part, argv=list(argv),
+        allow_custom_code=args.allow_custom_code,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Sub-commands
+# ---------------------------------------------------------------------------------------
+
+
+def _cmd_spec(argv: Sequence[str]) -> int:
+    parser = _Parser(prog="bids_dnn spec", description="Analysis spec helpers.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("schema", help="print the JSON schema of the spec")
+    check = sub.add_parser("check", help="validate a spec file and print the resolved spec")
+    check.add_argument("file", type=Path)
+    args = parser.parse_args(list(argv))
+    from bids_dnn import spec as spec_module
+
+    if args.action == "schema":
+        sys.stdout.write(json.dumps(spec_module.spec_json_schema(), indent=2) + "\n")
+        return EXIT_OK
+    resolved = spec_module.load_spec(args.file)
+    import yaml
+
+    sys.stdout.write(f"# {args.file}: valid (spec hash {spec_module.spec_hash(resolved)})\n")
+    sys.stdout.write(yaml.safe_dump(spec_module.spec_to_dict(resolved), sort_keys=False))
+    return EXIT_OK
+
+
+def _cmd_demo(argv: Sequence[str]) -> int:
+    from bids_dnn.workflows.demo import DEMO_SUBJECTS, make_demo_dataset
+
+    parser = _Parser(prog="bids_dnn demo",
+                     description="Write the synthetic demo BIDS dataset with planted ground truth.")
+    parser.add_argument("directory", type=Path)
+    parser.add_argument("--subjects", type=_positive_int, default=DEMO_SUBJECTS,
+                        help=f"participants (default {DEMO_SUBJECTS}: enough for a sign-flip group map to reach "
+                             "p_FWE < 0.05)")
+    parser.add_argument("--runs", type=_positive_int, default=3)
+    parser.add_argument("--seed", type=_seed, default=0)
+    parser.add_argument("--force", action="store_true", help="overwrite an existing demo dataset")
+    args = parser.parse_args(list(argv))
+    from bids_dnn.console import logger, setup_logging
+
+    setup_logging(0, show_progress=False)
+    path = make_demo_dataset(args.directory, n_subjects=args.subjects, n_runs=args.runs,
+                             seed=args.seed, overwrite=args.force)
+    logger.info("demo dataset written to %s (spec: %s)", path, path / "code" / "spec.yaml")
+    return EXIT_OK
+
+
+def _cmd_models(argv: Sequence[str]) -> int:
+    parser = _Parser(prog="bids_dnn models", description="List models and pre-fetch weights.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("list", help="models and whether their default weights are cached")
+    fetch = sub.add_parser("fetch", help="download weights into TORCH_HOME (for container images)")
+    fetch.add_argument("names", nargs="+")
+    fetch.add_argument("--weights", default="DEFAULT")
+    args = parser.parse_args(list(argv))
+    from bids_dnn.dnn import models
+
+    if args.action == "list":
+        for row in models.model_catalog():
+            sys.stdout.write(f"{row['name']}\t{row['default_weights']}\t{'cached' if row['cached'] else 'not cached'}\n")
+        return EXIT_OK
+    for path in models.fetch_weights(args.names, weights=args.weights):
+        sys.stdout.write(f"{path}\n")
+    return EXIT_OK
+
+
+def _cmd_slurm(argv: Sequence[str]) -> int:
+    """``bids_dnn slurm``: SLURM job-array scripts (one participant per task) + dependent group job."""
+    from bids_dnn.cli.slurm import main as slurm_main
+
+    return slurm_main(argv)
+
+
+SUBCOMMAND_HANDLERS = {"spec": _cmd_spec, "demo": _cmd_demo, "models": _cmd_models, "slurm": _cmd_slurm}
+
+
+# ---------------------------------------------------------------------------------------
+# Entry points
+# ---------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code (never raises for user errors)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbosity = sum(a.count("v") for a in argv if re.fullmatch(r"-v+", a)) + argv.count("--verbose")
+    output_dir: Path | None = None  # known once the arguments are parsed (for the clean-up after a signal)
+    try:
+        if argv and argv[0] in SUBCOMMAND_HANDLERS:
+            return SUBCOMMAND_HANDLERS[argv[0]](argv[1:])
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exc:  # --help / --version
+            return int(exc.code or 0)
+        if args.analysis_level not in LEVELS:
+            from bids_dnn.errors import UnknownLevelError
+
+            raise UnknownLevelError(f"unknown analysis level {args.analysis_level!r}",
+                                    "use 'participant' or 'group'")
+        options = options_from_args(args, argv)
+        output_dir = Path(options.output_dir)
+        from bids_dnn.console import setup_logging
+
+        setup_logging(options.verbosity, options.show_progress)
+        from bids_dnn.console import run_log_scope
+        from bids_dnn.workflows.resources import activate
+
+        try:
+            with activate(options), run_log_scope(), _sigterm_unwinds():  # -w, --nprocs, --mem (run folder removed after); log file
+                if options.level == "participant":
+                    from bids_dnn.workflows.participant import run_participant_level
+
+                    run_participant_level(options)
+                else:
+                    from bids_dnn.workflows.group import run_group_level
+
+                    run_group_level(options)
+        except SystemExit as exc:  # never success: code the analysis ran (a custom model) ended the process
+            raise AnalysisError(f"code run by the analysis called sys.exit({exc.code!r}) before the analysis "
+                                "finished", "a custom model's code must not exit the process") from None
+        return EXIT_OK
+    except SystemExit as exc:  # argparse --help inside sub-commands
+        return int(exc.code or 0) if isinstance(exc.code, int) else EXIT_OK
+    except BrokenPipeError:  # the reader went away (``bids_dnn ... | head``)
+        return _closed_pipe_exit()
+    except BidsDnnError as exc:
+        _report_error(exc, verbosity)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _remove_own_temporaries(output_dir)
+        _report_error(BidsDnnError("interrupted (Ctrl-C / SIGINT); finished outputs are kept",
+                                   "rerun the same command: it resumes with the unfinished stages"), verbosity)
+        return EXIT_INTERRUPTED
+    except Terminated:
+        _remove_own_temporaries(output_dir)
+        _report_error(BidsDnnError("terminated (SIGTERM, e.g. a job's time limit or 'docker stop'); finished "
+                                   "outputs are kept",
+                                   "rerun the same command: it resumes with the unfinished stages"), verbosity)
+        return EXIT_TERMINATED
+    except OSError as exc:
+        from bids_dnn.errors import output_space_error
+
+        error = output_space_error(exc)
+        _report_error(error or exc, verbosity)
+        return error.exit_code if error else EXIT_OTHER
+    except Exception as exc:  # noqa: BLE001 - last resort: one line, traceback with -v
+        _report_error(exc, verbosity)
+        return EXIT_OTHER
+
+
+def _remove_own_temporaries(output_dir: Path | None) -> None:
+    """After SIGINT / SIGTERM: remove this process's (and dead workers') temp files in OUT_DIR
+    (nothing when the signal came before the arguments were parsed)."""
+    if output_dir is None:
+        return
+    from bids_dnn.io.derivatives import remove_stale_temporaries
+
+    with contextlib.suppress(OSError):
+        remove_stale_temporaries(output_dir, own=True)
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """While the analysis runs, SIGTERM raises :class:`Terminated` in the main thread (the
+    previous handler is restored after; only the main thread can install one)."""
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _report_error(exc: BaseException, verbosity: int) -> None:
+    """The one message of a run that failed (with -v: the traceback and the error's details)."""
+    from bids_dnn.console import print_error
+
+    try:
+        if isinstance(exc, BidsDnnError):
+            print_error(exc.message, exc.hint, exc.details if verbosity > 0 else (), show_traceback=verbosity > 0)
+        else:
+            print_error(f"unexpected {exc.__class__.__name__}: {exc}",
+                        None if verbosity > 0 else "run again with -v for the traceback",
+                        show_traceback=verbosity > 0)
+    except BrokenPipeError:
+        _closed_pipe_exit()
+
+
+#: exit status of a program stopped because its reader closed the pipe (128 + SIGPIPE)
+EXIT_CLOSED_PIPE = 141
+
+
+def _closed_pipe_exit() -> int:
+    """Stop quietly after the reader of stdout or stderr went away, as SIGPIPE stops other
+    programs: no message, exit status 141, and no second ``BrokenPipeError`` when Python
+    flushes the streams at exit."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                os.dup2(devnull, stream.fileno())
+            except (AttributeError, OSError, ValueError):  # a stream without a file (tests)
+                continue
+    finally:
+        os.close(devnull)
+    return EXIT_CLOSED_PIPE
+
+
+def run() -> None:
+    """Console-script entry point (also the container images'): a usable matplotlib cache first."""
+    from bids_dnn.io.container import ensure_matplotlib_config_dir
+
+    ensure_matplotlib_config_dir()
+    code = main()
+    try:
+        sys.stdout.flush()  # output still buffered meets a closed pipe here, not at interpreter exit
+    except BrokenPipeError:
+        code = _closed_pipe_exit()
+    sys.exit(code)

@@ -1,0 +1,41 @@
+"""Voxelwise encoding on arrays: folds, cross-validated ridge, banded ridge, scores and ceilings."""
+
+from bids_dnn.encoding.ridge import (
+    EncodingResult,
+    BandedResult,
+    make_folds,
+    check_folds,
+    inner_folds_for,
+    cross_validated_ridge,
+    banded_ridge,
+    variance_partitioning,
+    pearson_columns,
+    r2_columns,
+    spearman_brown,
+    noise_ceiling_from_split_half,
+    ceiling_normalised,
+    outside_unit_interval,
+    at_alpha_grid_edge,
+    pooled_reliability,
+    MIN_CEILING,
+)
+
+__all__ = [
+    "EncodingResult",
+    "BandedResult",
+    "make_folds",
+    "check_folds",
+    "inner_folds_for",
+    "cross_validated_ridge",
+    "banded_ridge",
+    "variance_partitioning",
+    "pearson_columns",
+    "r2_columns",
+    "spearman_brown",
+    "noise_ceiling_from_split_half",
+    "ceiling_normalised",
+    "outside_unit_interval",
+    "at_alpha_grid_edge",
+    "pooled_reliability",
+    "MIN_CEILING",
+]

@@ -1,0 +1,839 @@
+"""Events -> the ordered stimulus set; stimulus path resolution, safety checks and loading.
+
+The stimulus set is built from the events of *all* participants of the task (not only the
+ones selected on the command line), so that parallel participant jobs agree on one stimulus
+order and share one feature file. Rows are ordered by category, then by file name: the order of
+every RDM.
+
+Events name their stimuli in one of three ways (``stimuli.source``):
+
+``stim_file``
+    a file path under ``stimuli/``; the stimulus id is the path without extension.
+``stimuli_tsv``
+    a ``stim_id`` that BEP044-style ``stimuli/stimuli.tsv`` maps to a file (columns ``stim_id``,
+    ``stim_file`` relative to the folder of the table, optional annotations such as
+    ``category``); the stimulus id is the table's ``stim_id``. Chosen automatically when the
+    events have ``stim_id`` but no ``stim_file`` and a ``stimuli.tsv`` exists.
+``trial_type``
+    a ``trial_type`` mapped to a file by the spec's ``trial_type_map``.
+
+Images are loaded with Pillow; videos (mp4, avi, webm, mov, mkv) with PyAV (the optional extra
+``bids_dnn[video]``, imported only when a video is met) as a list of frames sampled at fixed
+times (see :func:`video_sample_times`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bids_dnn.errors import BidsValidationError, InputMissingError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+VIDEO_EXTENSIONS = {".mp4", ".avi", ".webm", ".mov", ".mkv"}
+REQUIRED_EVENT_COLUMNS = ("onset", "duration")
+MIN_STIMULI = 3
+#: the BEP044 stimulus table, looked for in each stimulus folder (the first one found wins)
+STIMULI_TABLE = "stimuli.tsv"
+#: events column holding the stimulus name, per (effective) source
+SOURCE_COLUMNS = {"stim_file": "stim_file", "stimuli_tsv": "stim_id", "trial_type": "trial_type"}
+#: sample-to-frame distances closer than this (s) count as a tie (time bases round 0.75 - 0.7 vs 0.8 - 0.75)
+TIE_TOLERANCE_S = 1e-6
+VIDEO_EXTRA_HINT = "install the video extra: pip install 'bids_dnn[video]'"
+#: shorter side (pixels) at which images are decoded to check them: the headroom of the ImageNet
+#: resize target (256), enough to decode every block of the file (the model's own size is used
+#: for extraction, :data:`bids_dnn.io.media.DECODE_HEADROOM` times its resize target)
+CHECK_SHORTER_SIDE = 4 * 256
+
+
+@dataclass(frozen=True)
+class StimulusSet:
+    """The ordered stimuli of one task.
+
+    Attributes
+    ----------
+    stim_ids : list of str, length n_stimuli
+        Identifiers (the file path under ``stimuli/`` without extension, or the ``stim_id`` of
+        ``stimuli.tsv``).
+    files : list of str
+        Paths relative to the stimulus folder, as written in the events (or ``stimuli.tsv``).
+    paths : list of Path
+        Resolved absolute paths.
+    categories : list of str
+    sha256 : list of str
+    source_dirs : list of str
+        The folder each file came from.
+    events_source : {"stim_file", "stimuli_tsv", "trial_type"}
+        How the events name the stimuli (the effective ``stimuli.source``: ``stimuli_tsv``
+        also when it was detected automatically); :func:`condition_column` follows it.
+    """
+
+    stim_ids: list[str]
+    files: list[str]
+    paths: list[Path]
+    categories: list[str]
+    sha256: list[str]
+    source_dirs: list[str]
+    events_source: str = "stim_file"
+
+    @property
+    def n_stimuli(self) -> int:
+        return len(self.stim_ids)
+
+    @property
+    def has_video(self) -> bool:
+        """Whether any stimulus is a video file."""
+        return any(is_video(path) for path in self.paths)
+
+    def to_table(self) -> pd.DataFrame:
+        return pd.DataFrame({"stim_id": self.stim_ids, "stim_file": self.files,
+                             "category": self.categories, "sha256": self.sha256,
+                             "source": self.source_dirs})
+
+    def set_hash(self) -> str:
+        blob = "\n".join(f"{i}\t{h}" for i, h in zip(self.stim_ids, self.sha256)).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    def file_to_id(self) -> dict[str, str]:
+        return dict(zip(self.files, self.stim_ids))
+
+
+def read_events(path: Path) -> pd.DataFrame:
+    """Read and check one ``*_events.tsv`` the way BIDS defines it.
+
+    ``onset`` must be a finite number (negative onsets, e.g. a response before the first volume,
+    are valid BIDS); ``duration`` a finite number >= 0 or ``n/a`` (unknown). Whether a row can be
+    modelled is decided later, for the rows the analysis uses (:func:`bids_dnn.brain.glm.fit_run_glm`).
+    The table's ``attrs["source_file"]`` holds the file name, for messages about its rows.
+
+    Raises
+    ------
+    BidsValidationError
+        Empty file, missing ``onset`` / ``duration`` columns, a value that is not a number (or
+        ``n/a`` in ``duration``), an infinite value, a negative duration; the message names the
+        row (as numbered in the file, header = row 1) and the value as written.
+    """
+    path = Path(path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise BidsValidationError(f"{path.name}: empty file (0 bytes)",
+                                  "an events file needs at least a header row with onset and duration")
+    try:
+        table = pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False,
+                            dtype={"stim_file": str, "stim_id": str, "trial_type": str, "category": str,
+                                   "onset": str, "duration": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise BidsValidationError(f"{path.name}: not a readable TSV ({exc.__class__.__name__})") from None
+    missing = [c for c in REQUIRED_EVENT_COLUMNS if c not in table.columns]
+    if missing:
+        raise BidsValidationError(f"{path.name}: missing column(s) {', '.join(missing)}",
+                                  "events files need onset and duration columns")
+    for column in REQUIRED_EVENT_COLUMNS:
+        written = table[column]
+        numeric = pd.to_numeric(written, errors="coerce")
+        allowed_na = written.isna() if column == "duration" else pd.Series(False, index=table.index)
+        bad = numeric.isna() & ~allowed_na
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise BidsValidationError(f"{path.name}: column '{column}' must be numeric (row {row + 2}: "
+                                      f"{_as_written(written.iloc[row])})")
+        infinite = np.isinf(numeric.to_numpy(dtype=float))
+        if infinite.any():
+            row = int(np.flatnonzero(infinite)[0])
+            raise BidsValidationError(f"{path.name}: column '{column}' must be a finite number (row {row + 2}: "
+                                      f"{_as_written(written.iloc[row])})")
+        table[column] = numeric.astype(float)
+    if (table["duration"] < 0).any():
+        row = int(np.flatnonzero((table["duration"] < 0).to_numpy())[0])
+        raise BidsValidationError(f"{path.name}: negative duration in row {row + 2}")
+    table.attrs["source_file"] = path.name
+    return table
+
+
+def _check_stimulus_durations(events: pd.DataFrame, names: pd.Series) -> None:
+    """Refuse a stimulus event with duration ``n/a`` (valid BIDS, but the GLM must model it)."""
+    unknown = names.map(lambda n: isinstance(n, str)) & events["duration"].isna()
+    if unknown.any():
+        row = int(np.flatnonzero(unknown.to_numpy())[0])
+        raise BidsValidationError(
+            f"{events.attrs.get('source_file', 'events')}: row {row + 2}: duration 'n/a' on a stimulus event "
+            f"({names.iloc[row]}), which the GLM must model", "give the duration of every stimulus event in seconds")
+
+
+def _as_written(value: Any) -> str:
+    """A TSV cell as the user wrote it (``n/a`` for a missing value)."""
+    return "'n/a'" if pd.isna(value) else repr(str(value))
+
+
+def stimulus_column(events: pd.DataFrame, source: str, trial_type_map: dict[str, str] | None,
+                    ignore: Iterable[str] = ()) -> pd.Series:
+    """The stimulus of every event (NaN for events that are not stimuli).
+
+    A file under the stimulus folder for ``stim_file`` and ``trial_type``, the ``stim_id``
+    (a key of ``stimuli.tsv``) for ``stimuli_tsv``.
+    """
+    ignored = set(ignore)
+    if source == "trial_type":
+        if "trial_type" not in events.columns:
+            raise BidsValidationError("stimuli.source is 'trial_type' but the events have no trial_type column")
+        files = events["trial_type"].map(trial_type_map or {})
+    else:
+        column = "stim_file" if source == "stim_file" else "stim_id"
+        if column not in events.columns:
+            raise BidsValidationError(f"events have no '{column}' column",
+                                      "name each stimulus in a stim_file column, or set stimuli.source")
+        files = events[column].map(lambda v: v if isinstance(v, str) or pd.isna(v) else str(v)).astype(object)
+    files = files.where(files.notna() & (files.astype(str).str.strip() != ""), np.nan)
+    if source != "stimuli_tsv":  # file paths: one spelling per file (ids of stimuli.tsv are names, kept)
+        files = files.map(lambda v: normalize_stimulus_path(v) if isinstance(v, str) else v)
+    if ignored and "trial_type" in events.columns:
+        files = files.where(~events["trial_type"].isin(ignored), np.nan)
+    return files
+
+
+def normalize_stimulus_path(text: str) -> str:
+    """One spelling per stimulus file: ``./a.png``, ``a.png`` and ``.//a.png`` are ``a.png``.
+
+    Surrounding white space, ``.`` components and repeated or trailing slashes are removed
+    (:class:`~pathlib.PurePosixPath`); ``..`` and a leading ``/`` are kept, so the safety check
+    still sees them, and so is the case (file systems may tell ``A.png`` from ``a.png``).
+    """
+    stripped = text.strip()
+    return str(PurePosixPath(stripped)) if stripped else stripped
+
+
+def _is_safe_relative(text: str) -> bool:
+    pure = PurePosixPath(text.replace("\\", "/"))
+    return not pure.is_absolute() and ".." not in pure.parts and not (len(text) > 1 and text[1] == ":")
+
+
+def resolve_stimulus(file: str, search_dirs: list[Path], dataset_root: Path) -> tuple[Path | None, Path | None, str | None]:
+    """Resolve ``file`` against the stimulus folders.
+
+    Returns
+    -------
+    (path, folder, problem)
+        The resolved file and the folder it came from, or a problem description.
+    """
+    if not _is_safe_relative(file):
+        return None, None, f"{file}: path must be relative to stimuli/ and must not contain '..'"
+    if "\x00" in file:
+        return None, None, f"{file!r}: not a valid file name (contains a NUL character)"
+    for folder in search_dirs:
+        candidate = folder / file
+        try:
+            present = candidate.exists() or candidate.is_symlink()
+        except (OSError, ValueError) as exc:  # e.g. name too long
+            return None, None, f"{file}: not a valid file name ({getattr(exc, 'strerror', None) or exc})"
+        if present:
+            try:
+                real = candidate.resolve()
+            except (OSError, RuntimeError):  # symlink loop
+                return None, None, f"{file}: unreadable (symbolic link loop)"
+            allowed = [dataset_root.resolve(), folder.resolve()]
+            if not any(real == a or a in real.parents for a in allowed):
+                return None, None, f"{file}: symlink leaves the dataset ({real})"
+            return candidate, folder, None
+    return None, None, f"{file}: not found in {', '.join(str(d) for d in search_dirs)}"
+
+
+def is_video(path: Path | str) -> bool:
+    """Whether ``path`` has a video extension (mp4, avi, webm, mov, mkv)."""
+    return Path(path).suffix.lower() in VIDEO_EXTENSIONS
+
+
+def _import_av() -> Any:
+    """PyAV, or a clear error naming the extra to install."""
+    try:
+        import av
+    except ImportError:
+        raise InputMissingError("video stimuli need PyAV (the Python package 'av'), which is not installed",
+                                VIDEO_EXTRA_HINT) from None
+    return av
+
+
+def _short(exc: BaseException, path: Path) -> str:
+    detail = str(exc).replace(str(path), path.name)
+    detail = detail if len(detail) <= 100 else detail[:97] + "..."
+    return f"{exc.__class__.__name__}: {detail}"
+
+
+def check_stimulus_file(path: Path) -> str | None:
+    """A reason why ``path`` is not a usable stimulus, or None.
+
+    Images must open and decode with Pillow. Videos must open with PyAV, hold a video stream
+    whose packets can all be read (no decoding), decode a first frame, and (for files with one
+    stream whose declared duration is known) not end before it: a cut-off Matroska / WebM file
+    otherwise reads as a shorter clip.
+
+    Raises
+    ------
+    InputMissingError
+        A video is met and PyAV is not installed.
+    """
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS:
+        return (f"{path.name}: unsupported file type '{suffix}' (images: {', '.join(sorted(IMAGE_EXTENSIONS))}; "
+                f"videos: {', '.join(sorted(VIDEO_EXTENSIONS))})")
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        return f"{path.name}: unreadable ({exc.strerror})"
+    if size == 0:
+        return f"{path.name}: empty file (0 bytes)"
+    if suffix in VIDEO_EXTENSIONS:
+        return _check_video(path)
+    try:  # decoded and converted as for extraction (a mode it refuses is listed here), at a reduced size
+        load_image(path, CHECK_SHORTER_SIDE)
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types for corrupt images
+        return f"{path.name}: not a readable image ({_short(exc, path)})"
+    return None
+
+
+def _check_video(path: Path) -> str | None:
+    av = _import_av()
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                return f"{path.name}: not a readable video (no video stream)"
+            timing = _video_timing(container)
+        with av.open(str(path)) as container:
+            first = next(iter(container.decode(video=0)), None) if timing.n_packets else None
+            if first is None:
+                return f"{path.name}: not a readable video (no frame could be decoded)"
+            declared = container.duration / 1e6 if container.duration and len(container.streams) == 1 else None
+            if declared is not None and timing.duration < declared - max(2 * timing.interval, 0.1):
+                return (f"{path.name}: not a readable video (frames end at {timing.duration:.2f} s of the "
+                        f"declared {declared:.2f} s; truncated?)")
+    except Exception as exc:  # noqa: BLE001 - FFmpeg errors come in many types
+        return f"{path.name}: not a readable video ({_short(exc, path)})"
+    return None
+
+
+def load_image(path: Path, shorter_side: int | None = None, fit: Any = None) -> Any:
+    """Open an image as 8-bit RGB: 16-bit and float data scaled, transparency over white; a
+    large one reduced while decoding when ``shorter_side`` is given (see
+    :func:`bids_dnn.io.media.load_image`)."""
+    from bids_dnn.io.media import load_image as decode
+
+    return decode(path, shorter_side, fit)
+
+
+@dataclass(frozen=True)
+class _VideoTiming:
+    start: float
+    duration: float
+    interval: float
+    n_packets: int
+
+
+def _video_timing(container: Any) -> _VideoTiming:
+    """Start, duration and frame interval (s) of the first video stream, from its packets.
+
+    The duration is the end of the last packet (pts + duration, or + one frame interval at the
+    stream's average rate) minus the earliest pts: the decoded frames' extent, independent of
+    the container's metadata. The packets are read, not decoded.
+    """
+    stream = container.streams.video[0]
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    interval = float(1 / rate) if rate else 0.0
+    start, end, n_packets = np.inf, -np.inf, 0
+    for packet in container.demux(stream):
+        if packet.pts is None or packet.size == 0:
+            continue
+        base = float(packet.time_base)
+        begin = packet.pts * base
+        start, n_packets = min(start, begin), n_packets + 1
+        end = max(end, begin + (packet.duration * base if packet.duration else interval))
+    if not n_packets:
+        return _VideoTiming(0.0, 0.0, interval, 0)
+    return _VideoTiming(start, max(end - start, 0.0), interval, n_packets)
+
+
+def video_sample_times(duration: float, fps: float = 2.0, n_frames: int | None = None) -> np.ndarray:
+    """The times (s from the first frame) at which frames of a video are sampled.
+
+    Parameters
+    ----------
+    duration : float
+        The video's duration in seconds (end of the last frame minus start of the first).
+    fps : float
+        Samples per second: times ``0, 1/fps, 2/fps, ...`` strictly before ``duration``.
+    n_frames : int, optional
+        Instead of ``fps``: ``k * duration / n_frames`` for ``k = 0 .. n_frames - 1``.
+
+    Returns
+    -------
+    ndarray (n_samples,)
+        At least one time (0 for an empty or single-frame video).
+    """
+    if n_frames is not None:
+        return np.arange(n_frames) * (max(duration, 0.0) / n_frames)
+    count = max(1, int(np.ceil(duration * fps - 1e-9)))
+    return np.arange(count) / fps
+
+
+class _DecodedFrame:
+    """A decoded frame and its time; converted to an RGB image once, when first sampled."""
+
+    def __init__(self, time: float, frame: Any) -> None:
+        self.time, self._frame, self._image = time, frame, None
+
+    def image(self) -> Any:
+        if self._image is None:
+            self._image, self._frame = self._frame.to_image().convert("RGB"), None
+        return self._image
+
+
+def load_video(path: Path, fps: float = 2.0, n_frames: int | None = None) -> list:
+    """Decode a video into RGB frames sampled at fixed times.
+
+    Sampling rule: the times of :func:`video_sample_times` (``0, 1/fps, 2/fps, ...`` before
+    the duration, or ``n_frames`` times evenly spaced from 0), counted from the first frame;
+    each takes the decoded frame whose presentation time is nearest (the earlier one on a
+    tie), so a time may repeat a frame when ``fps`` exceeds the video's frame rate. The
+    result is deterministic (same file, same frames). Frames are streamed: only the sampled
+    ones are kept (as RGB images; a frame sampled twice is the same image object).
+
+    Returns
+    -------
+    list of PIL.Image.Image, length n_samples (>= 1), RGB
+
+    Raises
+    ------
+    InputMissingError
+        PyAV missing, or the file cannot be decoded.
+    """
+    av = _import_av()
+    path = Path(path)
+    try:
+        with av.open(str(path)) as container:
+            timing = _video_timing(container)
+        times = timing.start + video_sample_times(timing.duration, fps, n_frames)
+        frames: list = [None] * len(times)
+        with av.open(str(path)) as container:
+            previous: _DecodedFrame | None = None
+            j = 0
+            for index, frame in enumerate(container.decode(video=0)):
+                t = float(frame.time) if frame.time is not None else timing.start + index * timing.interval
+                current = _DecodedFrame(t, frame)
+                while j < len(times) and times[j] <= t:
+                    # nearest frame; the earlier one on a tie (up to rounding of the time stamps)
+                    earlier = previous is not None and times[j] - previous.time <= t - times[j] + TIE_TOLERANCE_S
+                    frames[j] = (previous if earlier else current).image()
+                    j += 1
+                previous = current
+                if j == len(times):
+                    break
+            if j < len(times) and previous is None:
+                raise InputMissingError(f"{path.name}: no frame could be decoded", "re-encode or replace the video")
+            for k in range(j, len(times)):  # times after the last frame's start
+                frames[k] = previous.image()
+            return frames
+    except InputMissingError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - FFmpeg errors come in many types
+        raise InputMissingError(f"{path.name}: not a readable video ({_short(exc, path)})",
+                                "re-encode or replace the video") from None
+
+
+def load_stimulus(path: Path, video: Any = None, shorter_side: int | None = None, fit: Any = None):
+    """Load one stimulus as model input: an RGB image, or a video's sampled RGB frames.
+
+    Parameters
+    ----------
+    path : Path
+    video : bids_dnn.spec.VideoOptions, optional
+        ``fps`` / ``n_frames`` for videos (default: 2 frames per second).
+    shorter_side : int, optional
+        Images: decode large ones reduced, keeping at least this many pixels on the shorter side;
+        None: full size.
+    fit : callable, optional
+        Images: the model's resize, applied to large ones while decoding (see
+        :func:`bids_dnn.io.media.load_image`).
+
+    Returns
+    -------
+    PIL.Image.Image or list of PIL.Image.Image
+        A list (see :func:`load_video`) for mp4 / avi / webm / mov / mkv files.
+    """
+    if is_video(path):
+        fps = getattr(video, "fps", 2.0)
+        return load_video(Path(path), fps=fps, n_frames=getattr(video, "n_frames", None))
+    return load_image(path, shorter_side, fit)
+
+
+def stimulus_input_identity(stimuli: StimulusSet, video: Any) -> dict[str, Any]:
+    """What besides the files determines the model input: the video sampling, for video sets.
+
+    Empty for image-only sets (so their feature keys do not change); ``{"video": {fps,
+    n_frames, aggregate}}`` when any stimulus is a video. Merge into the model identity of the
+    feature content key.
+    """
+    if video is None or not stimuli.has_video:
+        return {}
+    return {"video": {"fps": float(video.fps), "n_frames": video.n_frames, "aggregate": video.aggregate}}
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 hex digest of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def stim_id_for(file: str) -> str:
+    """Identifier of a stimulus file: its path under stimuli/ without extension."""
+    pure = PurePosixPath(file.replace("\\", "/"))
+    return str(pure.with_suffix(""))
+
+
+@dataclass(frozen=True)
+class StimuliTable:
+    """A BEP044-style ``stimuli.tsv``: one row per stimulus.
+
+    Attributes
+    ----------
+    path : Path
+        The table; ``stim_file`` paths are relative to its folder.
+    files : dict of str to str
+        ``stim_id`` -> ``stim_file`` (``""`` where the row names no file).
+    annotations : DataFrame
+        All columns as strings (missing values as NaN), indexed by ``stim_id``.
+    """
+
+    path: Path
+    files: dict[str, str]
+    annotations: pd.DataFrame
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+
+def find_stimuli_table(search_dirs: Iterable[Path]) -> Path | None:
+    """The first ``stimuli.tsv`` among ``search_dirs`` (stimulus derivatives before ``stimuli/``)."""
+    for folder in search_dirs:
+        candidate = Path(folder) / STIMULI_TABLE
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_stimuli_table(path: Path) -> StimuliTable:
+    """Read and check a ``stimuli.tsv`` (columns ``stim_id``, ``stim_file``, any annotations).
+
+    Raises
+    ------
+    BidsValidationError
+        Unreadable TSV, missing ``stim_id`` / ``stim_file`` column, empty or duplicate ids
+        (every problem listed at once).
+    """
+    path = Path(path)
+    try:
+        table = pd.read_csv(path, sep="\t", dtype=str, na_values=["n/a"], keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
+        raise BidsValidationError(f"{path.name}: not a readable TSV ({exc.__class__.__name__})",
+                                  "stimuli.tsv needs tab-separated stim_id and stim_file columns") from None
+    missing = [c for c in ("stim_id", "stim_file") if c not in table.columns]
+    if missing:
+        raise BidsValidationError(f"{path}: missing column(s) {', '.join(missing)}",
+                                  "stimuli.tsv needs a stim_id and a stim_file column (path relative to its folder)")
+    ids = table["stim_id"].fillna("").str.strip()
+    problems = [f"row {i + 2}: empty stim_id" for i in np.flatnonzero((ids == "").to_numpy())]
+    counts = ids[ids != ""].value_counts()
+    problems += [f"duplicate stim_id {sid!r} ({n} rows)" for sid, n in sorted(counts[counts > 1].items())]
+    if problems:
+        raise BidsValidationError(f"{path}: {len(problems)} problem(s):\n  " + "\n  ".join(problems),
+                                  "every row of stimuli.tsv needs its own stim_id")
+    table = table.assign(stim_id=ids).set_index("stim_id", drop=False)
+    files = dict(zip(ids, table["stim_file"].fillna("").map(normalize_stimulus_path)))
+    return StimuliTable(path=path, files=files, annotations=table)
+
+
+def _stimuli_table_for(events_tables: list[pd.DataFrame], source: str, given: StimuliTable | Path | None,
+                       search_dirs: list[Path]) -> StimuliTable | None:
+    """The stimuli.tsv to use, or None when the events name files / trial types."""
+    if source == "trial_type":
+        return None
+    if source == "stim_file":
+        automatic = (not any("stim_file" in t.columns for t in events_tables)
+                     and any("stim_id" in t.columns for t in events_tables))
+        if not automatic:
+            return None
+    path = given if given is not None else find_stimuli_table(search_dirs)
+    if path is None:
+        if source == "stim_file":
+            return None  # stimulus_column reports the missing stim_file column
+        raise BidsValidationError(f"stimuli.source is '{source}' but there is no {STIMULI_TABLE} in "
+                                  f"{', '.join(str(d) for d in search_dirs)}",
+                                  "add stimuli/stimuli.tsv with stim_id and stim_file columns")
+    return path if isinstance(path, StimuliTable) else read_stimuli_table(path)
+
+
+def build_stimulus_set(events_tables: list[pd.DataFrame], bids_dir: Path, *, source: str = "stim_file",
+                       trial_type_map: dict[str, str] | None = None, category_column: str | None = None,
+                       ignore_trial_types: Iterable[str] = (), extra_dirs: Iterable[Path] = (),
+                       stimuli_table: StimuliTable | Path | None = None,
+                       require_durations: bool = False) -> StimulusSet:
+    """Collect, resolve and check every stimulus named in ``events_tables``.
+
+    Parameters
+    ----------
+    events_tables : list of DataFrame
+        Events of all runs of the task.
+    bids_dir : Path
+        Dataset root; files are looked for under ``extra_dirs`` first (stimulus derivatives),
+        then ``bids_dir/stimuli``.
+    source : {"stim_file", "stimuli_tsv", "trial_type"}
+        How the events name stimuli (see the module docstring). ``stim_file`` switches to
+        ``stimuli_tsv`` when no events table has a ``stim_file`` column, one has ``stim_id``
+        and a ``stimuli.tsv`` exists.
+    category_column : str, optional
+        A ``stimuli.tsv`` column (table mode) or events column. Default: ``category`` of
+        ``stimuli.tsv`` when present, else the events' ``category``, else ``trial_type``.
+    stimuli_table : StimuliTable or Path, optional
+        The ``stimuli.tsv`` to use; default: the first ``stimuli.tsv`` in ``extra_dirs``, then
+        ``bids_dir/stimuli`` (its ``stim_file`` paths are resolved against its folder first).
+    require_durations : bool
+        Refuse a stimulus event whose duration is ``n/a`` (the GLM must model it); ``False`` for
+        ready-made betas, where durations are not used.
+
+    Raises
+    ------
+    InputMissingError
+        Listing every missing or unreadable file at once (exit 66).
+    BidsValidationError
+        Unsafe paths, fewer than 3 stimuli, a bad ``stimuli.tsv`` or stim_ids it lacks.
+    """
+    bids_dir = Path(bids_dir)
+    search_dirs = [Path(d) for d in extra_dirs] + [bids_dir / "stimuli"]
+    table = _stimuli_table_for(events_tables, source, stimuli_table, search_dirs)
+    effective = "stimuli_tsv" if table is not None else source
+    if table is not None:
+        search_dirs = [table.folder] + [d for d in search_dirs if d.resolve() != table.folder.resolve()]
+    table_columns = set(table.annotations.columns) if table is not None else set()
+    categories: dict[str, str] = {}  # stimulus name in the events -> category
+    for events in events_tables:
+        names = stimulus_column(events, effective, trial_type_map, ignore_trial_types)
+        if category_column and category_column not in events.columns and category_column not in table_columns:
+            where = "an events or stimuli.tsv column" if table is not None else "an events column"
+            raise BidsValidationError(f"stimuli.category_column '{category_column}' is not {where}")
+        cat_col = category_column or ("category" if "category" in events.columns else
+                                      "trial_type" if "trial_type" in events.columns else None)
+        cat_col = cat_col if cat_col in events.columns else None
+        if require_durations:
+            _check_stimulus_durations(events, names)
+        for row, name in names.items():
+            if not isinstance(name, str):
+                continue
+            category = str(events.at[row, cat_col]) if cat_col else "stimulus"
+            categories.setdefault(name.strip(), category)
+    if not categories:
+        raise BidsValidationError("no event names a stimulus file",
+                                  f"fill the {SOURCE_COLUMNS.get(effective, effective)} column of the events")
+    if table is not None:
+        file_of, categories = _map_through_table(table, categories, category_column)
+    else:
+        file_of = {name: name for name in categories}
+    problems: list[tuple[str, str]] = []  # (file as named, what is wrong with it)
+    unsafe: list[str] = []
+    resolved: dict[str, tuple[Path, Path]] = {}
+    for file in sorted(set(file_of.values())):
+        path, folder, problem = resolve_stimulus(file, search_dirs, bids_dir)
+        detail = problem[len(file):] if problem and problem.startswith(file) else (problem or "")
+        if problem and ("must be relative" in detail or "symlink leaves" in detail):
+            unsafe.append(problem)
+        elif problem:
+            named, separator, reason = problem.partition(": ")  # "<file as named or quoted>: <reason>"
+            problems.append((named, reason) if separator else ("", problem))
+        else:
+            reason = check_stimulus_file(path)
+            if reason:
+                problems.append((file, reason.split(": ", 1)[1]))
+            else:
+                resolved[file] = (path, folder)
+    if unsafe:
+        raise BidsValidationError("unsafe stimulus path(s):\n  " + "\n  ".join(unsafe),
+                                  f"{'stimuli.tsv stim_file' if table is not None else 'stim_file'} "
+                                  "must name a file inside stimuli/")
+    if problems:
+        raise stimulus_problems_error(problems)
+    if len(file_of) < MIN_STIMULI:
+        raise BidsValidationError(f"only {len(file_of)} distinct stimuli; RSA needs at least {MIN_STIMULI}")
+    order = sorted(file_of, key=lambda n: (categories[n], file_of[n], n))
+    files = [file_of[n] for n in order]
+    if table is not None:
+        ids = list(order)
+    else:
+        ids = [stim_id_for(f) for f in order]
+        if len(set(ids)) != len(ids):
+            ids = list(order)
+    digests = {f: file_sha256(resolved[f][0]) for f in set(files)}
+    _warn_identical_content(digests)
+    _log_large_images({f: resolved[f][0] for f in set(files)})
+    return StimulusSet(stim_ids=ids, files=files, paths=[resolved[f][0] for f in files],
+                       categories=[categories[n] for n in order], sha256=[digests[f] for f in files],
+                       source_dirs=[_describe_dir(resolved[f][1], bids_dir) for f in files],
+                       events_source=effective)
+
+
+def _log_large_images(paths: dict[str, Path]) -> None:
+    """One log line when images are much larger than a network needs (they are decoded reduced)."""
+    from bids_dnn.io.media import DECODE_HEADROOM, image_size
+
+    sizes = {file: size for file, path in sorted(paths.items())
+             if not is_video(path) and (size := image_size(path)) is not None and min(size) >= 2 * CHECK_SHORTER_SIDE}
+    if not sizes:
+        return
+    from bids_dnn.console import logger
+
+    largest = max(sizes, key=lambda file: sizes[file][0] * sizes[file][1])
+    width, height = sizes[largest]
+    logger.info("%d stimulus image(s) are larger than a network needs (largest: %s, %d x %d pixels, %.0f megapixels); "
+                "they are decoded at a reduced size, at least %d times the model's resize target on the shorter "
+                "side", len(sizes), largest, width, height, width * height / 1e6, DECODE_HEADROOM)
+
+
+#: identical files named in a warning (the rest are counted)
+MAX_LISTED_DUPLICATES = 5
+
+
+def _warn_identical_content(digests: dict[str, str]) -> None:
+    """One warning when files with different names have the same content (SHA-256).
+
+    They stay distinct stimuli (the events name them as such), but their model RDM distance is 0
+    whatever the network, which a copy made by mistake would not be meant to mean.
+    """
+    by_digest: dict[str, list[str]] = {}
+    for file, digest in sorted(digests.items()):
+        by_digest.setdefault(digest, []).append(file)
+    groups = [names for names in by_digest.values() if len(names) > 1]
+    if not groups:
+        return
+    from bids_dnn.console import logger
+
+    shown = "; ".join(" = ".join(names) for names in groups[:MAX_LISTED_DUPLICATES])
+    more = f"; and {len(groups) - MAX_LISTED_DUPLICATES} more group(s)" if len(groups) > MAX_LISTED_DUPLICATES else ""
+    logger.warning("%d group(s) of stimulus files have identical content (SHA-256), so the networks see the same "
+                   "picture under different names and their model RDM distance is 0: %s%s; if one stimulus was "
+                   "meant, name one file in the events", len(groups), shown, more)
+
+
+def _map_through_table(table: StimuliTable, categories: dict[str, str],
+                       category_column: str | None) -> tuple[dict[str, str], dict[str, str]]:
+    """stim_id -> file and stim_id -> category (the table's column first, else the events')."""
+    unknown = sorted(sid for sid in categories if sid not in table.files)
+    no_file = sorted(sid for sid in categories if table.files.get(sid) == "")
+    if unknown or no_file:
+        lines = ([f"{len(unknown)} stim_id(s) not in the table: {_listing(unknown)}"] if unknown else []) + \
+                ([f"{len(no_file)} stim_id(s) without a stim_file: {_listing(no_file)}"] if no_file else [])
+        raise BidsValidationError(f"the events name stimuli that {table.path} cannot resolve:\n  " + "\n  ".join(lines),
+                                  "add a row (stim_id, stim_file) for each, or fix the events' stim_id")
+    column = category_column or "category"
+    if column in table.annotations.columns:
+        values = table.annotations[column]
+        categories = {sid: (str(values[sid]) if isinstance(values[sid], str) and values[sid].strip() else cat)
+                      for sid, cat in categories.items()}
+    return {sid: table.files[sid] for sid in categories}, categories
+
+
+#: more unusable stimulus files than this are summarised by kind (``-v`` lists every one)
+MAX_LISTED_PROBLEMS = 10
+#: files named per kind of problem in a summary
+EXAMPLES_PER_KIND = 3
+#: what to do, by kind of problem (the start of its description)
+PROBLEM_HINTS = {
+    "empty file": "empty files are placeholders (as in bids-examples, or a DataLad / git-annex clone whose "
+                  "content was not fetched): get the real files (e.g. 'datalad get stimuli')",
+    "not found": "put the files under BIDS_DIR/stimuli (or pass -d stimuli=PATH); stim_file is relative to "
+                 "that folder",
+    "not a readable": "re-export or re-copy the damaged files",
+    "unreadable": "check the files' permissions and links",
+    "unsupported file type": "convert them to a supported image or video format",
+    "not a valid file name": "fix the stim_file values of the events",
+}
+
+
+def _problem_kind(reason: str) -> str:
+    """The kind of a stimulus problem: its description without the details in brackets."""
+    return reason.split(" (", 1)[0].strip()
+
+
+def stimulus_problems_error(problems: list[tuple[str, str]]) -> InputMissingError:
+    """One error for every unusable stimulus file (exit 66).
+
+    Up to :data:`MAX_LISTED_PROBLEMS` files are listed one per line; more are summarised, one
+    line per kind of problem with its count and the first few files, so that the message fits
+    on a screen (e.g. bids-examples' hundreds of empty placeholder images); the error's
+    ``details`` (shown with ``-v``) list every file. The hint says what to do for each kind.
+
+    Parameters
+    ----------
+    problems : list of (str, str)
+        ``(file as named in the events, what is wrong)``; an empty file name when the
+        description names the file itself.
+    """
+    lines = [f"{file}: {reason}" if file else reason for file, reason in problems]
+    kinds: dict[str, list[tuple[str, str]]] = {}
+    for file, reason in problems:
+        kinds.setdefault(_problem_kind(reason), []).append((file, reason))
+    hints = list(dict.fromkeys(hint for kind in kinds for start, hint in PROBLEM_HINTS.items()
+                               if kind.startswith(start)))
+    header = f"{len(problems)} stimulus file(s) missing or unreadable"
+    if len(problems) <= MAX_LISTED_PROBLEMS:
+        return InputMissingError(f"{header}:\n  " + "\n  ".join(lines), "; ".join(hints) or None)
+    summary = []
+    for kind, items in sorted(kinds.items(), key=lambda item: -len(item[1])):
+        reasons = {reason for _, reason in items}
+        label = items[0][1] if len(reasons) == 1 else f"{kind} (e.g. {items[0][1][len(kind):].strip(' ()')})"
+        names = [file or reason for file, reason in items[:EXAMPLES_PER_KIND]]
+        more = f", ... ({len(items) - EXAMPLES_PER_KIND} more)" if len(items) > EXAMPLES_PER_KIND else ""
+        summary.append(f"{len(items)} x {label}: {', '.join(names)}{more}")
+    if len(summary) > MAX_LISTED_PROBLEMS:
+        rest = sum(len(items) for items in sorted(kinds.values(), key=len, reverse=True)[MAX_LISTED_PROBLEMS:])
+        summary = summary[:MAX_LISTED_PROBLEMS] + [f"{rest} file(s) with {len(summary) - MAX_LISTED_PROBLEMS} other "
+                                                   "kinds of problem"]
+    return InputMissingError(f"{header}, by kind of problem:\n  " + "\n  ".join(summary),
+                             "; ".join([*hints, "run with -v to list every file"]), details=lines)
+
+
+def _listing(items: list[str], limit: int = 20) -> str:
+    shown = ", ".join(repr(i) for i in items[:limit])
+    return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+def _describe_dir(folder: Path, bids_dir: Path) -> str:
+    try:
+        return str(folder.resolve().relative_to(bids_dir.resolve()))
+    except ValueError:
+        return str(folder)
+
+
+def condition_column(events: pd.DataFrame, stimuli: StimulusSet, source: str,
+                     trial_type_map: dict[str, str] | None, ignore: Iterable[str] = ()) -> pd.Series:
+    """The GLM condition of every event: the stim_id for stimuli, ``nuisance_<trial_type>`` else.
+
+    Events are read the way the stimulus set was built: a set built from ``stimuli.tsv``
+    (``stimuli.events_source``, also when detected automatically) maps the events' ``stim_id``
+    to itself whatever ``source`` says, so betas and RDM rows line up.
+    """
+    if stimuli.events_source == "stimuli_tsv":
+        source = "stimuli_tsv"
+        mapping = {sid: sid for sid in stimuli.stim_ids}
+    else:
+        mapping = stimuli.file_to_id()
+    files = stimulus_column(events, source, trial_type_map, ignore)
+    conditions = files.map(lambda f: mapping.get(f.strip()) if isinstance(f, str) else None)
+    other = events["trial_type"].astype(str) if "trial_type" in events.columns else pd.Series("other", index=events.index)
+    from bids_dnn.brain.glm import NUISANCE_PREFIX
+
+    nuisance = NUISANCE_PREFIX + other.str.replace(r"[^A-Za-z0-9]", "", regex=True)
+    return conditions.where(conditions.notna(), nuisance)
