@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import finish, report  # noqa: E402
 
-from bids_dnn.rsa.compare import RSATOOLBOX_NAMES  # noqa: E402
-from bids_dnn.rsa.inference import bootstrap_dual, bootstrap_patterns  # noqa: E402
+from bids_dnn.rsa.bootstrap import bootstrap_dual, bootstrap_patterns  # noqa: E402
+from bids_dnn.rsa.measures import RSATOOLBOX_NAMES  # noqa: E402
 
 
 

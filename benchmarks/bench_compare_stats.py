@@ -29,9 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import finish, report, timed_pair  # noqa: E402
 
-from bids_dnn.rsa.compare import COMPARISON_MEASURES, RSATOOLBOX_NAMES, compare_rdms  # noqa: E402
+from bids_dnn.rsa.compare import COMPARISON_MEASURES, compare_rdms  # noqa: E402
 from bids_dnn.rsa.inference import (noise_ceiling, permutation_indices,  # noqa: E402
                             permutation_test, permuted_pair_indices)
+from bids_dnn.rsa.measures import RSATOOLBOX_NAMES  # noqa: E402
 
 
 

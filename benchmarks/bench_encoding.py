@@ -47,7 +47,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bids_dnn.encoding.ridge import cross_validated_ridge, inner_folds_for, r2_columns  # noqa: E402
+from bids_dnn.encoding import cross_validated_ridge, inner_folds_for, r2_columns  # noqa: E402
 from _common import finish  # noqa: E402
 
 R2_TOL = 1e-3

@@ -40,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bids_dnn.backend import resolve_device  # noqa: E402
 from bids_dnn.dnn.extract import extract_features, tune_allocator  # noqa: E402
 from bids_dnn.features.store import ensure_features, read_features  # noqa: E402
-from bids_dnn.dnn.models import LoadedModel, load_model, resolve_layers  # noqa: E402
+from bids_dnn.dnn.layers import resolve_layers  # noqa: E402
+from bids_dnn.dnn.models import LoadedModel, load_model  # noqa: E402
 from bids_dnn.spec import ModelSpec  # noqa: E402
 
 

@@ -10,9 +10,9 @@ outlier). The voxel time series are baseline + the planted stimulus responses (H
 design times random betas) + AR(1) noise.
 
 Measured, in a fresh child process (so nothing of the writer counts): exactly the
-participant-level path of one run, ``bids_dnn.brain.patterns.masked_timeseries`` on the brain mask,
-then ``bids_dnn.brain.glm.fit_run_glm`` with the default GLM options of ``bids_dnn.spec``
-(confounds on: motion_6, white_matter, csf; AR(1); cosine drift). Peak resident memory of the
+participant-level path of one run, ``bids_dnn.brain.images.masked_timeseries`` on the brain mask,
+then ``bids_dnn.brain.glm.fit_run_glm`` with the default ``GLMOptions`` (the spec's defaults:
+confounds on: motion_6, white_matter, csf; AR(1); cosine drift). Peak resident memory of the
 child (VmHWM, and ``ru_maxrss`` from ``resource.getrusage``), wall times, and the size of the
 run's residuals, which the participant keeps per run for noise normalisation.
 
@@ -168,9 +168,8 @@ def child(files_json: str, code_root: str) -> None:
     sys.path.insert(0, code_root)
     import pandas as pd
 
-    from bids_dnn.brain.glm import fit_run_glm
-    from bids_dnn.brain.patterns import load_nifti, masked_timeseries
-    from bids_dnn.spec import GLMSpec
+    from bids_dnn.brain.glm import GLMOptions, fit_run_glm
+    from bids_dnn.brain.images import load_nifti, masked_timeseries
     from bids_dnn.io.stimuli import read_events
 
     files = json.loads(Path(files_json).read_text())
@@ -183,7 +182,7 @@ def child(files_json: str, code_root: str) -> None:
     events["condition"] = events["stim_file"]
     confounds = pd.read_csv(files["confounds"], sep="\t", na_values=["n/a"])
     t1 = time.perf_counter()
-    result = fit_run_glm(data, events, files["t_r"], GLMSpec(), confounds=confounds,
+    result = fit_run_glm(data, events, files["t_r"], GLMOptions(), confounds=confounds,
                          source=Path(files["confounds"]).name)
     t_glm = time.perf_counter() - t1
     peak = peak_rss_gb()

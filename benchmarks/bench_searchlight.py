@@ -1,4 +1,4 @@
-"""B1-B5: searchlight speed and agreement against rsatoolbox (``bids_dnn.searchlight.engine``).
+"""B1-B5: searchlight speed and agreement against rsatoolbox (``bids_dnn.searchlight``).
 
 B1  ``sphere_neighbourhoods`` vs ``rsatoolbox.util.searchlight.get_volume_searchlight``
     (40x48x40 volume, ellipsoid mask of ~20k voxels, radius 2 voxels = 27-voxel spheres,
@@ -55,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import timed_pair  # noqa: E402
 
-from bids_dnn.searchlight.engine import (Neighbourhoods, searchlight_rdms,  # noqa: E402
+from bids_dnn.searchlight import (Neighbourhoods, searchlight_rdms,  # noqa: E402
                                   searchlight_rsa, sphere_neighbourhoods)
 
 ALL = ("B1", "B2", "B3", "B3b", "B4", "B5")

@@ -4,16 +4,16 @@ A spec is a YAML or JSON file. Every section has defaults, so a minimal spec is 
 (see ``examples/minimal.yaml``). Models are frozen and forbid unknown keys; a bad spec is
 reported as one line per problem naming the field path, e.g.
 ``analyses.searchlight.radius_mm: must be greater than 0 (got -3)``, with a "did you mean"
-for misspelled keys. ``bids_dnn spec schema`` prints the JSON schema generated from here:
-this module is the single source of truth for spec fields.
+for misspelled keys (:mod:`bids_dnn.spec_io` reads the file and words the problems).
+``bids_dnn spec schema`` prints the JSON schema generated from here: this module is the single
+source of truth for spec fields (``docs/spec.md`` is generated from it by
+:mod:`bids_dnn.spec_reference`).
 
 This module imports neither torch nor any analysis code.
 """
 
 from __future__ import annotations
 
-import difflib
-import json
 import math
 import re
 from pathlib import Path
@@ -21,7 +21,8 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from bids_dnn.errors import InputMissingError, SpecError
+from bids_dnn.errors import SpecError
+from bids_dnn.hashing import canonical_json, text_sha256
 from bids_dnn.limits import (
     MAX_ALPHA,
     MAX_ALPHAS,
@@ -36,8 +37,13 @@ from bids_dnn.limits import (
     MAX_RESAMPLES,
     MAX_ROI_MIN_VOXELS,
     MAX_SEED,
-    UPPER_BOUND_REASONS,
 )
+from bids_dnn.rsa.measures import (COMPARISON_MEASURE_NAMES, LINEAR_MEASURES, MODEL_RDM_MEASURES,
+                                   RDM_MEASURE_NAMES)
+from bids_dnn.rsa.noise import NOISE_NORMALIZATIONS, WELL_CONDITIONED_ESTIMATORS
+from bids_dnn.stats.correction import CORRECTIONS
+from bids_dnn.stats.group_tests import GROUP_TESTS
+from bids_dnn.spec_io import read_spec_data, validation_problems
 
 SCHEMA_VERSION = 1
 #: ``entry_point`` of a custom model: a Python file (relative to the spec's folder) and a callable in it
@@ -48,13 +54,15 @@ CODE_RUNNING_SOURCES = ("custom", "torchscript")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-BrainRdmMeasure = Literal[
-    "auto", "crossnobis", "correlation", "cosine", "euclidean", "sqeuclidean", "mahalanobis"
-]
-ModelRdmMeasure = Literal["correlation", "cosine", "euclidean", "sqeuclidean"]
-ComparisonMeasure = Literal[
-    "spearman", "pearson", "kendall_tau_a", "rho_a", "cosine", "corr_cov", "cosine_cov"
-]
+# the allowed values come from the library's registries (bids_dnn.rsa.measures, bids_dnn.rsa.noise,
+# bids_dnn.stats), in their order
+BrainRdmMeasure = Literal[("auto",) + RDM_MEASURE_NAMES]
+ModelRdmMeasure = Literal[MODEL_RDM_MEASURES]
+ComparisonMeasure = Literal[COMPARISON_MEASURE_NAMES]
+NoiseNormalization = Literal[NOISE_NORMALIZATIONS]
+NoiseEstimator = Literal[WELL_CONDITIONED_ESTIMATORS]
+GroupTestName = Literal[tuple(GROUP_TESTS)]
+CorrectionName = Literal[tuple(CORRECTIONS)]
 
 
 class _Strict(BaseModel):
@@ -270,8 +278,8 @@ class BrainSpec(_Strict):
         "stops when the NIfTI header disagrees; 'sidecar' or 'header' trusts that one."
     )
     glm: GLMSpec = Field(default_factory=GLMSpec)
-    noise_normalization: Literal["none", "univariate", "multivariate"] = "multivariate"
-    noise_estimator: Literal["shrinkage_diag", "shrinkage_eye", "diag"] = "shrinkage_diag"
+    noise_normalization: NoiseNormalization = "multivariate"
+    noise_estimator: NoiseEstimator = "shrinkage_diag"
 
     @model_validator(mode="after")
     def _betas_without_residuals(self) -> "BrainSpec":
@@ -304,7 +312,7 @@ class RoiSpec(_Strict):
     @classmethod
     def _labels_as_text(cls, value: Any) -> Any:
         """Numbers are names too (a JSON ``[7]`` means the ROI ``7``); YAML scalars are already
-        read as written (:func:`_yaml_load`)."""
+        read as written (:func:`bids_dnn.spec_io.yaml_load`)."""
         if isinstance(value, list):
             return [str(v).lower() if isinstance(v, bool) else str(v) if isinstance(v, (int, float)) else v
                     for v in value]
@@ -436,8 +444,8 @@ class SearchlightSpec(_Strict):
     @field_validator("comparison")
     @classmethod
     def _linear(cls, value: str) -> str:
-        if value == "kendall_tau_a":
-            raise ValueError("kendall_tau_a is too slow for searchlights; use spearman or rho_a")
+        if value not in LINEAR_MEASURES:
+            raise ValueError(f"{value} is too slow for searchlights; use spearman or rho_a")
         return value
 
     @field_validator("rdm")
@@ -457,11 +465,11 @@ class AnalysesSpec(_Strict):
 
 
 class StatisticsSpec(_Strict):
-    group_test: Literal["ttest", "wilcoxon"] = "ttest"
+    group_test: GroupTestName = "ttest"
     alternative: Literal["greater", "two-sided"] = Field(
         "greater", description="Alternative hypothesis of tests against zero."
     )
-    correction: Literal["fdr_bh", "bonferroni", "none"] = "fdr_bh"
+    correction: CorrectionName = "fdr_bh"
     alpha: float = Field(0.05, gt=0, lt=1)
     bootstrap: int = Field(1000, ge=0, le=MAX_RESAMPLES, description="Bootstrap resamples for CIs.")
     bootstrap_method: Literal["subjects", "dual"] = Field(
@@ -541,84 +549,9 @@ def sanitize_label(text: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------
-# Loading and error formatting
+# Loading (reading and error formatting: bids_dnn.spec_io; the Markdown reference:
+# bids_dnn.spec_reference)
 # ---------------------------------------------------------------------------------------
-
-
-def _field_names_at(loc: tuple[Any, ...]) -> list[str]:
-    """Field names accepted at ``loc`` (the location of an unknown key)."""
-    model: Any = AnalysisSpec
-    for part in loc[:-1]:
-        if isinstance(part, int) or model is None:
-            continue
-        field = model.model_fields.get(part)
-        if field is None:
-            return []
-        model = _model_in(field.annotation)
-    return list(model.model_fields) if model is not None else []
-
-
-def _model_in(annotation: Any) -> Any:
-    """The BaseModel class inside an annotation like ``X | None`` or ``list[X]``."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()) or ():
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def _format_loc(loc: tuple[Any, ...]) -> str:
-    text = ""
-    for part in loc:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        elif str(part).startswith(("function-", "literal[", "union[")) or part in (
-            "list[str]",
-            "str",
-            "list[float]",
-        ):
-            continue
-        else:
-            text += ("." if text else "") + str(part)
-    return text or "(top level)"
-
-
-def _format_error(error: dict[str, Any]) -> str:
-    loc = tuple(error.get("loc", ()))
-    path = _format_loc(loc)
-    kind = error.get("type", "")
-    value = error.get("input")
-    if kind == "extra_forbidden":
-        options = _field_names_at(loc)
-        close = difflib.get_close_matches(str(loc[-1]), options, n=1, cutoff=0.5)
-        hint = f"; did you mean '{close[0]}'?" if close else (
-            f"; valid fields: {', '.join(options)}" if options else ""
-        )
-        return f"{path}: unknown field{hint}"
-    message = str(error.get("msg", "invalid value"))
-    message = re.sub(r"^Value error, ", "", message)
-    message = re.sub(r"^Input should be", "must be", message)
-    message = re.sub(r"^Field required", "required field is missing", message)
-    expected = re.findall(r"'([^']*)'", message)
-    if kind not in ("missing", "extra_forbidden", "value_error") and not isinstance(value, (dict, list)):
-        message += f" (got {value!r})"
-    if kind in ("less_than_equal", "less_than") and str(loc[-1]) in UPPER_BOUND_REASONS:
-        message += f": {UPPER_BOUND_REASONS[str(loc[-1])]}"
-    if kind == "literal_error" and isinstance(value, str):
-        close = difflib.get_close_matches(value, expected, n=1, cutoff=0.5)
-        if close:
-            message += f"; did you mean '{close[0]}'?"
-    if path == "(top level)" and re.match(r"^[\w.\[\]]+: ", message):
-        return message
-    return f"{path}: {message}"
-
-
-def validation_problems(exc: ValidationError) -> list[str]:
-    """One readable line per problem of a pydantic ``ValidationError``."""
-    lines = [_format_error(e) for e in exc.errors()]
-    return list(dict.fromkeys(lines))
 
 
 def parse_spec(data: Any, source: str = "spec") -> AnalysisSpec:
@@ -636,7 +569,7 @@ def parse_spec(data: Any, source: str = "spec") -> AnalysisSpec:
     try:
         return AnalysisSpec.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(validation_problems(exc), source) from None
+        raise SpecError(validation_problems(exc, AnalysisSpec), source) from None
 
 
 def load_spec(path: str | Path | None) -> AnalysisSpec:
@@ -649,58 +582,13 @@ def load_spec(path: str | Path | None) -> AnalysisSpec:
     if path is None:  # the defaults, validated like a file (they need ROIs for ROI RSA)
         return parse_spec({}, source="the built-in defaults (no --spec given)")
     path = Path(path)
-    if not path.is_file():
-        raise InputMissingError(f"spec file not found: {path}", "check the --spec path")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError([f"(file): cannot read {path.name} as UTF-8 text ({exc.__class__.__name__})"], str(path)) from None
-    try:
-        if path.suffix.lower() == ".json":
-            data = json.loads(text) if text.strip() else {}
-        else:
-            data = _yaml_load(text)
-    except Exception as exc:  # noqa: BLE001 - any parser error is a spec error
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        raise SpecError([f"(file): not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {first_line}"], str(path)) from None
+    data = read_spec_data(path, TEXT_LIST_FIELDS)
     return parse_spec(_files_next_to_spec(data, path.parent.resolve()), source=str(path))
 
 
 #: spec fields whose list items are names, read as the text written (``[NULL, 007]`` are the
 #: names ``NULL`` and ``007``, not a null and the number 7)
 TEXT_LIST_FIELDS = (("rois", "labels"),)
-
-
-def _yaml_load(text: str) -> Any:
-    """``yaml.safe_load``, except that the plain scalars of :data:`TEXT_LIST_FIELDS` stay text."""
-    import yaml
-
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        for path in TEXT_LIST_FIELDS:
-            items = _yaml_child(node, path)
-            if isinstance(items, yaml.SequenceNode):
-                for item in items.value:
-                    if isinstance(item, yaml.ScalarNode) and item.style is None:  # plain: NULL, ~, 007, yes
-                        item.tag = "tag:yaml.org,2002:str"
-        return loader.construct_document(node)
-    finally:
-        loader.dispose()
-
-
-def _yaml_child(node: Any, path: tuple[str, ...]) -> Any:
-    """The node at ``path`` (mapping keys) below ``node``, or None."""
-    import yaml
-
-    for key in path:
-        if not isinstance(node, yaml.MappingNode):
-            return None
-        node = next((value for name, value in node.value
-                     if isinstance(name, yaml.ScalarNode) and name.value == key), None)
-    return node
 
 
 def _files_next_to_spec(data: Any, folder: Path) -> Any:
@@ -746,46 +634,6 @@ def spec_to_dict(spec: AnalysisSpec) -> dict[str, Any]:
 
 
 def spec_hash(spec: AnalysisSpec) -> str:
-    """A short stable hash of the resolved spec (for provenance and cache keys)."""
-    import hashlib
-
-    blob = json.dumps(spec_to_dict(spec), sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(blob).hexdigest()[:12]
-
-
-def _type_text(annotation: Any) -> str:
-    from typing import get_args, get_origin
-
-    if get_origin(annotation) is Literal:
-        return " / ".join(repr(a) for a in get_args(annotation))
-    text = getattr(annotation, "__name__", None) if get_origin(annotation) is None else None
-    text = text or str(annotation)
-    return re.sub(r"(typing\.|bids_dnn\.spec\.)", "", text).replace("|", "or")
-
-
-def spec_reference_markdown() -> str:
-    """A Markdown reference of every spec field (``docs/spec.md`` is generated from this)."""
-    lines = ["# Analysis spec reference", "",
-             "Generated from `bids_dnn/spec.py` (`bids_dnn spec schema` prints the JSON schema).",
-             "Every field is optional unless marked required.", ""]
-
-    def walk(model: Any, prefix: str) -> None:
-        rows = []
-        nested = []
-        for name, info in model.model_fields.items():
-            path = f"{prefix}{name}"
-            inner = _model_in(info.annotation)
-            default = "required" if info.is_required() else (
-                "(list of models)" if info.default_factory is not None and name == "models" else
-                repr(info.get_default(call_default_factory=True)) if inner is None else "see below")
-            kind = _type_text(info.annotation)
-            rows.append(f"| `{path}` | {kind} | {default} | {(info.description or '').replace('|', '/')} |")
-            if inner is not None:
-                nested.append((inner, f"{path}{'[]' if name == 'models' else ''}."))
-        lines.extend([f"## `{prefix.rstrip('.') or 'top level'}`", "", "| field | type | default | meaning |",
-                      "|---|---|---|---|", *rows, ""])
-        for inner, sub in nested:
-            walk(inner, sub)
-
-    walk(AnalysisSpec, "")
-    return "\n".join(lines)
+    """A short stable hash of the resolved spec (for provenance and cache keys): the first 12 hex
+    digits of the SHA-256 of its canonical JSON."""
+    return text_sha256(canonical_json(spec_to_dict(spec)))[:12]

@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/bootstrap.sh
+# the import contracts of pyproject.toml ([tool.importlinter]): layers point down, the library stays free
+# of the spec, the console, pybids, rich and h5py, and torch is imported only where it computes
+"$(dirname "$BIDS_DNN_PY")/lint-imports" --no-cache
 markers=()
 if [ "${BIDS_DNN_TEST_FAST:-0}" = "1" ]; then markers=(-m "not slow"); fi
 set +e

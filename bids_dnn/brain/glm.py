@@ -1,4 +1,4 @@
-"""First-level GLM per run (nilearn): confound selection, censoring, LSA and LSS patterns.
+"""First-level GLM per run (nilearn): LSA and LSS patterns, with confounds and censoring.
 
 Arrays and tables in, arrays and tables out: a run's BOLD data as ``(n_time, n_vox)``, events
 and fMRIPrep confounds as DataFrames. No BIDS layouts, no files, no printing: user-facing
@@ -16,7 +16,6 @@ voxels at a time. One pattern per condition (events column ``condition``):
 
 from __future__ import annotations
 
-import fnmatch
 import re
 import warnings as _warnings
 from dataclasses import dataclass, field
@@ -25,13 +24,10 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from bids_dnn.errors import AnalysisError, BidsValidationError, InputMissingError
-from bids_dnn.spec import GLMSpec
+from bids_dnn.brain.confounds import drop_constant_confounds, sample_mask_from_confounds, select_confounds
+from bids_dnn.errors import AnalysisError, BidsValidationError
 
-__all__ = [
-    "CONFOUND_GROUPS", "ConfoundGroup", "RunGLM", "chunk_size_for_budget", "drop_constant_confounds",
-    "fit_run_glm", "sample_mask_from_confounds", "select_confounds",
-]
+__all__ = ["GLM_CHOICES", "GLMOptions", "RunGLM", "chunk_size_for_budget", "fit_run_glm"]
 
 #: conditions of events that are not stimuli (``nuisance_<trial_type>``): modelled, never patterns
 NUISANCE_PREFIX = "nuisance_"
@@ -45,197 +41,72 @@ _CHUNK_COPIES = 8
 """float64 ``(n_time, chunk)`` arrays alive at once while a chunk is fitted (nilearn's OLS and
 AR(1) results, whitened data and residuals; measured with tracemalloc: ~6.3)."""
 
-_MOTION_6 = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
+GLM_CHOICES: dict[str, tuple[str, ...]] = {
+    "method": ("lsa", "lss"),
+    "hrf": ("spm", "glover", "spm + derivative", "glover + derivative"),
+    "drift_model": ("cosine", "polynomial", "none"),
+    "noise_model": ("ar1", "ols"),
+    "output": ("effect", "t"),
+}
+"""Accepted values of the text fields of :class:`GLMOptions`."""
 
 
 @dataclass(frozen=True)
-class ConfoundGroup:
-    """A named set of fMRIPrep confound columns: exact ``columns`` (all required) or a glob
-    ``pattern`` (at least one match unless ``required`` is False)."""
+class GLMOptions:
+    """Options of a first-level GLM (plain values; the workflows build them from their spec).
 
-    columns: tuple[str, ...] = ()
-    pattern: str | None = None
-    required: bool = True
-    description: str = ""
-
-    def resolve(self, available: Sequence[str]) -> tuple[list[str], list[str]]:
-        """Return ``(found, missing)`` column names for a table with ``available`` columns."""
-        if self.pattern is not None:
-            found = sorted(c for c in available if fnmatch.fnmatchcase(c, self.pattern))
-            missing = [self.pattern] if (self.required and not found) else []
-            return found, missing
-        present = set(available)
-        return [c for c in self.columns if c in present], [c for c in self.columns if c not in present]
-
-
-CONFOUND_GROUPS: dict[str, ConfoundGroup] = {
-    "motion_6": ConfoundGroup(_MOTION_6, description="3 translations and 3 rotations"),
-    "motion_24": ConfoundGroup(
-        tuple(f"{b}{s}" for b in _MOTION_6 for s in ("", "_derivative1", "_power2", "_derivative1_power2")),
-        description="motion_6 with derivatives, squares and squared derivatives (Friston-24)",
-    ),
-    "white_matter": ConfoundGroup(("white_matter",), description="mean white-matter signal"),
-    "csf": ConfoundGroup(("csf",), description="mean CSF signal"),
-    "global_signal": ConfoundGroup(("global_signal",), description="mean whole-brain signal"),
-    "a_comp_cor_5": ConfoundGroup(
-        tuple(f"a_comp_cor_{i:02d}" for i in range(5)), description="first 5 anatomical CompCor components"
-    ),
-    "cosine": ConfoundGroup(pattern="cosine*", description="fMRIPrep's discrete cosine drift basis"),
-    "non_steady_state": ConfoundGroup(
-        pattern="non_steady_state_outlier*", required=False, description="spike regressors (may be absent)"
-    ),
-}
-"""Confound groups accepted in ``GLMSpec.confounds`` besides exact column names and globs."""
-
-# Columns whose first value is n/a by construction in fMRIPrep (no previous volume).
-_FIRST_ROW_NAN = ("*derivative1*", "framewise_displacement", "dvars", "std_dvars", "rmsd")
-
-
-def select_confounds(
-    confounds: pd.DataFrame, names: Sequence[str], source: str = "confounds"
-) -> tuple[pd.DataFrame, list[str]]:
-    """Select confound regressors by group name, exact column name or glob.
-
-    Parameters
+    Attributes
     ----------
-    confounds : pandas.DataFrame, shape (n_time, n_columns)
-        An fMRIPrep ``desc-confounds_timeseries.tsv`` table (``n/a`` read as NaN).
-    names : sequence of str
-        Group names from :data:`CONFOUND_GROUPS`, exact column names, or globs such as
-        ``"a_comp_cor_0*"``.
-    source : str, optional
-        Name of the table (e.g. its file name), used in error messages.
-
-    Returns
-    -------
-    selected : pandas.DataFrame, shape (n_time, n_selected)
-        The selected columns (float, in request order, without duplicates) with the first
-        row's n/a of derivative-type columns (``*derivative1*``, framewise displacement,
-        DVARS) set to 0, fMRIPrep's convention.
-    warnings : list of str
-        Notes for the user: optional groups that matched nothing. (Constant columns are kept
-        here; :func:`fit_run_glm` drops those constant over the volumes it fits.)
+    method : {"lsa", "lss"}
+        ``lsa``: one regressor per condition; ``lss``: one model per trial (Mumford et al.,
+        2012), trial estimates averaged per condition.
+    hrf : {"spm", "glover", "spm + derivative", "glover + derivative"}
+        nilearn HRF model.
+    high_pass_hz : float
+        Cut-off of the cosine drift model (Hz); 0 fits no cosine drift.
+    drift_model : {"cosine", "polynomial", "none"}
+        nilearn drift model (the cosine model is left out when the confounds hold fMRIPrep's
+        ``cosine*`` regressors).
+    noise_model : {"ar1", "ols"}
+        nilearn noise model.
+    confounds : tuple of str
+        Confound regressors: group names of :data:`bids_dnn.brain.confounds.CONFOUND_GROUPS`,
+        exact column names or globs (a list is stored as a tuple).
+    scrub_fd : float, optional
+        Censor volumes whose framewise displacement exceeds this (mm); None: no scrubbing.
+    drop_non_steady_state : bool
+        Censor the volumes flagged by fMRIPrep's ``non_steady_state_outlier*`` columns.
+    output : {"effect", "t"}
+        Patterns from effect sizes or from t values.
 
     Raises
     ------
-    InputMissingError
-        When requested columns are absent; the message names them and lists the table's
-        columns.
     AnalysisError
-        When a selected column is not numeric or has n/a values beyond the first row.
+        A text field outside :data:`GLM_CHOICES`, ``confounds`` given as one string, a
+        negative ``high_pass_hz`` or a ``scrub_fd`` that is not positive.
     """
-    available = [str(c) for c in confounds.columns]
-    notes: list[str] = []
-    selected: list[str] = []
-    missing: list[str] = []
-    for name in names:
-        if name in CONFOUND_GROUPS:
-            found, absent = CONFOUND_GROUPS[name].resolve(available)
-            missing += [f"{a} (group '{name}')" for a in absent]
-            if not found and not absent:
-                notes.append(f"confound group '{name}' matched no column in {source}")
-        elif name in available:
-            found = [name]
-        elif any(ch in name for ch in "*?["):
-            found = sorted(c for c in available if fnmatch.fnmatchcase(c, name))
-            missing += [] if found else [f"{name} (no column matches)"]
-        else:
-            found, missing = [], missing + [name]
-        selected += [c for c in found if c not in selected]
-    if missing:
-        raise InputMissingError(
-            f"{source}: confound column(s) not found: {', '.join(missing)}. "
-            f"Available columns: {', '.join(available[:40])}"
-            + (f", ... ({len(available) - 40} more)" if len(available) > 40 else ""),
-            "choose confounds present in the fMRIPrep confounds file (brain.glm.confounds); "
-            f"groups: {', '.join(CONFOUND_GROUPS)}",
-        )
-    out = confounds.loc[:, selected].copy()
-    non_numeric = [c for c in selected if not pd.api.types.is_numeric_dtype(out[c])]
-    if non_numeric:
-        raise AnalysisError(f"{source}: confound column(s) are not numeric: {', '.join(non_numeric)}")
-    out = out.astype(float)
-    for j, col in enumerate(selected):
-        if len(out) and np.isnan(out.iat[0, j]) and any(fnmatch.fnmatchcase(col, p) for p in _FIRST_ROW_NAN):
-            out.iat[0, j] = 0.0
-    still_nan = [c for c in selected if out[c].isna().any()]
-    if still_nan:
-        raise AnalysisError(
-            f"{source}: confound column(s) contain n/a values: {', '.join(still_nan)}",
-            "remove these columns from brain.glm.confounds",
-        )
-    return out, notes
 
+    method: str = "lsa"
+    hrf: str = "spm"
+    high_pass_hz: float = 0.008
+    drift_model: str = "cosine"
+    noise_model: str = "ar1"
+    confounds: tuple[str, ...] = ("motion_6", "white_matter", "csf")
+    scrub_fd: float | None = None
+    drop_non_steady_state: bool = True
+    output: str = "effect"
 
-def drop_constant_confounds(regs: pd.DataFrame, keep: np.ndarray) -> tuple[pd.DataFrame, list[str]]:
-    """Remove confound columns that are constant over the kept volumes.
-
-    fMRIPrep tables hold all-zero columns (e.g. a motion outlier that never fired, a spike
-    regressor of a volume that is censored anyway); such a column is a multiple of the
-    intercept (or zero) over the fitted volumes, so it cannot change any estimate and only
-    makes the design rank deficient.
-
-    Parameters
-    ----------
-    regs : pandas.DataFrame, shape (n_time, n_columns)
-        Selected confound regressors (no NaN).
-    keep : numpy.ndarray of bool, shape (n_time,)
-        Volumes that enter the fit.
-
-    Returns
-    -------
-    kept : pandas.DataFrame, shape (n_time, n_kept)
-        ``regs`` without the constant columns (column order kept).
-    dropped : list of str
-        Names of the dropped columns.
-    """
-    values = regs.to_numpy(dtype=float)[np.asarray(keep, dtype=bool)]
-    constant = np.ptp(values, axis=0) == 0 if len(values) else np.ones(regs.shape[1], dtype=bool)
-    dropped = [str(c) for c, flat in zip(regs.columns, constant) if flat]
-    return regs.loc[:, ~constant], dropped
-
-
-def sample_mask_from_confounds(
-    confounds: pd.DataFrame,
-    drop_non_steady_state: bool = True,
-    fd_threshold: float | None = None,
-    source: str = "confounds",
-) -> np.ndarray:
-    """Volumes kept after removing non-steady-state volumes and high-motion volumes.
-
-    Parameters
-    ----------
-    confounds : pandas.DataFrame, shape (n_time, n_columns)
-        fMRIPrep confounds table.
-    drop_non_steady_state : bool
-        Drop volumes flagged by a ``non_steady_state_outlier*`` column (none if absent).
-    fd_threshold : float, optional
-        Drop volumes whose ``framewise_displacement`` exceeds this (mm); only the volume
-        itself (no neighbours); the first volume's n/a counts as 0.
-    source : str
-        Name of the table for error messages.
-
-    Returns
-    -------
-    keep : numpy.ndarray of bool, shape (n_time,)
-        True for volumes that enter the GLM. Raises InputMissingError when ``fd_threshold``
-        is given but there is no ``framewise_displacement`` column.
-    """
-    keep = np.ones(len(confounds), dtype=bool)
-    if drop_non_steady_state:
-        cols = [c for c in confounds.columns if fnmatch.fnmatchcase(str(c), "non_steady_state_outlier*")]
-        if cols:
-            flags = confounds[cols].fillna(0).to_numpy(dtype=float)
-            keep &= ~(flags != 0).any(axis=1)
-    if fd_threshold is not None:
-        if "framewise_displacement" not in confounds.columns:
-            raise InputMissingError(
-                f"{source}: no 'framewise_displacement' column for scrubbing (scrub_fd)",
-                "unset brain.glm.scrub_fd or use fMRIPrep confounds",
-            )
-        fd = confounds["framewise_displacement"].fillna(0).to_numpy(dtype=float)
-        keep &= ~(fd > fd_threshold)
-    return keep
+    def __post_init__(self) -> None:
+        if isinstance(self.confounds, str):
+            raise AnalysisError(f"GLM option confounds must be a sequence of names, not the text {self.confounds!r}")
+        object.__setattr__(self, "confounds", tuple(str(name) for name in self.confounds))
+        for name, allowed in GLM_CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise AnalysisError(f"GLM option {name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        if not self.high_pass_hz >= 0:
+            raise AnalysisError(f"GLM option high_pass_hz must be >= 0 (got {self.high_pass_hz})")
+        if self.scrub_fd is not None and not self.scrub_fd > 0:
+            raise AnalysisError(f"GLM option scrub_fd must be > 0 or None (got {self.scrub_fd})")
 
 
 @dataclass
@@ -351,7 +222,7 @@ def _check_events(
 def _design(
     frame_times: np.ndarray,
     events: pd.DataFrame,
-    options: GLMSpec,
+    options: GLMOptions,
     drift_model: str | None,
     regs: pd.DataFrame | None,
     notes: list[str],
@@ -451,7 +322,7 @@ def fit_run_glm(
     bold: np.ndarray,
     events: pd.DataFrame,
     t_r: float,
-    options: GLMSpec,
+    options: GLMOptions,
     confounds: pd.DataFrame | None = None,
     frame_times: np.ndarray | None = None,
     *,
@@ -471,7 +342,7 @@ def fit_run_glm(
         types / stimulus files to it and drops non-stimulus rows).
     t_r : float
         Repetition time (s).
-    options : GLMSpec
+    options : GLMOptions
         method, hrf, drift_model, high_pass_hz, noise_model, confounds, scrub_fd,
         drop_non_steady_state, output.
     confounds : pandas.DataFrame, shape (n_time, n_columns), optional
@@ -616,7 +487,7 @@ def _finite_and_constant(bold: np.ndarray, rows: np.ndarray, step: int) -> tuple
 
 
 def _confounds_and_censoring(
-    confounds: pd.DataFrame | None, options: GLMSpec, n_time: int, source: str, notes: list[str]
+    confounds: pd.DataFrame | None, options: GLMOptions, n_time: int, source: str, notes: list[str]
 ) -> tuple[pd.DataFrame | None, np.ndarray, str | None]:
     """Selected confound regressors, kept-volume mask and the nilearn drift model to use."""
     keep = np.ones(n_time, dtype=bool)

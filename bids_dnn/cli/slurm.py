@@ -30,6 +30,7 @@ mounted with ``-o flock``, GPFS).
 
 from __future__ import annotations
 
+import argparse
 import csv
 import os
 import shlex
@@ -40,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from bids_dnn.cli.arguments import Parser, positive_int
+from bids_dnn.cli.arguments import build_parser as bids_app_parser
 from bids_dnn.errors import BidsDnnError, InputMissingError, NothingSelectedError, UsageError
 
 #: Options of the BIDS App whose value is a path (made absolute; bind mode in a container).
@@ -98,11 +101,9 @@ class SlurmPlan:
 # ---------------------------------------------------------------------------------------
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     """The parser of ``bids_dnn slurm`` (its own options; BIDS App options follow ``--``)."""
-    from bids_dnn.cli.main import _int_at_least, _Parser
-
-    parser = _Parser(
+    parser = Parser(
         prog="bids_dnn slurm",
         usage="bids_dnn slurm BIDS_DIR OUT_DIR [options] [-- BIDS_DNN_OPTIONS ...]",
         description="Write SLURM scripts: a job array running one participant per task (plain "
@@ -137,13 +138,13 @@ def build_parser():
     res.add_argument("--qos")
     res.add_argument("--time", metavar="D-HH:MM:SS", help="time limit of each participant task")
     res.add_argument("--mem", metavar="SIZE", help="memory of each task (sbatch --mem, e.g. 16G)")
-    res.add_argument("--cpus-per-task", type=_int_at_least(1), default=4,
+    res.add_argument("--cpus-per-task", type=positive_int, default=4,
                      help="CPUs per task; also the thread count (OMP/MKL/OpenBLAS)")
-    res.add_argument("--gpus", type=_int_at_least(1), default=0, metavar="N",
+    res.add_argument("--gpus", type=positive_int, default=0, metavar="N",
                      help="GPUs per participant task (--gres=gpu:N, apptainer --nv, bids_dnn --device cuda)")
     res.add_argument("--group-time", metavar="D-HH:MM:SS", help="time limit of the group job (default --time)")
     res.add_argument("--group-mem", metavar="SIZE", help="memory of the group job (default --mem)")
-    res.add_argument("--max-parallel", type=_int_at_least(1), metavar="N",
+    res.add_argument("--max-parallel", type=positive_int, metavar="N",
                      help="at most N tasks at once (--array=1-K%%N)")
     res.add_argument("--sbatch-option", action="append", default=[], metavar="OPTION",
                      help="extra '#SBATCH OPTION' line for both jobs (repeatable), e.g. "
@@ -281,7 +282,6 @@ def _inside(path: Path, folders: Sequence[Path]) -> bool:
 def plan_from_args(args, passthrough: Sequence[str]) -> SlurmPlan:
     """Validate everything that can be checked on the login node; build the plan."""
     from bids_dnn.io.bids import check_dataset, check_paths
-    from bids_dnn.cli.main import build_parser as bids_app_parser
 
     bids_dir, output_dir = _absolute(args.bids_dir), _absolute(args.output_dir)
     passthrough, paths = absolutise_passthrough(passthrough)

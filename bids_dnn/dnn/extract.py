@@ -99,7 +99,7 @@ class _LayerCapture:
         unknown = [name for name in layers if name not in modules or not name]
         if unknown:
             raise AnalysisError(f"not layers of the model: {', '.join(map(repr, unknown))}",
-                                hint="choose layers with bids_dnn.dnn.models.resolve_layers")
+                                hint="choose layers with bids_dnn.dnn.layers.resolve_layers")
         self.layers = layers
         self.policy = TOKEN_POLICIES[token_policy]
         self.outputs: dict[str, torch.Tensor] = {}
@@ -235,7 +235,7 @@ def extract_features(
         either (loaded only when their batch is processed). Image models average the
         activations of a stimulus' frames; video models get the frames as one clip.
     layers : list of str
-        Layer names (see :func:`bids_dnn.dnn.models.resolve_layers`).
+        Layer names (see :func:`bids_dnn.dnn.layers.resolve_layers`).
     batch_size : int
         Stimuli per batch (per forward pass for single images and clips; a batch of
         multi-frame stimuli is forwarded in chunks of ``batch_size`` frames).

@@ -22,23 +22,22 @@ reuses a file whose ``content_key`` matches, else writes a temporary file next t
 renames it into place, so a partial file is never visible and a changed key never reuses a
 stale file. This module does not import torch.
 
-Optional dimensionality reduction (:class:`Reduction`, from ``models[i].reduction``): every
-layer with more units than the threshold is stored with ``n_components`` columns. A sparse
-random projection depends only on (n_units, n_components, seed), so it is built once per layer
-and applied to each batch as it arrives (memory independent of the number of stimuli). PCA
-needs every stimulus: the full-width rows go to a scratch file (in the run's work folder, ``-w``,
-else next to the temporary file) and are reduced layer by layer after extraction (fitted on all
-stimuli of the task: transductive).
-The settings are part of the content key.
+Optional dimensionality reduction (:class:`~bids_dnn.features.reduction.Reduction`, from
+``models[i].reduction``): every layer with more units than the threshold is stored with
+``n_components`` columns. A sparse random projection is applied to each batch as it arrives
+(memory independent of the number of stimuli). PCA needs every stimulus: the full-width rows go
+to a scratch file (in the run's work folder, ``-w``, else next to the temporary file) and are
+reduced layer by layer after extraction. The settings are part of the content key.
+
+Keys and digests come from :mod:`bids_dnn.hashing` (JSON attributes and keys in its canonical
+form, strict: no NaN).
 """
 
 from __future__ import annotations
 
-import errno
-import hashlib
+import itertools
 import json
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -48,21 +47,23 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 from bids_dnn import __version__
+from bids_dnn.backend import as_dtype
 from bids_dnn.errors import AnalysisError, InputMissingError
+from bids_dnn.features.disk import check_free_space, fsync_file, fsync_folder
+from bids_dnn.features.reduction import STREAMING_REDUCTIONS, Reduction, reduce_features
+from bids_dnn.hashing import canonical_json, parts_sha256, text_sha256
 
 __all__ = [
+    "DIGEST_ATTR",
     "FORMAT_VERSION",
+    "FeatureDigestError",
     "FeatureSet",
     "FeatureWriter",
-    "REDUCTIONS",
-    "Reduction",
-    "STREAMING_REDUCTIONS",
-    "canonical_json",
+    "dataset_digest",
     "ensure_features",
     "feature_content_key",
     "provenance_attrs",
     "read_features",
-    "reduce_features",
     "stimulus_set_sha256",
     "stored_content_key",
     "write_feature_file",
@@ -75,18 +76,17 @@ LAYER_ORDER = "layer_order"
 DTYPES = ("float32", "float16")
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
 _CHUNK_BYTES = 1 << 20
-_CAST_PIECE = 1 << 15  # elements; torch's GRAIN_SIZE: one thread per piece
 _REDUCTION_PREFIX = "reduction_"
 
 
-def canonical_json(value: Any) -> str:
-    """Deterministic JSON: sorted keys, no spaces, ASCII, no NaN."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+def _strict_json(value: Any) -> str:
+    """:func:`~bids_dnn.hashing.canonical_json` without NaN (attributes other tools can read)."""
+    return canonical_json(value, allow_nan=False)
 
 
 def stimulus_set_sha256(stimulus_sha256s: Sequence[str]) -> str:
     """SHA-256 of the ordered list of stimulus file hashes (the stimulus set identity)."""
-    return hashlib.sha256("\n".join(stimulus_sha256s).encode()).hexdigest()
+    return text_sha256("\n".join(stimulus_sha256s))
 
 
 def feature_content_key(stimulus_sha256s: list[str], model_identity: dict[str, Any], layers: list[str],
@@ -115,7 +115,7 @@ def feature_content_key(stimulus_sha256s: list[str], model_identity: dict[str, A
         "dtype": dtype,
         "reduction": settings.key() if settings is not None else None,
     }
-    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+    return text_sha256(_strict_json(payload))
 
 
 def provenance_attrs(model_identity: Mapping[str, Any], *, token_policy: str,
@@ -160,7 +160,7 @@ def _attr_value(value: Any) -> tuple[Any, bool]:
     """An HDF5-storable attribute value, and whether it was JSON-encoded."""
     if isinstance(value, (str, bool, int, float, np.integer, np.floating)):
         return value, False
-    return canonical_json(value), True
+    return _strict_json(value), True
 
 
 def _read_attrs(node: h5py.HLObject) -> dict[str, Any]:
@@ -182,31 +182,6 @@ def _max_abs(array: np.ndarray) -> float:
     if np.isnan(high) or np.isnan(low):
         return float(np.nanmax(np.abs(array)))
     return max(high, -low)
-
-
-def _as_dtype(array: np.ndarray, dtype: str) -> np.ndarray:
-    """``array.astype(dtype)``; float32 -> float16 through torch when it is installed.
-
-    NumPy's float16 cast is scalar code (~10x slower than torch's vectorised one, which made it
-    the largest cost of writing float16 features); both round to nearest even, so the stored
-    values are the same. The copy goes in pieces below torch's parallel grain size: a
-    multi-threaded cast was ~4x *slower* than NumPy on busy cores (and competes with the
-    extraction's threads). torch is imported lazily: this module does not need it.
-    """
-    if array.dtype == np.dtype(dtype):
-        return array
-    if dtype == "float16" and array.dtype == np.float32:
-        try:
-            import torch
-        except ImportError:  # pragma: no cover - torch is a dependency of the package
-            return array.astype(np.float16)
-        flat = np.ascontiguousarray(array).reshape(-1)
-        out = np.empty(flat.shape, dtype=np.float16)
-        source, target = torch.from_numpy(flat), torch.from_numpy(out)
-        for i in range(0, flat.size, _CAST_PIECE):
-            target[i:i + _CAST_PIECE].copy_(source[i:i + _CAST_PIECE])
-        return out.reshape(array.shape)
-    return array.astype(dtype)
 
 
 class FeatureWriter:
@@ -286,7 +261,7 @@ class FeatureWriter:
                 self._json_keys.add(key)
             else:
                 self._json_keys.discard(key)
-        self.h5.attrs["json_attrs"] = canonical_json(sorted(self._json_keys))
+        self.h5.attrs["json_attrs"] = _strict_json(sorted(self._json_keys))
 
     def _create(self, name: str, width: int, n_units_in: int) -> h5py.Dataset:
         """The stored dataset of a layer: (n_stimuli, width) in the file's dtype."""
@@ -343,7 +318,7 @@ class FeatureWriter:
 
         With a streaming reduction the rows are projected before they are stored; with a
         deferred one they go to the scratch file at full width. The first batch checks that the
-        file system has room for every layer (:func:`check_free_space`).
+        file system has room for every layer (:func:`~bids_dnn.features.disk.check_free_space`).
         """
         if not self._units_in:
             targets = [self._target(name, np.asarray(array).shape[1]) for name, array in arrays.items()
@@ -367,7 +342,7 @@ class FeatureWriter:
                 if name in self._streams:
                     array = self._streams[name](array)
                 self._check_range(name, array)
-                target[rows] = _as_dtype(array, self.dtype)
+                target[rows] = as_dtype(array, self.dtype)
             self._written[name][rows] = True
 
     def _reduce_deferred(self) -> None:
@@ -380,7 +355,7 @@ class FeatureWriter:
             del full
             self._check_range(name, reduced)
             dataset = self._create(name, reduced.shape[1], self._units_in[name])
-            dataset[()] = _as_dtype(reduced, self.dtype)
+            dataset[()] = as_dtype(reduced, self.dtype)
             self._reduction_params[name] = {**params, **red.params(self._units_in[name]),
                                             "n_components": int(reduced.shape[1])}
         self._deferred = []
@@ -432,23 +407,16 @@ def dataset_digest(dataset: Any, stim_ids: Sequence[str] | None = None, rows_per
     """SHA-256 (hex) of a layer dataset's values as stored (dtype and row order), read in blocks
     of rows so memory stays small; the file's stimulus ids are part of it, so rows that were
     reordered together with their ids are caught as well."""
-    digest = hashlib.sha256()
     if stim_ids is None:
         stim_ids = [s.decode() if isinstance(s, bytes) else str(s) for s in dataset.file[STIM_IDS][()]]
-    digest.update("\n".join(stim_ids).encode())
-    digest.update(str(dataset.dtype.str).encode())
-    for start in range(0, dataset.shape[0], rows_per_block):
-        digest.update(np.ascontiguousarray(dataset[start:start + rows_per_block]).tobytes())
-    return digest.hexdigest()
+    blocks = (np.ascontiguousarray(dataset[start:start + rows_per_block])
+              for start in range(0, dataset.shape[0], rows_per_block))
+    return parts_sha256(itertools.chain(["\n".join(stim_ids), str(dataset.dtype.str)], blocks))
 
 
 def _array_digest(values: np.ndarray, stim_ids: Sequence[str]) -> str:
     """:func:`dataset_digest` of values already read (same bytes, same order)."""
-    digest = hashlib.sha256()
-    digest.update("\n".join(stim_ids).encode())
-    digest.update(str(values.dtype.str).encode())
-    digest.update(np.ascontiguousarray(values).tobytes())
-    return digest.hexdigest()
+    return parts_sha256(["\n".join(stim_ids), str(values.dtype.str), np.ascontiguousarray(values)])
 
 
 @dataclass
@@ -536,14 +504,6 @@ def read_features(path: Path, layers: Sequence[str] | None = None) -> FeatureSet
     return FeatureSet(stim_ids, arrays, attrs, shapes, reductions)
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_atomically(path: Path, key: str, stim_ids: Sequence[str],
                       compute: Callable[[FeatureWriter], None], scratch_dir: Path | None = None,
                       **writer_options: Any) -> None:
@@ -565,32 +525,12 @@ def _write_atomically(path: Path, key: str, stim_ids: Sequence[str],
                 writer.finalize()
             finally:
                 writer.close_scratch()
-        _fsync(tmp)
+        fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    if hasattr(os, "O_DIRECTORY"):  # make the rename durable
-        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-#: room left beyond a feature file's data (HDF5 metadata, other small outputs)
-_SPACE_MARGIN_BYTES = 1 << 18
-
-
-def check_free_space(folder: Path, n_bytes: int) -> None:
-    """Raise ``OSError(ENOSPC)`` (reported by the CLI as a full disk) unless ``folder``'s file
-    system has ``n_bytes`` (+ 256 KiB) free: HDF5 can crash the process on a failed write instead
-    of raising, so a feature file is never started without room for all of it."""
-    free = shutil.disk_usage(folder).free
-    if free < n_bytes + _SPACE_MARGIN_BYTES:
-        raise OSError(errno.ENOSPC, f"No space left on device: the feature file needs "
-                                    f"{(n_bytes + _SPACE_MARGIN_BYTES) / 2**20:.1f} MiB, "
-                                    f"{free / 2**20:.1f} MiB are free", str(folder))
+    fsync_folder(path.parent)  # make the rename durable
 
 
 def _locked(path: Path, timeout: float) -> FileLock:
@@ -662,146 +602,3 @@ def write_feature_file(path: Path, key: str, stim_ids: Sequence[str], layers: Ma
     except Timeout:
         raise AnalysisError(f"waited {timeout:.0f} s for another process writing {path.name}") from None
     return path
-
-
-# ---------------------------------------------------------------------------------------
-# Optional dimensionality reduction
-# ---------------------------------------------------------------------------------------
-
-
-def _srp(array: np.ndarray, n_components: int, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
-    from sklearn.random_projection import SparseRandomProjection
-
-    projection = SparseRandomProjection(n_components=n_components, random_state=seed, dense_output=True)
-    reduced = projection.fit_transform(array)
-    return reduced, {"density": float(projection.density_)}
-
-
-def _pca(array: np.ndarray, n_components: int, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
-    from sklearn.decomposition import PCA
-
-    n_components = min(n_components, *array.shape)
-    pca = PCA(n_components=n_components, random_state=seed, svd_solver="auto")
-    reduced = pca.fit_transform(array)
-    return reduced, {"n_components": n_components,
-                     "explained_variance_ratio_sum": float(pca.explained_variance_ratio_.sum())}
-
-
-def _srp_stream(n_units: int, n_components: int,
-                seed: int) -> tuple[Callable[[np.ndarray], np.ndarray], dict[str, Any]]:
-    """The sparse random projection of :func:`_srp` as a per-batch transform.
-
-    sklearn draws the matrix from (n_features, n_components, random_state) alone, so fitting a
-    one-row float32 dummy of the right width gives the matrix that :func:`reduce_features`
-    draws for the whole array; each batch is then projected on arrival.
-    """
-    from sklearn.random_projection import SparseRandomProjection
-
-    projection = SparseRandomProjection(n_components=n_components, random_state=seed, dense_output=True)
-    projection.fit(np.zeros((1, n_units), dtype=np.float32))
-
-    def transform(batch: np.ndarray) -> np.ndarray:
-        return np.asarray(projection.transform(np.asarray(batch, dtype=np.float32)), dtype=np.float32)
-
-    return transform, {"density": float(projection.density_)}
-
-
-#: method -> function(array, n_components, seed) -> (reduced array, extra params)
-REDUCTIONS: dict[str, Callable[[np.ndarray, int, int], tuple[np.ndarray, dict[str, Any]]]] = {
-    "srp": _srp,
-    "pca": _pca,
-}
-
-#: methods applied batch by batch: method -> function(n_units, n_components, seed) ->
-#: (transform of an (n, n_units) batch, extra params). Others are fitted on all rows at the end.
-STREAMING_REDUCTIONS: dict[str, Callable[[int, int, int],
-                                         tuple[Callable[[np.ndarray], np.ndarray], dict[str, Any]]]] = {
-    "srp": _srp_stream,
-}
-
-
-@dataclass(frozen=True)
-class Reduction:
-    """Reduction settings of a feature file (``models[i].reduction`` of the spec).
-
-    Attributes
-    ----------
-    method : {"srp", "pca"}
-    n_components : int
-    seed : int
-    min_units : int or None
-        Reduce only layers with more units than this (default: ``n_components``).
-    """
-
-    method: str
-    n_components: int
-    seed: int = 0
-    min_units: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.method not in REDUCTIONS:
-            raise AnalysisError(f"unknown reduction {self.method!r}; valid: {', '.join(REDUCTIONS)}")
-        if int(self.n_components) <= 0:
-            raise AnalysisError(f"reduction n_components must be > 0 (got {self.n_components})")
-        if self.min_units is not None and self.min_units < self.n_components:
-            raise AnalysisError(f"reduction min_units ({self.min_units}) must be >= n_components "
-                                f"({self.n_components})")
-
-    @classmethod
-    def coerce(cls, value: Any) -> Reduction | None:
-        """A :class:`Reduction` from None, itself, a mapping or a spec model (``model_dump``)."""
-        if value is None or isinstance(value, Reduction):
-            return value
-        if hasattr(value, "model_dump"):
-            value = value.model_dump()
-        fields = {"method", "n_components", "seed", "min_units"}
-        unknown = set(value) - fields
-        if unknown:
-            raise AnalysisError(f"unknown reduction setting(s) {', '.join(sorted(unknown))}")
-        return cls(**{k: v for k, v in value.items() if k in fields})
-
-    @property
-    def threshold(self) -> int:
-        """Layers with more units than this are reduced."""
-        return max(int(self.n_components), int(self.min_units or 0))
-
-    def applies(self, n_units: int) -> bool:
-        return n_units > self.threshold
-
-    def key(self) -> dict[str, Any]:
-        """The settings as they enter the content key and the root ``reduction`` attribute."""
-        return {"method": self.method, "n_components": int(self.n_components), "seed": int(self.seed),
-                "min_units": None if self.min_units is None else int(self.min_units)}
-
-    def params(self, n_units_in: int) -> dict[str, Any]:
-        """The per-layer attributes common to every method."""
-        return {"method": self.method, "n_components": int(self.n_components), "seed": int(self.seed),
-                "n_units_in": int(n_units_in)}
-
-
-def reduce_features(array: np.ndarray, method: str = "srp", n_components: int = 4096,
-                    seed: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
-    """Reduce (n_stimuli, n_units) features to at most ``n_components`` columns.
-
-    ``srp``: sparse random projection (Johnson-Lindenstrauss; preserves distances in
-    expectation); ``pca``: principal components fitted on all stimuli (n_components is
-    capped at min(n_stimuli, n_units)). A layer with at most ``n_components`` units is
-    returned unchanged (``applied: False``).
-
-    Returns
-    -------
-    reduced : ndarray (n_stimuli, n_components_used) float32
-    params : dict
-        method, n_components, seed, n_units_in, applied, plus method-specific values; to be
-        stored as dataset attributes by the caller.
-    """
-    if method not in REDUCTIONS:
-        raise AnalysisError(f"unknown reduction {method!r}; valid: {', '.join(REDUCTIONS)}")
-    array = np.asarray(array, dtype=np.float32)
-    params: dict[str, Any] = {"method": method, "n_components": int(n_components), "seed": int(seed),
-                              "n_units_in": int(array.shape[1])}
-    if array.shape[1] <= n_components:
-        return array.copy(), {**params, "n_components": int(array.shape[1]), "applied": False}
-    reduced, extra = REDUCTIONS[method](array, n_components, seed)
-    reduced = np.asarray(reduced, dtype=np.float32)
-    return reduced, {**params, **extra, "n_components": int(reduced.shape[1]), "applied": True}

@@ -1,13 +1,15 @@
 """BIDS inputs through pybids: the raw dataset, fMRIPrep derivatives, filters, labels.
 
-Typed queries return paths and entities; nothing here loads voxel arrays or writes files.
+Typed queries return paths and entities; nothing here loads voxel arrays or writes files. What
+a run's files state (TR, confounds) is read by :mod:`bids_dnn.io.run_files`; the stimuli of
+ready-made betas by :mod:`bids_dnn.io.betas`.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Iterable
 
 from bids_dnn.errors import (
@@ -16,6 +18,8 @@ from bids_dnn.errors import (
     NothingSelectedError,
     UsageError,
 )
+from bids_dnn.io.betas import volume_stimuli_sidecar
+from bids_dnn.io.run_files import repetition_time
 
 
 def normalize_label(value: str, prefix: str = "sub") -> str:
@@ -468,7 +472,7 @@ class DatasetIndex:
 
     def fmriprep_run(self, run: RunInputs, space: str, resolution: str | None,
                      derivatives: str = "fmriprep", tr_source: str = "check") -> RunInputs:
-        """Attach preprocessed BOLD, brain mask, confounds and TR (see :func:`repetition_time`) to ``run``."""
+        """Attach preprocessed BOLD, brain mask, confounds and TR (see :func:`bids_dnn.io.run_files.repetition_time`) to ``run``."""
         layout = self.derivative(derivatives)
         base: dict[str, Any] = {"subject": run.subject, "task": run.task, "extension": [".nii.gz", ".nii"],
                                 **self._filter("bold")}
@@ -508,7 +512,7 @@ class DatasetIndex:
         Looks in the derivatives folder ``derivatives`` (``-d betas=PATH``, default
         ``BIDS_DIR/derivatives/betas``) for
         ``sub-<s>[_ses-<x>]_task-<t>[_run-<r>]_space-<space>[_res-<res>]_desc-stimuli_stat-effect_statmap.nii[.gz]``
-        with a sidecar naming the stimulus of every volume (see :func:`read_volume_stimuli`) and
+        with a sidecar naming the stimulus of every volume (see :func:`bids_dnn.io.betas.read_volume_stimuli`) and
         an optional ``..._desc-brain_mask.nii[.gz]`` with the same entities (task, run and
         session may be left out of the mask's name). Entities are read from the file names, so
         the folder needs no pybids indexing; ``--bids-filter-file`` key ``betas`` filters them.
@@ -611,133 +615,6 @@ def _matching_mask(entities: dict[str, str], masks: list[tuple[Path, dict[str, s
     return best
 
 
-def volume_stimuli_sidecar(statmap: Path) -> Path | None:
-    """The JSON sidecar (with ``VolumeStimuli``) or TSV naming the stimuli of a statmap's volumes."""
-    stem = statmap.name.split(".", 1)[0]
-    candidates = [statmap.with_name(stem + ".json"), statmap.with_name(stem + ".tsv"),
-                  statmap.with_name(stem.replace("_stat-effect", "") + ".tsv")]
-    for candidate in candidates:
-        if candidate.suffix == ".json" and candidate.is_file():
-            try:
-                data = json.loads(candidate.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                data = {}
-            if isinstance(data, dict) and "VolumeStimuli" in data:
-                return candidate
-        elif candidate.is_file():
-            return candidate
-    return None
-
-
-def read_volume_stimuli(statmap: Path, sidecar: Path | None) -> list[str]:
-    """The stimulus (stim_file or stim_id, as the events name them) of every volume of a statmap.
-
-    From the JSON sidecar's ``VolumeStimuli`` list or from the ``stim_file`` / ``stim_id``
-    column of ``..._desc-stimuli[_stat-effect]_statmap.tsv`` (one row per volume). Empty or
-    ``n/a`` entries name no stimulus (the volume is ignored).
-    """
-    if sidecar is None:
-        raise InputMissingError(f"{statmap.name} has no sidecar naming the stimulus of each volume",
-                                "add a JSON sidecar with 'VolumeStimuli' (one entry per volume) or a "
-                                "..._desc-stimuli_statmap.tsv with a stim_file or stim_id column")
-    if sidecar.suffix == ".json":
-        values = json.loads(sidecar.read_text(encoding="utf-8"))["VolumeStimuli"]
-        if not isinstance(values, list):
-            raise BidsValidationError(f"{sidecar.name}: VolumeStimuli must be a list (one entry per volume)")
-        return ["" if v is None else str(v) for v in values]
-    import pandas as pd
-
-    table = pd.read_csv(sidecar, sep="\t", dtype=str, keep_default_na=False)
-    column = next((c for c in ("stim_file", "stim_id") if c in table.columns), None)
-    if column is None:
-        raise BidsValidationError(f"{sidecar.name} needs a stim_file or stim_id column (one row per volume)",
-                                  f"it has: {', '.join(table.columns)}")
-    return ["" if v in ("n/a", "") else v for v in table[column]]
-
-
-def betas_stimulus_tables(runs: Iterable[RunInputs], search_dirs: list[Path],
-                          dataset_root: Path) -> tuple[list[Any], str]:
-    """Events-like tables of the stimuli named by ready-made betas (datasets without events).
-
-    The labels of every run's sidecar (:func:`read_volume_stimuli`) are resolved the way
-    ``stimuli.build_stimulus_set`` resolves events: when a ``stimuli.tsv`` in ``search_dirs``
-    knows every label, they are its ``stim_id`` values; otherwise a label is a ``stim_file``
-    (a path under a stimulus folder) or, when it has no file extension and is not a file,
-    a stimulus id, the path without its extension: the one file ``<label>.*`` in the first
-    stimulus folder that has one. Empty labels name no stimulus.
-
-    Parameters
-    ----------
-    runs : iterable of RunInputs
-        Runs with ``bold`` (the statmap) and ``volume_stimuli`` (its sidecar).
-    search_dirs : list of Path
-        Stimulus folders in search order (stimulus derivatives, then ``BIDS_DIR/stimuli``).
-    dataset_root : Path
-        The dataset (symlinks may point anywhere inside it).
-
-    Returns
-    -------
-    tables : list of pandas.DataFrame
-        One per run, one row per labelled volume: column ``stim_file`` (files) or ``stim_id``
-        (``stimuli.tsv`` ids), ready for ``build_stimulus_set``.
-    source : {"stim_file", "stimuli_tsv"}
-        How the tables name the stimuli.
-
-    Raises
-    ------
-    InputMissingError
-        Labels that are neither a file nor the id of exactly one file (all listed at once).
-    """
-    import pandas as pd
-
-    from bids_dnn.io.stimuli import find_stimuli_table, read_stimuli_table, resolve_stimulus
-
-    labels = [[label.strip() for label in read_volume_stimuli(run.bold, run.volume_stimuli)] for run in runs]
-    named = sorted({label for run_labels in labels for label in run_labels if label})
-    table_path = find_stimuli_table(search_dirs)
-    if named and table_path is not None and set(named) <= set(read_stimuli_table(table_path).files):
-        return [pd.DataFrame({"stim_id": [x for x in run_labels if x]}) for run_labels in labels], "stimuli_tsv"
-    as_file: dict[str, str] = {}
-    unresolved: list[str] = []
-    for label in named:
-        _, _, problem = resolve_stimulus(label, search_dirs, dataset_root)
-        not_found = problem is not None and problem.startswith(f"{label}: not found in ")
-        if not not_found or PurePosixPath(label).suffix:
-            as_file[label] = label  # a file, or a problem build_stimulus_set reports as for events
-            continue
-        found = _files_with_stem(label, search_dirs)
-        if len(found) == 1:
-            as_file[label] = found[0]
-        else:
-            unresolved.append(f"{label}: " + (f"several files ({', '.join(found[:4])})" if found else "no file"))
-    if unresolved:
-        raise InputMissingError(
-            f"{len(unresolved)} stimulus label(s) of the ready-made betas name no stimulus file "
-            f"(looked in {', '.join(str(d) for d in search_dirs)}):\n  " + "\n  ".join(unresolved[:20])
-            + (f"\n  ... ({len(unresolved) - 20} more)" if len(unresolved) > 20 else ""),
-            "name the stimulus file (path under stimuli/) in VolumeStimuli or the sidecar TSV, leave volumes "
-            "of no stimulus empty (n/a), or add events naming the stimuli")
-    return [pd.DataFrame({"stim_file": [as_file[x] for x in run_labels if x]}) for run_labels in labels], "stim_file"
-
-
-def _files_with_stem(stim_id: str, search_dirs: list[Path]) -> list[str]:
-    """Files ``<stim_id>.<ext>`` (relative paths) in the first folder of ``search_dirs`` that has any."""
-    from bids_dnn.io.stimuli import _is_safe_relative
-
-    if not _is_safe_relative(stim_id) or "\x00" in stim_id or any(ch in stim_id for ch in "*?["):
-        return []
-    for folder in search_dirs:
-        target = folder / stim_id
-        try:
-            found = sorted(p for p in target.parent.glob(target.name + ".*") if p.is_file()
-                           and p.name[len(target.name) + 1:] and "." not in p.name[len(target.name) + 1:])
-        except OSError:
-            found = []
-        if found:
-            return [p.relative_to(folder).as_posix() for p in found]
-    return []
-
-
 def _label(value: Any) -> str | None:
     if value is None:
         return None
@@ -751,92 +628,6 @@ def _run_query(run: str | None) -> Any:
         return int(run)
     except ValueError:
         return run
-
-
-#: NIfTI time units -> seconds
-_SECONDS_PER_UNIT = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6, "unknown": 1.0}
-#: sidecar and header TRs closer than this (relative) agree
-_TR_TOLERANCE = 1e-3
-
-
-def repetition_time(layout: Any, bold: Path, source: str = "check") -> float:
-    """The TR of ``bold`` in seconds.
-
-    ``source``: ``"sidecar"`` takes ``RepetitionTime`` from the JSON sidecar (through BIDS
-    inheritance), ``"header"`` the NIfTI header's 4th zoom (in its time unit); ``"check"`` (the
-    default) takes the sidecar and stops when the header states another TR (the BIDS validator's
-    REPETITION_TIME_MISMATCH: running on the wrong TR silently misplaces every event). Either falls
-    back to the other when it has no TR.
-
-    Raises
-    ------
-    InputMissingError
-        No TR anywhere, or (``check``) sidecar and header disagree (exit 66, naming both).
-    """
-    sidecar = None
-    try:
-        value = layout.get_metadata(str(bold)).get("RepetitionTime")
-        sidecar = float(value) if value else None
-    except Exception:  # noqa: BLE001 - no usable sidecar: the header decides
-        sidecar = None
-    header = None
-    if source != "sidecar" or sidecar is None:
-        try:
-            header = _header_repetition_time(bold)
-        except InputMissingError:
-            if sidecar is None:
-                raise
-            # an unreadable image is reported (exit 66) by the subject's input check, not by this lookup
-    if source == "check" and sidecar and header and abs(sidecar - header) > _TR_TOLERANCE * max(sidecar, header):
-        raise InputMissingError(
-            f"{bold.name}: RepetitionTime {sidecar:g} s in the JSON sidecar, {header:g} s in the NIfTI header",
-            "fix whichever is wrong, or set brain.repetition_time: sidecar (or header) in the spec to trust one")
-    chosen = header if source == "header" and header else sidecar or header
-    if not chosen:
-        raise InputMissingError(f"no RepetitionTime for {bold.name}", "add it to the BOLD JSON sidecar")
-    return chosen
-
-
-def _header_repetition_time(bold: Path) -> float | None:
-    """The header's TR in seconds (None when it states none)."""
-    from bids_dnn.brain.patterns import load_nifti
-
-    header = load_nifti(bold, "preprocessed BOLD").header  # empty / corrupt file: exit 66
-    zooms = header.get_zooms()
-    if len(zooms) < 4 or not zooms[3] or zooms[3] <= 0:
-        return None
-    unit = header.get_xyzt_units()[1] if hasattr(header, "get_xyzt_units") else "sec"
-    return float(zooms[3]) * _SECONDS_PER_UNIT.get(unit, 1.0)
-
-
-def read_confounds(path: str | Path) -> Any:
-    """Read an fMRIPrep confounds table (``*_desc-confounds_timeseries.tsv``; ``n/a`` as NaN).
-
-    Parameters
-    ----------
-    path : str or Path
-        The TSV file.
-
-    Returns
-    -------
-    pandas.DataFrame, shape (n_volumes, n_columns)
-
-    Raises
-    ------
-    InputMissingError
-        The file is empty (0 bytes), has no header row or is not a readable TSV (exit 66).
-    """
-    import pandas as pd
-
-    path = Path(path)
-    hint = "the confounds file is truncated or corrupt; regenerate it with fMRIPrep or re-copy it"
-    if path.stat().st_size == 0:
-        raise InputMissingError(f"fMRIPrep confounds: {path.name} is empty (0 bytes)", hint)
-    try:
-        return pd.read_csv(path, sep="\t", na_values=["n/a"])
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise InputMissingError(f"fMRIPrep confounds: {path.name} is not a readable TSV "
-                                f"({exc.__class__.__name__}: {exc})", hint) from None
 
 
 def load_filter_file(path: str | Path | None) -> dict[str, dict[str, Any]]:

@@ -23,7 +23,6 @@ that ``--force`` replaced).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 
 from bids_dnn.io import derivatives as drv
 from bids_dnn.errors import UsageError
+from bids_dnn.hashing import content_key, text_sha256
 
 #: the record's name in the output folder (listed in ``.bidsignore``)
 RECORD_NAME = drv.INPUT_DATASET_FILE
@@ -66,8 +66,7 @@ class DatasetIdentity:
 
     def dataset_id(self) -> str:
         """A short id, the same for every job that records this dataset first."""
-        text = json.dumps([list(self.participants), self.task, self.stimuli], separators=(",", ":"))
-        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+        return content_key(list(self.participants), self.task, self.stimuli)[:16]
 
     def new_record(self) -> dict[str, Any]:
         """The record of an output folder made from this dataset."""
@@ -85,8 +84,7 @@ RECORD_DESCRIPTION = ("The input dataset of this folder, recorded by the first p
 
 def stimulus_fingerprint(stim_ids: list[str], sha256: list[str]) -> str:
     """SHA-256 of the sorted ``(stim_id, file SHA-256)`` pairs (independent of the RDM row order)."""
-    text = "\n".join(f"{sid}\t{digest}" for sid, digest in sorted(zip(stim_ids, sha256)))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return text_sha256("\n".join(f"{sid}\t{digest}" for sid, digest in sorted(zip(stim_ids, sha256))))
 
 
 def dataset_identity(bids_dir: Path, participants: list[str], task: str, stim_ids: list[str],

@@ -74,7 +74,7 @@ def load_image(path: Path, shorter_side: int | None = None,
         are reduced after decoding (by ``fit``, else by whole-block averaging, :func:`reduced`).
         None: full size.
     fit : callable, optional
-        The model's own resize (e.g. :meth:`bids_dnn.dnn.models.ImageTransform.resized`), applied to
+        The model's own resize (e.g. :meth:`bids_dnn.dnn.transforms.ImageTransform.resized`), applied to
         such a large picture instead of the block averaging, so that the network input is the
         same as from the full-size picture.
 

@@ -1,4 +1,4 @@
-"""Events -> the ordered stimulus set; stimulus path resolution, safety checks and loading.
+"""Events -> the ordered stimulus set; stimulus path resolution and safety checks.
 
 The stimulus set is built from the events of *all* participants of the task (not only the
 ones selected on the command line), so that parallel participant jobs agree on one stimulus
@@ -17,14 +17,12 @@ Events name their stimuli in one of three ways (``stimuli.source``):
 ``trial_type``
     a ``trial_type`` mapped to a file by the spec's ``trial_type_map``.
 
-Images are loaded with Pillow; videos (mp4, avi, webm, mov, mkv) with PyAV (the optional extra
-``bids_dnn[video]``, imported only when a video is met) as a list of frames sampled at fixed
-times (see :func:`video_sample_times`).
+Every stimulus file is checked (and later loaded) by :mod:`bids_dnn.io.stimulus_loading`; its
+SHA-256 (:func:`bids_dnn.hashing.file_sha256`) is part of the stimulus set's identity.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -34,22 +32,15 @@ import numpy as np
 import pandas as pd
 
 from bids_dnn.errors import BidsValidationError, InputMissingError
+from bids_dnn.hashing import file_sha256, text_sha256
+from bids_dnn.io.stimulus_loading import CHECK_SHORTER_SIDE, check_stimulus_file, is_video
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
-VIDEO_EXTENSIONS = {".mp4", ".avi", ".webm", ".mov", ".mkv"}
 REQUIRED_EVENT_COLUMNS = ("onset", "duration")
 MIN_STIMULI = 3
 #: the BEP044 stimulus table, looked for in each stimulus folder (the first one found wins)
 STIMULI_TABLE = "stimuli.tsv"
 #: events column holding the stimulus name, per (effective) source
 SOURCE_COLUMNS = {"stim_file": "stim_file", "stimuli_tsv": "stim_id", "trial_type": "trial_type"}
-#: sample-to-frame distances closer than this (s) count as a tie (time bases round 0.75 - 0.7 vs 0.8 - 0.75)
-TIE_TOLERANCE_S = 1e-6
-VIDEO_EXTRA_HINT = "install the video extra: pip install 'bids_dnn[video]'"
-#: shorter side (pixels) at which images are decoded to check them: the headroom of the ImageNet
-#: resize target (256), enough to decode every block of the file (the model's own size is used
-#: for extraction, :data:`bids_dnn.io.media.DECODE_HEADROOM` times its resize target)
-CHECK_SHORTER_SIDE = 4 * 256
 
 
 @dataclass(frozen=True)
@@ -97,8 +88,8 @@ class StimulusSet:
                              "source": self.source_dirs})
 
     def set_hash(self) -> str:
-        blob = "\n".join(f"{i}\t{h}" for i, h in zip(self.stim_ids, self.sha256)).encode()
-        return hashlib.sha256(blob).hexdigest()
+        """SHA-256 of the ``stim_id<TAB>file SHA-256`` lines, in row order."""
+        return text_sha256("\n".join(f"{i}\t{h}" for i, h in zip(self.stim_ids, self.sha256)))
 
     def file_to_id(self) -> dict[str, str]:
         return dict(zip(self.files, self.stim_ids))
@@ -207,7 +198,8 @@ def normalize_stimulus_path(text: str) -> str:
     return str(PurePosixPath(stripped)) if stripped else stripped
 
 
-def _is_safe_relative(text: str) -> bool:
+def is_safe_relative(text: str) -> bool:
+    """Whether ``text`` is a relative path that stays inside its folder (no ``..``, no drive)."""
     pure = PurePosixPath(text.replace("\\", "/"))
     return not pure.is_absolute() and ".." not in pure.parts and not (len(text) > 1 and text[1] == ":")
 
@@ -220,7 +212,7 @@ def resolve_stimulus(file: str, search_dirs: list[Path], dataset_root: Path) -> 
     (path, folder, problem)
         The resolved file and the folder it came from, or a problem description.
     """
-    if not _is_safe_relative(file):
+    if not is_safe_relative(file):
         return None, None, f"{file}: path must be relative to stimuli/ and must not contain '..'"
     if "\x00" in file:
         return None, None, f"{file!r}: not a valid file name (contains a NUL character)"
@@ -242,232 +234,6 @@ def resolve_stimulus(file: str, search_dirs: list[Path], dataset_root: Path) -> 
     return None, None, f"{file}: not found in {', '.join(str(d) for d in search_dirs)}"
 
 
-def is_video(path: Path | str) -> bool:
-    """Whether ``path`` has a video extension (mp4, avi, webm, mov, mkv)."""
-    return Path(path).suffix.lower() in VIDEO_EXTENSIONS
-
-
-def _import_av() -> Any:
-    """PyAV, or a clear error naming the extra to install."""
-    try:
-        import av
-    except ImportError:
-        raise InputMissingError("video stimuli need PyAV (the Python package 'av'), which is not installed",
-                                VIDEO_EXTRA_HINT) from None
-    return av
-
-
-def _short(exc: BaseException, path: Path) -> str:
-    detail = str(exc).replace(str(path), path.name)
-    detail = detail if len(detail) <= 100 else detail[:97] + "..."
-    return f"{exc.__class__.__name__}: {detail}"
-
-
-def check_stimulus_file(path: Path) -> str | None:
-    """A reason why ``path`` is not a usable stimulus, or None.
-
-    Images must open and decode with Pillow. Videos must open with PyAV, hold a video stream
-    whose packets can all be read (no decoding), decode a first frame, and (for files with one
-    stream whose declared duration is known) not end before it: a cut-off Matroska / WebM file
-    otherwise reads as a shorter clip.
-
-    Raises
-    ------
-    InputMissingError
-        A video is met and PyAV is not installed.
-    """
-    suffix = path.suffix.lower()
-    if suffix not in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS:
-        return (f"{path.name}: unsupported file type '{suffix}' (images: {', '.join(sorted(IMAGE_EXTENSIONS))}; "
-                f"videos: {', '.join(sorted(VIDEO_EXTENSIONS))})")
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        return f"{path.name}: unreadable ({exc.strerror})"
-    if size == 0:
-        return f"{path.name}: empty file (0 bytes)"
-    if suffix in VIDEO_EXTENSIONS:
-        return _check_video(path)
-    try:  # decoded and converted as for extraction (a mode it refuses is listed here), at a reduced size
-        load_image(path, CHECK_SHORTER_SIDE)
-    except Exception as exc:  # noqa: BLE001 - PIL raises many types for corrupt images
-        return f"{path.name}: not a readable image ({_short(exc, path)})"
-    return None
-
-
-def _check_video(path: Path) -> str | None:
-    av = _import_av()
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                return f"{path.name}: not a readable video (no video stream)"
-            timing = _video_timing(container)
-        with av.open(str(path)) as container:
-            first = next(iter(container.decode(video=0)), None) if timing.n_packets else None
-            if first is None:
-                return f"{path.name}: not a readable video (no frame could be decoded)"
-            declared = container.duration / 1e6 if container.duration and len(container.streams) == 1 else None
-            if declared is not None and timing.duration < declared - max(2 * timing.interval, 0.1):
-                return (f"{path.name}: not a readable video (frames end at {timing.duration:.2f} s of the "
-                        f"declared {declared:.2f} s; truncated?)")
-    except Exception as exc:  # noqa: BLE001 - FFmpeg errors come in many types
-        return f"{path.name}: not a readable video ({_short(exc, path)})"
-    return None
-
-
-def load_image(path: Path, shorter_side: int | None = None, fit: Any = None) -> Any:
-    """Open an image as 8-bit RGB: 16-bit and float data scaled, transparency over white; a
-    large one reduced while decoding when ``shorter_side`` is given (see
-    :func:`bids_dnn.io.media.load_image`)."""
-    from bids_dnn.io.media import load_image as decode
-
-    return decode(path, shorter_side, fit)
-
-
-@dataclass(frozen=True)
-class _VideoTiming:
-    start: float
-    duration: float
-    interval: float
-    n_packets: int
-
-
-def _video_timing(container: Any) -> _VideoTiming:
-    """Start, duration and frame interval (s) of the first video stream, from its packets.
-
-    The duration is the end of the last packet (pts + duration, or + one frame interval at the
-    stream's average rate) minus the earliest pts: the decoded frames' extent, independent of
-    the container's metadata. The packets are read, not decoded.
-    """
-    stream = container.streams.video[0]
-    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-    interval = float(1 / rate) if rate else 0.0
-    start, end, n_packets = np.inf, -np.inf, 0
-    for packet in container.demux(stream):
-        if packet.pts is None or packet.size == 0:
-            continue
-        base = float(packet.time_base)
-        begin = packet.pts * base
-        start, n_packets = min(start, begin), n_packets + 1
-        end = max(end, begin + (packet.duration * base if packet.duration else interval))
-    if not n_packets:
-        return _VideoTiming(0.0, 0.0, interval, 0)
-    return _VideoTiming(start, max(end - start, 0.0), interval, n_packets)
-
-
-def video_sample_times(duration: float, fps: float = 2.0, n_frames: int | None = None) -> np.ndarray:
-    """The times (s from the first frame) at which frames of a video are sampled.
-
-    Parameters
-    ----------
-    duration : float
-        The video's duration in seconds (end of the last frame minus start of the first).
-    fps : float
-        Samples per second: times ``0, 1/fps, 2/fps, ...`` strictly before ``duration``.
-    n_frames : int, optional
-        Instead of ``fps``: ``k * duration / n_frames`` for ``k = 0 .. n_frames - 1``.
-
-    Returns
-    -------
-    ndarray (n_samples,)
-        At least one time (0 for an empty or single-frame video).
-    """
-    if n_frames is not None:
-        return np.arange(n_frames) * (max(duration, 0.0) / n_frames)
-    count = max(1, int(np.ceil(duration * fps - 1e-9)))
-    return np.arange(count) / fps
-
-
-class _DecodedFrame:
-    """A decoded frame and its time; converted to an RGB image once, when first sampled."""
-
-    def __init__(self, time: float, frame: Any) -> None:
-        self.time, self._frame, self._image = time, frame, None
-
-    def image(self) -> Any:
-        if self._image is None:
-            self._image, self._frame = self._frame.to_image().convert("RGB"), None
-        return self._image
-
-
-def load_video(path: Path, fps: float = 2.0, n_frames: int | None = None) -> list:
-    """Decode a video into RGB frames sampled at fixed times.
-
-    Sampling rule: the times of :func:`video_sample_times` (``0, 1/fps, 2/fps, ...`` before
-    the duration, or ``n_frames`` times evenly spaced from 0), counted from the first frame;
-    each takes the decoded frame whose presentation time is nearest (the earlier one on a
-    tie), so a time may repeat a frame when ``fps`` exceeds the video's frame rate. The
-    result is deterministic (same file, same frames). Frames are streamed: only the sampled
-    ones are kept (as RGB images; a frame sampled twice is the same image object).
-
-    Returns
-    -------
-    list of PIL.Image.Image, length n_samples (>= 1), RGB
-
-    Raises
-    ------
-    InputMissingError
-        PyAV missing, or the file cannot be decoded.
-    """
-    av = _import_av()
-    path = Path(path)
-    try:
-        with av.open(str(path)) as container:
-            timing = _video_timing(container)
-        times = timing.start + video_sample_times(timing.duration, fps, n_frames)
-        frames: list = [None] * len(times)
-        with av.open(str(path)) as container:
-            previous: _DecodedFrame | None = None
-            j = 0
-            for index, frame in enumerate(container.decode(video=0)):
-                t = float(frame.time) if frame.time is not None else timing.start + index * timing.interval
-                current = _DecodedFrame(t, frame)
-                while j < len(times) and times[j] <= t:
-                    # nearest frame; the earlier one on a tie (up to rounding of the time stamps)
-                    earlier = previous is not None and times[j] - previous.time <= t - times[j] + TIE_TOLERANCE_S
-                    frames[j] = (previous if earlier else current).image()
-                    j += 1
-                previous = current
-                if j == len(times):
-                    break
-            if j < len(times) and previous is None:
-                raise InputMissingError(f"{path.name}: no frame could be decoded", "re-encode or replace the video")
-            for k in range(j, len(times)):  # times after the last frame's start
-                frames[k] = previous.image()
-            return frames
-    except InputMissingError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - FFmpeg errors come in many types
-        raise InputMissingError(f"{path.name}: not a readable video ({_short(exc, path)})",
-                                "re-encode or replace the video") from None
-
-
-def load_stimulus(path: Path, video: Any = None, shorter_side: int | None = None, fit: Any = None):
-    """Load one stimulus as model input: an RGB image, or a video's sampled RGB frames.
-
-    Parameters
-    ----------
-    path : Path
-    video : bids_dnn.spec.VideoOptions, optional
-        ``fps`` / ``n_frames`` for videos (default: 2 frames per second).
-    shorter_side : int, optional
-        Images: decode large ones reduced, keeping at least this many pixels on the shorter side;
-        None: full size.
-    fit : callable, optional
-        Images: the model's resize, applied to large ones while decoding (see
-        :func:`bids_dnn.io.media.load_image`).
-
-    Returns
-    -------
-    PIL.Image.Image or list of PIL.Image.Image
-        A list (see :func:`load_video`) for mp4 / avi / webm / mov / mkv files.
-    """
-    if is_video(path):
-        fps = getattr(video, "fps", 2.0)
-        return load_video(Path(path), fps=fps, n_frames=getattr(video, "n_frames", None))
-    return load_image(path, shorter_side, fit)
-
-
 def stimulus_input_identity(stimuli: StimulusSet, video: Any) -> dict[str, Any]:
     """What besides the files determines the model input: the video sampling, for video sets.
 
@@ -478,15 +244,6 @@ def stimulus_input_identity(stimuli: StimulusSet, video: Any) -> dict[str, Any]:
     if video is None or not stimuli.has_video:
         return {}
     return {"video": {"fps": float(video.fps), "n_frames": video.n_frames, "aggregate": video.aggregate}}
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 hex digest of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def stim_id_for(file: str) -> str:

@@ -9,7 +9,8 @@ visible note in its section; the other sections and the results files are unaffe
 
 Modules: :mod:`.inputs` (reading outputs), :mod:`.figures` (drawing), :mod:`.assemble`
 (blocks, figure embedding, tables, rendering), :mod:`.methods` (methods text and references),
-:mod:`.participant_report`, :mod:`.group_report`.
+:mod:`.participant_report` (with its whole-brain maps section in :mod:`.participant_maps_sections`),
+:mod:`.group_report`.
 """
 
 from __future__ import annotations

@@ -55,6 +55,7 @@ from bids_dnn.report.inputs import (
 )
 from bids_dnn.report.methods import methods_blocks
 from bids_dnn.spec import AnalysisSpec, sanitize_label, spec_hash
+from bids_dnn.stats.group_tests import GROUP_TESTS
 
 #: corrected p-value maps in order of preference for thresholding the t maps
 THRESHOLD_STATS = (("pfwe", "p_FWE (max-T)"), ("pfwetfce", "p_FWE (TFCE)"), ("pfdr", "p_FDR"))
@@ -108,7 +109,7 @@ class GroupContext:
 
 def _summary(ctx: GroupContext, section: Section) -> None:
     stats = ctx.spec.statistics
-    test = "one-sample t-test" if stats.group_test == "ttest" else "Wilcoxon signed-rank test"
+    test = GROUP_TESTS[stats.group_test].label
     rows: list[tuple[str, Any]] = [
         ("task / space", f"{ctx.layout.task} / {ctx.layout.space}"),
         ("participants", f"{len(ctx.subjects)} included: " + ", ".join(f"sub-{s}" for s in ctx.subjects)),
@@ -158,7 +159,7 @@ def _participant_warnings(ctx: GroupContext, subject: str) -> list[str]:
 
 
 def _participants(ctx: GroupContext, section: Section) -> None:
-    from bids_dnn.workflows.group import failure_reason, other_dataset
+    from bids_dnn.io.status import failure_reason, other_dataset
     from bids_dnn.io.input_dataset import read_record
 
     current = spec_hash(ctx.spec)
@@ -241,7 +242,7 @@ def _rsa(ctx: GroupContext, section: Section) -> None:
 
 def _comparisons(ctx: GroupContext, section: Section) -> None:
     stats = ctx.spec.statistics
-    p_column = "p_t" if stats.group_test == "ttest" else "p_wilcoxon"
+    p_column = GROUP_TESTS[stats.group_test].p_value
     found = False
     for model in ctx.spec.models:
         label = model.output_label

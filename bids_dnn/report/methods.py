@@ -11,7 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bids_dnn.report.assemble import Block
+from bids_dnn.rsa.measures import COMPARISON_MEASURE_REGISTRY, RDM_MEASURE_REGISTRY
 from bids_dnn.spec import AnalysisSpec
+from bids_dnn.stats.correction import CORRECTIONS
+from bids_dnn.stats.group_tests import GROUP_TESTS
 
 REFERENCES = {
     "rsa": "Kriegeskorte N, Mur M, Bandettini P (2008). Representational similarity analysis - connecting the "
@@ -39,16 +42,9 @@ REFERENCES = {
 
 HRF_TEXT = {"spm": "SPM canonical", "glover": "Glover", "spm + derivative": "SPM canonical plus temporal derivative",
             "glover + derivative": "Glover plus temporal derivative"}
-COMPARISON_TEXT = {"spearman": "Spearman rank correlation", "pearson": "Pearson correlation",
-                   "kendall_tau_a": "Kendall's tau-a", "rho_a": "Spearman's rho-a",
-                   "cosine": "cosine similarity", "corr_cov": "whitened Pearson correlation",
-                   "cosine_cov": "whitened cosine similarity"}
-MEASURE_TEXT = {"correlation": "correlation distance (1 - Pearson r)", "cosine": "cosine distance",
-                "euclidean": "Euclidean distance", "sqeuclidean": "squared Euclidean distance per channel",
-                "mahalanobis": "Mahalanobis distance", "crossnobis": "cross-validated Mahalanobis (crossnobis) "
-                "distance across runs"}
-CORRECTION_TEXT = {"fdr_bh": "Benjamini-Hochberg false discovery rate", "bonferroni": "Bonferroni",
-                   "none": "no"}
+COMPARISON_TEXT = {name: measure.label for name, measure in COMPARISON_MEASURE_REGISTRY.items()}
+MEASURE_TEXT = {name: measure.label for name, measure in RDM_MEASURE_REGISTRY.items()}
+CORRECTION_TEXT = {name: correction.label for name, correction in CORRECTIONS.items()}
 
 
 @dataclass
@@ -193,7 +189,7 @@ def methods_blocks(spec: AnalysisSpec, level: str, facts: dict[str, Any]) -> lis
 
     if level == "group":
         n_sub = facts.get("n_subjects")
-        test = "one-sample t-test" if stats.group_test == "ttest" else "Wilcoxon signed-rank test"
+        test = GROUP_TESTS[stats.group_test].label
         correction = CORRECTION_TEXT[stats.correction] + " correction"
         if stats.correction == "fdr_bh":
             correction += f" {cite('fdr')}"

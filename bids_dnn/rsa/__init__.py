@@ -1,117 +1,111 @@
-"""Representational similarity analysis on arrays: RDMs, noise, comparison, inference, weighted RSA."""
+"""Representational similarity analysis on arrays: measure registries, RDMs, noise, comparison,
+inference, bootstraps, weighted RSA.
 
-from bids_dnn.rsa.compare import (
-    COMPARISON_MEASURES,
-    LINEAR_MEASURES,
-    RSATOOLBOX_NAMES,
-    compare_rdms,
-    compare_paired,
-    transform_for_measure,
-    transform_ranks,
-    kendall_tau_a,
-    whiten_rdm_vectors,
-)
-from bids_dnn.rsa.inference import (
-    PermutationResult,
-    permutation_indices,
-    permuted_pair_indices,
-    permutation_test,
-    fdr_bh,
-    bonferroni,
-    one_sample_tests,
-    paired_tests,
-    bootstrap_indices,
-    bootstrap_subjects,
-    noise_ceiling,
-    crossvalidated_best_layer,
-    BootstrapResult,
-    bootstrap_patterns,
-    bootstrap_dual,
-)
-from bids_dnn.rsa.rdm import (
-    RDM_MEASURES,
-    NOISE_METHODS,
-    pair_indices,
-    square_to_vector,
-    vector_to_square,
-    n_cond_from_pairs,
-    calc_rdm,
-    calc_rdms,
-    calc_crossnobis_rdm,
-    calc_crossnobis_rdms,
-    noise_precision_from_residuals,
-    noise_precision_univariate,
-)
-from bids_dnn.rsa.resampling import (
-    stimulus_counts,
-    pair_weights,
-    weighted_ranks,
-    evaluate_resamples,
-    resampled_vectors,
-)
-from bids_dnn.rsa.weighted import (
-    FIT_MEASURES,
-    pool_for_fit,
-    nnls_gram,
-    fit_nonnegative_weights,
-    predict_rdm,
-    WeightedRSAResult,
-    crossvalidated_weighted_rsa,
-    stimulus_folds,
-    VariancePartition,
-    rdm_variance_partitioning,
-)
+Public names are imported from their modules on first use (PEP 562), so that
+``import bids_dnn.rsa.measures`` (the registries the spec reads) does not load torch.
+"""
 
-__all__ = [
-    "COMPARISON_MEASURES",
-    "LINEAR_MEASURES",
-    "RSATOOLBOX_NAMES",
-    "compare_rdms",
-    "compare_paired",
-    "transform_for_measure",
-    "transform_ranks",
-    "kendall_tau_a",
-    "whiten_rdm_vectors",
-    "PermutationResult",
-    "permutation_indices",
-    "permuted_pair_indices",
-    "permutation_test",
-    "fdr_bh",
-    "bonferroni",
-    "one_sample_tests",
-    "paired_tests",
-    "bootstrap_indices",
-    "bootstrap_subjects",
-    "noise_ceiling",
-    "crossvalidated_best_layer",
-    "BootstrapResult",
-    "bootstrap_patterns",
-    "bootstrap_dual",
-    "RDM_MEASURES",
-    "NOISE_METHODS",
-    "pair_indices",
-    "square_to_vector",
-    "vector_to_square",
-    "n_cond_from_pairs",
-    "calc_rdm",
-    "calc_rdms",
-    "calc_crossnobis_rdm",
-    "calc_crossnobis_rdms",
-    "noise_precision_from_residuals",
-    "noise_precision_univariate",
-    "stimulus_counts",
-    "pair_weights",
-    "weighted_ranks",
-    "evaluate_resamples",
-    "resampled_vectors",
-    "FIT_MEASURES",
-    "pool_for_fit",
-    "nnls_gram",
-    "fit_nonnegative_weights",
-    "predict_rdm",
-    "WeightedRSAResult",
-    "crossvalidated_weighted_rsa",
-    "stimulus_folds",
-    "VariancePartition",
-    "rdm_variance_partitioning",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: module -> the public names it defines (its ``__all__``)
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "measures": (
+        "RdmMeasure",
+        "RDM_MEASURE_REGISTRY",
+        "RDM_MEASURE_NAMES",
+        "MODEL_RDM_MEASURES",
+        "ComparisonMeasure",
+        "COMPARISON_MEASURE_REGISTRY",
+        "COMPARISON_MEASURE_NAMES",
+        "LINEAR_MEASURES",
+        "WEIGHTED_RESAMPLING_MEASURES",
+        "CORRELATION_MEASURES",
+        "FIT_MEASURES",
+        "RSATOOLBOX_NAMES",
+    ),
+    "rdm": (
+        "RDM_MEASURES",
+        "pair_indices",
+        "square_to_vector",
+        "vector_to_square",
+        "n_cond_from_pairs",
+        "calc_rdm",
+        "calc_rdms",
+        "calc_crossnobis_rdm",
+        "calc_crossnobis_rdms",
+    ),
+    "noise": (
+        "NoiseEstimateError",
+        "CovarianceEstimator",
+        "COVARIANCE_ESTIMATORS",
+        "NOISE_METHODS",
+        "WELL_CONDITIONED_ESTIMATORS",
+        "NOISE_NORMALIZATIONS",
+        "noise_covariance",
+        "noise_precision_from_residuals",
+        "noise_precision_univariate",
+        "inverse_sqrt",
+    ),
+    "compare": (
+        "COMPARISON_MEASURES",
+        "compare_rdms",
+        "compare_paired",
+        "transform_for_measure",
+        "transform_ranks",
+        "kendall_tau_a",
+        "whiten_rdm_vectors",
+    ),
+    "inference": (
+        "PermutationResult",
+        "permutation_indices",
+        "permuted_pair_indices",
+        "permutation_test",
+        "noise_ceiling",
+        "crossvalidated_best_layer",
+    ),
+    "bootstrap": (
+        "BootstrapResult",
+        "bootstrap_patterns",
+        "bootstrap_dual",
+    ),
+    "resampling": (
+        "stimulus_counts",
+        "pair_weights",
+        "weighted_ranks",
+        "evaluate_resamples",
+        "resampled_vectors",
+    ),
+    "weighted": (
+        "pool_for_fit",
+        "nnls_gram",
+        "fit_nonnegative_weights",
+        "predict_rdm",
+        "WeightedRSAResult",
+        "crossvalidated_weighted_rsa",
+        "stimulus_folds",
+        "VariancePartition",
+        "rdm_variance_partitioning",
+    ),
+}
+
+__all__ = [name for names in _EXPORTS.values() for name in names]
+
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    """A public name (or a module) of the package, imported on first access."""
+    if name in _EXPORTS:
+        return importlib.import_module(f"{__name__}.{name}")
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -4,7 +4,8 @@ RDMs are vectors in the pair order of ``np.triu_indices(n_cond, k=1)`` (see
 :mod:`bids_dnn.rsa.rdm`). ``compare_rdms(a, b, measure)`` returns the signed similarity of every
 row of ``a`` with every row of ``b``.
 
-Measures (``COMPARISON_MEASURES``; rsatoolbox ``compare`` name in brackets)
+Measures (``COMPARISON_MEASURES``, registered in :mod:`bids_dnn.rsa.measures`; rsatoolbox
+``compare`` name in brackets)
     ``spearman``       [``spearman``] Pearson correlation of the ranks (average ranks for ties).
     ``pearson``        [``corr``] Pearson correlation.
     ``kendall_tau_a``  [``tau-a``] ``(concordant - discordant) / n_pairs_of_pairs``; ties count
@@ -32,20 +33,19 @@ in every RDM). Rows with zero norm after the transform (constant RDMs for ``spea
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import scipy.stats
 import torch
 
 from bids_dnn.backend import no_tf32, torch_threads
+from bids_dnn.rsa.measures import COMPARISON_MEASURE_NAMES
+from bids_dnn.rsa.measures import LINEAR_MEASURES  # noqa: F401  (callers import it from here too)
 from bids_dnn.rsa.rdm import n_cond_from_pairs, pair_indices
 
 __all__ = [
     "COMPARISON_MEASURES",
-    "LINEAR_MEASURES",
-    "RSATOOLBOX_NAMES",
     "compare_rdms",
     "compare_paired",
     "transform_for_measure",
@@ -53,15 +53,6 @@ __all__ = [
     "kendall_tau_a",
     "whiten_rdm_vectors",
 ]
-
-#: our measure name -> rsatoolbox ``compare(method=...)`` name
-RSATOOLBOX_NAMES: dict[str, str] = {
-    "spearman": "spearman", "pearson": "corr", "kendall_tau_a": "tau-a", "rho_a": "rho-a",
-    "cosine": "cosine", "corr_cov": "corr_cov", "cosine_cov": "cosine_cov",
-}
-#: measures that are a dot product after :func:`transform_for_measure`
-LINEAR_MEASURES: tuple[str, ...] = ("spearman", "pearson", "rho_a", "cosine", "corr_cov",
-                                    "cosine_cov")
 
 
 def _as_rows(x: np.ndarray, name: str) -> np.ndarray:
@@ -344,7 +335,8 @@ def _make_measure(name: str) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     return measure
 
 
-#: name -> function(a (n_a, n_pairs), b (n_b, n_pairs)) -> (n_a, n_b)
+#: name -> function(a (n_a, n_pairs), b (n_b, n_pairs)) -> (n_a, n_b), one per entry of
+#: :data:`bids_dnn.rsa.measures.COMPARISON_MEASURE_REGISTRY`
 COMPARISON_MEASURES: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
-    name: _make_measure(name) for name in RSATOOLBOX_NAMES
+    name: _make_measure(name) for name in COMPARISON_MEASURE_NAMES
 }

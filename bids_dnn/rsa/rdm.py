@@ -9,7 +9,8 @@ Condition-pair order
     Everywhere an RDM is a vector of length ``n_pairs = n_cond * (n_cond - 1) / 2`` in the
     order of ``np.triu_indices(n_cond, k=1)`` (row-major upper triangle), the same as
     ``scipy.spatial.distance.squareform`` and rsatoolbox's vector form.
-Measures (``RDM_MEASURES``), for patterns ``x_i`` (one row per condition, ``c`` channels)
+Measures (``RDM_MEASURES``, registered in :mod:`bids_dnn.rsa.measures`), for patterns ``x_i``
+(one row per condition, ``c`` channels)
     ``correlation``  ``1 - r(x_i, x_j)``, Pearson r across channels (= rsatoolbox
                      ``'correlation'`` = scipy ``pdist(..., 'correlation')``).
     ``cosine``       ``1 - cos(x_i, x_j)`` (= scipy ``pdist(..., 'cosine')``).
@@ -33,25 +34,23 @@ rsatoolbox; tiny negative values from rounding are clipped to 0 before the squar
 Non-finite inputs raise ``ValueError``. Computation and output use ``dtype`` (float64 by
 default, exact to rounding); TF32 is disabled during CUDA matmuls and the flags restored.
 
-Noise precision from GLM residuals (``noise_precision_from_residuals``) reproduces
-``rsatoolbox.data.noise.prec_from_residuals`` for the methods ``shrinkage_diag``
-(Schaefer & Strimmer 2005), ``shrinkage_eye`` (Ledoit & Wolf 2004), ``diag`` and ``full``.
+The noise precision of ``mahalanobis`` / ``crossnobis`` comes from GLM residuals
+(:func:`bids_dnn.rsa.noise.noise_precision_from_residuals`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from bids_dnn.backend import no_tf32, torch_dtype
+from bids_dnn.rsa.measures import RDM_MEASURE_NAMES
 
 __all__ = [
     "RDM_MEASURES",
-    "NOISE_METHODS",
     "pair_indices",
     "square_to_vector",
     "vector_to_square",
@@ -60,11 +59,7 @@ __all__ = [
     "calc_rdms",
     "calc_crossnobis_rdm",
     "calc_crossnobis_rdms",
-    "noise_precision_from_residuals",
-    "noise_precision_univariate",
 ]
-
-NOISE_METHODS = ("shrinkage_diag", "shrinkage_eye", "diag", "full")
 
 
 # --------------------------------------------------------------------------- vector form
@@ -359,118 +354,8 @@ def _make_measure(name: str) -> Callable[..., np.ndarray]:
     return measure
 
 
-#: name -> function(patterns, **kwargs) -> (n_pairs,)
+#: name -> function(patterns, **kwargs) -> (n_pairs,), one per entry of
+#: :data:`bids_dnn.rsa.measures.RDM_MEASURE_REGISTRY`
 RDM_MEASURES: dict[str, Callable[..., np.ndarray]] = {
-    name: _make_measure(name)
-    for name in ("correlation", "cosine", "euclidean", "sqeuclidean", "mahalanobis",
-                 "crossnobis")
+    name: _make_measure(name) for name in RDM_MEASURE_NAMES
 }
-
-
-# --------------------------------------------------------------------------- noise
-def _covariance(res: np.ndarray, dof: float | None, method: str) -> np.ndarray:
-    """One run: rsatoolbox ``_estimate_covariance`` (demean over time, then estimator)."""
-    res = np.asarray(res, dtype=np.float64)
-    if res.ndim != 2:
-        raise ValueError(f"residuals must be (n_time, n_channels), got {res.shape}")
-    _check_finite("residuals", res)
-    x = res - res.mean(axis=0, keepdims=True)
-    n = x.shape[0]
-    dof = n - 1 if dof is None else dof
-    if dof <= 0:
-        raise ValueError(f"degrees of freedom must be positive, got {dof}")
-    s_sum = x.T @ x
-    if method == "full":
-        return s_sum / dof
-    if method == "diag":
-        return np.diag(np.diag(s_sum) / dof)
-    x2 = x * x
-    s2_sum = x2.T @ x2
-    p = x.shape[1]
-    if method == "shrinkage_eye":  # Ledoit & Wolf (2004)
-        s = s_sum / n
-        b2 = np.sum(s2_sum / n - s * s) / n
-        m = np.trace(s) / p
-        d2 = np.sum((s - m * np.eye(p)) ** 2)
-        b2 = min(d2, b2)
-        return (b2 / d2 * m * np.eye(p) + (d2 - b2) / d2 * s) * n / dof
-    if method == "shrinkage_diag":  # Schaefer & Strimmer (2005)
-        s = s_sum / dof
-        var = np.diag(s)
-        std = np.sqrt(var)
-        s_mean = s_sum / std[None, :] / std[:, None] / (n - 1)
-        s2_mean = s2_sum / var[None, :] / var[:, None] / (n - 1)
-        var_hat = n / dof ** 2 * (s2_mean - s_mean ** 2)
-        off = ~np.eye(p, dtype=bool)
-        lamb = np.sum(var_hat[off]) / np.sum(s_mean[off] ** 2)
-        lamb = max(min(lamb, 1.0), 0.0)
-        return s * (np.eye(p) + (1 - lamb) * off)
-    raise ValueError(f"unknown noise method {method!r}; choose from {NOISE_METHODS}")
-
-
-def noise_precision_from_residuals(
-        residuals: np.ndarray | Sequence[np.ndarray], method: str = "shrinkage_diag",
-        dof: float | Sequence[float] | None = None, *, per_run: bool = False) -> np.ndarray:
-    """Noise precision (inverse covariance over channels) from GLM residuals.
-
-    Parameters
-    ----------
-    residuals : np.ndarray (n_time, n_channels), or a list / (n_runs, n_time, n_channels)
-        array of per-run residuals. Each run is demeaned over time separately.
-    method : {"shrinkage_diag", "shrinkage_eye", "diag", "full"}
-        Covariance estimator, exactly as ``rsatoolbox.data.noise.cov_from_residuals``.
-    dof : float or list of float, optional
-        Degrees of freedom per run (default ``n_time - 1``; pass ``n_time - n_regressors`` for
-        GLM residuals). A list gives one value per run.
-    per_run : bool
-        For several runs: return the per-run precisions (n_runs, n_channels, n_channels)
-        (= rsatoolbox's list output) instead of one pooled precision.
-
-    Returns
-    -------
-    np.ndarray, (n_channels, n_channels), or (n_runs, n_channels, n_channels) if ``per_run``.
-        For several runs and ``per_run=False``: the inverse of the mean of the per-run
-        covariances (rsatoolbox returns a list here; averaging covariances before inverting
-        is the convention of its crossnobis with per-run noise).
-
-    Notes
-    -----
-    A per-run ``dof`` list is applied run by run; rsatoolbox 0.3.2 passes the whole list of
-    runs in that branch (a bug), so only scalar/None ``dof`` can be compared with it. As in
-    rsatoolbox, ``shrinkage_diag`` uses ``n_time - 1`` (not ``dof``) inside the shrinkage
-    intensity, and ``shrinkage_eye`` rescales by ``n_time / dof`` after shrinking.
-    """
-    if method not in NOISE_METHODS:
-        raise ValueError(f"unknown noise method {method!r}; choose from {NOISE_METHODS}")
-    if isinstance(residuals, np.ndarray) and residuals.ndim == 2:
-        if dof is not None and np.ndim(dof) != 0:
-            raise ValueError("a single residual array needs a scalar dof")
-        return np.linalg.inv(_covariance(residuals, dof, method))
-    runs = list(residuals)
-    if not runs:
-        raise ValueError("no residuals given")
-    dofs = list(dof) if dof is not None and np.ndim(dof) != 0 else [dof] * len(runs)
-    if len(dofs) != len(runs):
-        raise ValueError(f"{len(dofs)} dof values for {len(runs)} runs")
-    covs = np.stack([_covariance(r, d, method) for r, d in zip(runs, dofs)])
-    if per_run:
-        return np.linalg.inv(covs)
-    return np.linalg.inv(covs.mean(axis=0))
-
-
-def noise_precision_univariate(residuals: np.ndarray | Sequence[np.ndarray],
-                               dof: float | Sequence[float] | None = None) -> np.ndarray:
-    """Diagonal noise precision ``1 / variance`` per channel (univariate noise normalisation).
-
-    Parameters
-    ----------
-    residuals, dof
-        As in :func:`noise_precision_from_residuals`.
-
-    Returns
-    -------
-    np.ndarray, (n_channels,)
-        The diagonal of ``noise_precision_from_residuals(residuals, "diag", dof)``; pass it
-        as ``noise_precision`` to the RDM functions.
-    """
-    return np.diag(noise_precision_from_residuals(residuals, "diag", dof)).copy()

@@ -1,4 +1,4 @@
-"""Kernels for stimulus x subject bootstraps of RDM evaluations (used by :mod:`bids_dnn.rsa.inference`).
+"""Kernels for stimulus x subject bootstraps of RDM evaluations (used by :mod:`bids_dnn.rsa.bootstrap`).
 
 Resampling stimuli as weights
     Resampling stimuli with replacement (``idx``, ``n_cond`` draws) turns an RDM into the RDM of
@@ -36,6 +36,7 @@ import numpy as np
 import scipy.stats
 
 from bids_dnn.rsa.compare import _tau_a_pair
+from bids_dnn.rsa.measures import WEIGHTED_RESAMPLING_MEASURES
 from bids_dnn.rsa.rdm import pair_indices
 
 __all__ = [
@@ -46,7 +47,6 @@ __all__ = [
     "resampled_vectors",
 ]
 
-_FAST = ("spearman", "pearson", "cosine", "rho_a")
 _MAX_BLOCK = 2 ** 21  # elements of one (chunk, rows, n_pairs) float64 block (~16 MB)
 
 
@@ -432,8 +432,8 @@ def evaluate_resamples(data: np.ndarray, models: np.ndarray, measure: str, *,
         subject_counts = np.ones((n_res, n_subj))
     subject_counts = np.asarray(subject_counts, dtype=np.float64)
     if method == "auto":
-        method = "weighted" if measure in _FAST else "loop"
-    if method == "weighted" and measure not in _FAST:
+        method = "weighted" if measure in WEIGHTED_RESAMPLING_MEASURES else "loop"
+    if method == "weighted" and measure not in WEIGHTED_RESAMPLING_MEASURES:
         raise ValueError(f"no weighted kernel for {measure!r}; use method='loop'")
     evals = np.empty((n_res, models.shape[0]))
     nc = np.full((n_res, 2), np.nan)

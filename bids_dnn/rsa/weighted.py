@@ -57,10 +57,10 @@ import numpy as np
 import scipy.optimize
 
 from bids_dnn.rsa.compare import COMPARISON_MEASURES, compare_rdms, whiten_rdm_vectors
+from bids_dnn.rsa.measures import FIT_MEASURES
 from bids_dnn.rsa.rdm import n_cond_from_pairs, pair_indices
 
 __all__ = [
-    "FIT_MEASURES",
     "pool_for_fit",
     "nnls_gram",
     "fit_nonnegative_weights",
@@ -71,11 +71,6 @@ __all__ = [
     "VariancePartition",
     "rdm_variance_partitioning",
 ]
-
-#: fit measures of rsatoolbox ``fit_regress_nn`` (ours -> rsatoolbox name)
-FIT_MEASURES: dict[str, str] = {"cosine": "cosine", "pearson": "corr", "cosine_cov": "cosine_cov",
-                                "corr_cov": "corr_cov"}
-
 
 def _rows(x: np.ndarray, name: str) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)

@@ -1,21 +1,10 @@
-"""Searchlight RSA: sphere neighbourhoods and a fused, chunked RDM + comparison engine.
+"""Searchlight RSA: a fused, chunked RDM + comparison engine over sphere neighbourhoods.
 
 Pure numerical functions (numpy / torch): no BIDS, no files, no printing, no progress bars.
 
-Neighbourhoods (:func:`sphere_neighbourhoods`)
-    Mask voxels are numbered in the order of ``np.flatnonzero(mask)`` (C order); every index
-    below (centres, neighbours, pattern columns) refers to that numbering. The sphere around a
-    voxel holds the voxels at a distance ``< radius_mm`` (strictly less, measured in mm with
-    the voxel size; anisotropic voxels allowed). It is truncated at the mask: a voxel outside
-    the mask never enters a sphere. A mask voxel becomes a centre when its sphere holds
-    ``>= min_voxels`` mask voxels and ``n_in_mask / n_in_volume >= min_fraction``, where
-    ``n_in_volume`` counts the voxels of the sphere that lie inside the volume array (voxels
-    beyond the array edge are not counted). For isotropic 1 mm voxels with ``radius_mm`` equal
-    to rsatoolbox's radius in voxels this reproduces
-    ``rsatoolbox.util.searchlight.get_volume_searchlight(mask, radius, threshold=min_fraction)``
-    exactly (same centres; neighbours = its neighbours restricted to the mask, i.e. its
-    ``truncate_at_boundary=True`` neighbours). Radius 2 gives 27-voxel spheres, 3 gives 93,
-    3.1 gives 123.
+Neighbourhoods
+    From :func:`bids_dnn.searchlight.neighbourhoods.sphere_neighbourhoods` (mask-voxel
+    numbering, sphere and centre conventions are described there).
 RDMs (:func:`searchlight_rdms`)
     One RDM per centre, vector form in ``np.triu_indices(n_cond, k=1)`` order, with the
     conventions of :func:`bids_dnn.rsa.rdm.calc_rdm` applied to the sphere's voxels
@@ -41,473 +30,43 @@ Engine
     ranks, centring, normalisation, whitening) and scored against all model RDMs (transformed
     once) with a second matrix product. Chunks are aligned to absolute centre indices and always
     have the full chunk shape, so a run split into ``centre_range`` parts
-    (:func:`partition_centres`) is bit-identical to a single run with the same memory budget,
-    dtype, device and thread count. Float64 (default, exact to rounding) or float32; TF32 is
+    (:func:`~bids_dnn.searchlight.neighbourhoods.partition_centres`) is bit-identical to a
+    single run with the same memory budget, dtype, device and thread count. Float64 (default, exact to rounding) or float32; TF32 is
     disabled; the same code runs on ``"cpu"`` and ``"cuda"``. On CPU, torch runs
     single-threaded and ``num_threads`` Python threads share the chunks (no OpenMP barriers
     between the many small operations), and ranks come from one SIMD integer sort of
-    (value, index) keys instead of an argsort.
+    (value, index) keys instead of an argsort (:mod:`bids_dnn.searchlight.ranks`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from bids_dnn.rsa.compare import LINEAR_MEASURES
-from bids_dnn.backend import no_tf32, torch_dtype, torch_threads
+from bids_dnn.backend import float_dtype, no_tf32, torch_dtype, torch_threads
+from bids_dnn.rsa.measures import LINEAR_MEASURES, RDM_MEASURE_NAMES
 from bids_dnn.rsa.rdm import pair_indices
+from bids_dnn.searchlight.neighbourhoods import Neighbourhoods, _check_range
+from bids_dnn.searchlight.ranks import _RANK_BLOCK, _rank_transform
 
 __all__ = [
-    "Neighbourhoods",
     "SEARCHLIGHT_RDM_MEASURES",
-    "sphere_offsets",
-    "sphere_neighbourhoods",
     "searchlight_rdms",
     "searchlight_rsa",
-    "partition_centres",
-    "scores_to_volume",
     "chunk_size_for_budget",
-    "rankdata_average",
 ]
 
 #: RDM measures the searchlight engine computes
-SEARCHLIGHT_RDM_MEASURES: tuple[str, ...] = ("correlation", "cosine", "euclidean", "sqeuclidean",
-                                             "mahalanobis", "crossnobis")
+SEARCHLIGHT_RDM_MEASURES: tuple[str, ...] = RDM_MEASURE_NAMES  # every registered RDM measure
 #: on CPU a chunk's working set aims at this many bytes (a share of the L2/L3 caches; bigger
 #: chunks leave the caches without being faster), within [_CPU_MIN_CHUNK, _CPU_MAX_CHUNK]
 _CPU_WORKSET = 8 * 2 ** 20
 _CPU_MIN_CHUNK = 8
 _CPU_MAX_CHUNK = 128
-_MAX_LABEL_BLOCK = 2 ** 23  # elements of the (voxels x offsets) label block
-
-
-# --------------------------------------------------------------------------- neighbourhoods
-@dataclass(frozen=True, eq=False)
-class Neighbourhoods:
-    """Searchlight spheres in CSR form (see the module docstring for the conventions).
-
-    Attributes
-    ----------
-    centres : np.ndarray, (n_centres,) int64
-        Centre voxels, as indices into the mask's voxels (``np.flatnonzero(mask)`` order).
-    indptr : np.ndarray, (n_centres + 1,) int64
-        Row pointers: sphere ``i`` is ``indices[indptr[i]:indptr[i + 1]]``.
-    indices : np.ndarray, (n_entries,) int64
-        Neighbour voxels (mask-voxel indices), each row sorted ascending.
-    mask_shape : tuple of 3 int
-    mask_indices : np.ndarray, (n_mask_voxels,) int64
-        Flat (C order) volume index of every mask voxel (``np.flatnonzero(mask)``).
-    radius_mm : float
-    voxel_size_mm : tuple of 3 float
-    radius_voxels : tuple of 3 int
-        Largest offset along each axis that can lie inside a sphere.
-    n_sphere_voxels : int
-        Voxels of a full (untruncated) sphere.
-    """
-
-    centres: np.ndarray
-    indptr: np.ndarray
-    indices: np.ndarray
-    mask_shape: tuple[int, int, int]
-    mask_indices: np.ndarray = field(repr=False)
-    radius_mm: float = 0.0
-    voxel_size_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    radius_voxels: tuple[int, int, int] = (0, 0, 0)
-    n_sphere_voxels: int = 1
-
-    @property
-    def n_centres(self) -> int:
-        """Number of searchlight centres."""
-        return int(self.centres.shape[0])
-
-    @property
-    def n_mask_voxels(self) -> int:
-        """Number of mask voxels (columns of the pattern matrix)."""
-        return int(self.mask_indices.shape[0])
-
-    def sizes(self) -> np.ndarray:
-        """Voxels per sphere, (n_centres,) int64."""
-        return np.diff(self.indptr)
-
-    @property
-    def max_size(self) -> int:
-        """Largest sphere (0 without centres)."""
-        return int(self.sizes().max()) if self.n_centres else 0
-
-    def sphere(self, i: int) -> np.ndarray:
-        """Mask-voxel indices of sphere ``i``, (size_i,) int64."""
-        return self.indices[self.indptr[i]:self.indptr[i + 1]]
-
-
-def sphere_offsets(radius_mm: float, voxel_size_mm: Sequence[float] | np.ndarray) -> np.ndarray:
-    """Integer voxel offsets ``o`` with ``||o * voxel_size|| < radius_mm``.
-
-    Parameters
-    ----------
-    radius_mm : float
-        Sphere radius in mm (> 0).
-    voxel_size_mm : sequence of 3 float
-        Voxel size along each axis in mm (> 0).
-
-    Returns
-    -------
-    np.ndarray, (n_offsets, 3) int64
-        Sorted lexicographically (C order), so that neighbours come out in ascending order.
-    """
-    r = float(radius_mm)
-    vox = np.asarray(voxel_size_mm, dtype=np.float64).reshape(-1)
-    if vox.shape != (3,) or not np.all(np.isfinite(vox)) or np.any(vox <= 0):
-        raise ValueError(f"voxel_size_mm must be 3 positive numbers, got {voxel_size_mm!r}")
-    if not (np.isfinite(r) and r > 0):
-        raise ValueError(f"radius_mm must be positive, got {radius_mm!r}")
-    ext = np.ceil(r / vox).astype(np.int64)
-    grid = np.stack(np.meshgrid(*[np.arange(-e, e + 1) for e in ext], indexing="ij"), -1)
-    grid = grid.reshape(-1, 3)
-    d2 = np.sum((grid * vox) ** 2, axis=1)
-    return grid[d2 < r * r]
-
-
-def sphere_neighbourhoods(mask: np.ndarray, radius_mm: float,
-                          voxel_size_mm: Sequence[float] | np.ndarray, *, min_voxels: int = 1,
-                          min_fraction: float = 0.0) -> Neighbourhoods:
-    """Spheres of radius ``radius_mm`` around every mask voxel, truncated at the mask.
-
-    Vectorised: one gather of a padded label volume per block of voxels (no loop over voxels).
-
-    Parameters
-    ----------
-    mask : np.ndarray, (nx, ny, nz)
-        Brain mask; non-zero voxels are in.
-    radius_mm : float
-        Sphere radius in mm; a voxel is in the sphere when its distance is ``< radius_mm``.
-    voxel_size_mm : sequence of 3 float
-        Voxel size in mm along each axis (anisotropic allowed).
-    min_voxels : int
-        A centre needs at least this many mask voxels in its sphere.
-    min_fraction : float
-        ...and at least this fraction of the sphere's in-volume voxels inside the mask
-        (rsatoolbox's ``threshold``; 1.0 keeps only spheres entirely inside the mask).
-
-    Returns
-    -------
-    Neighbourhoods
-    """
-    mask = np.asarray(mask)
-    if mask.ndim != 3:
-        raise ValueError(f"mask must be 3-d, got shape {mask.shape}")
-    mask = mask != 0
-    min_voxels = int(min_voxels)
-    min_fraction = float(min_fraction)
-    if min_voxels < 1:
-        raise ValueError(f"min_voxels must be >= 1, got {min_voxels}")
-    if not 0.0 <= min_fraction <= 1.0:
-        raise ValueError(f"min_fraction must be in [0, 1], got {min_fraction}")
-    offsets = sphere_offsets(radius_mm, voxel_size_mm)
-    ext = np.abs(offsets).max(axis=0)
-    shape = mask.shape
-    mask_indices = np.flatnonzero(mask).astype(np.int64)
-    n_mask = mask_indices.size
-    # padded label volume: -2 outside the array, -1 outside the mask, else the mask-voxel index
-    labels = np.full(tuple(s + 2 * e for s, e in zip(shape, ext)), -2, dtype=np.int64)
-    inner = tuple(slice(e, e + s) for s, e in zip(shape, ext))
-    labels[inner] = np.where(mask, 0, -1)
-    flat_labels = labels.reshape(-1)
-    base = np.flatnonzero(flat_labels == 0)  # padded flat index of each mask voxel (C order)
-    flat_labels[base] = np.arange(n_mask, dtype=np.int64)
-    strides = np.array([labels.shape[1] * labels.shape[2], labels.shape[2], 1], dtype=np.int64)
-    deltas = offsets @ strides
-    n_off = deltas.size
-
-    centre_parts, size_parts, index_parts = [], [], []
-    block = max(1, _MAX_LABEL_BLOCK // max(1, n_off))
-    for b0 in range(0, n_mask, block):
-        # (n_offsets, block) layout: the per-voxel counts are fast column sums
-        lab = flat_labels[deltas[:, None] + base[None, b0:b0 + block]]
-        in_mask = lab >= 0
-        n_in = in_mask.sum(axis=0, dtype=np.int64)
-        good = n_in >= min_voxels
-        if min_fraction > 0.0:
-            n_vol = (lab >= -1).sum(axis=0, dtype=np.int64)
-            good &= (n_in / n_vol) >= min_fraction
-        rows = np.flatnonzero(good)
-        centre_parts.append(rows + b0)
-        size_parts.append(n_in[rows])
-        sub = lab[:, rows].T  # (n_centres_in_block, n_offsets), offsets in ascending order
-        if rows.size and n_in[rows].min() == n_off:
-            index_parts.append(sub.reshape(-1))  # all these spheres are full
-        else:
-            index_parts.append(sub[in_mask[:, rows].T])
-    centres = np.concatenate(centre_parts).astype(np.int64) if centre_parts else \
-        np.zeros(0, np.int64)
-    sizes = np.concatenate(size_parts) if size_parts else np.zeros(0, np.int64)
-    indptr = np.zeros(centres.size + 1, dtype=np.int64)
-    np.cumsum(sizes, out=indptr[1:])
-    indices = np.concatenate(index_parts) if index_parts else np.zeros(0, np.int64)
-    return Neighbourhoods(
-        centres=centres, indptr=indptr, indices=indices,
-        mask_shape=tuple(int(s) for s in shape), mask_indices=mask_indices,
-        radius_mm=float(radius_mm),
-        voxel_size_mm=tuple(float(v) for v in np.asarray(voxel_size_mm, float).reshape(-1)),
-        radius_voxels=tuple(int(e) for e in ext), n_sphere_voxels=int(offsets.shape[0]))
-
-
-def partition_centres(n_centres: int, n_parts: int) -> list[tuple[int, int]]:
-    """Split ``range(n_centres)`` into ``n_parts`` contiguous ``[start, stop)`` ranges.
-
-    Sizes differ by at most one (as ``np.array_split``); with more parts than centres the last
-    ranges are empty. Use one range per job (e.g. a SLURM array task) as ``centre_range``.
-
-    Returns
-    -------
-    list of (start, stop)
-    """
-    n_centres, n_parts = int(n_centres), int(n_parts)
-    if n_centres < 0 or n_parts < 1:
-        raise ValueError(f"need n_centres >= 0 and n_parts >= 1, got {n_centres}, {n_parts}")
-    q, r = divmod(n_centres, n_parts)
-    bounds = np.cumsum([0] + [q + (i < r) for i in range(n_parts)])
-    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
-
-
-def scores_to_volume(scores: np.ndarray, neighbourhoods: Neighbourhoods, *,
-                     centre_range: tuple[int, int] | None = None) -> np.ndarray:
-    """Place per-centre scores into the volume.
-
-    Parameters
-    ----------
-    scores : np.ndarray, (n_maps, n_centres) or (n_centres,)
-        One row per map (e.g. per model); with ``centre_range``, only those centres' columns.
-    neighbourhoods : Neighbourhoods
-    centre_range : (start, stop), optional
-        The centres that ``scores`` covers (default: all).
-
-    Returns
-    -------
-    np.ndarray, (*mask_shape, n_maps) float (float64 unless ``scores`` is float32)
-        NaN at voxels that are not (covered) centres.
-    """
-    scores = np.asarray(scores)
-    if scores.ndim == 1:
-        scores = scores[None, :]
-    if scores.ndim != 2:
-        raise ValueError(f"scores must be (n_maps, n_centres), got {scores.shape}")
-    start, stop = _check_range(centre_range, neighbourhoods.n_centres)
-    if scores.shape[1] != stop - start:
-        raise ValueError(f"scores cover {scores.shape[1]} centres, expected {stop - start}")
-    dtype = np.float32 if scores.dtype == np.float32 else np.float64
-    vol = np.full((int(np.prod(neighbourhoods.mask_shape)), scores.shape[0]), np.nan, dtype)
-    flat = neighbourhoods.mask_indices[neighbourhoods.centres[start:stop]]
-    vol[flat] = scores.T
-    return vol.reshape(*neighbourhoods.mask_shape, scores.shape[0])
-
-
-# --------------------------------------------------------------------------- ranks
-_LOW63 = np.int64(0x7FFFFFFFFFFFFFFF)
-_LOW31 = np.int32(0x7FFFFFFF)
-_RANK_BLOCK = 2 ** 19  # values per ranking block (the key array stays in cache)
-
-
-def rankdata_average(x: torch.Tensor) -> torch.Tensor:
-    """Ranks along the last dimension, ties get their average rank (1-based).
-
-    Equals ``scipy.stats.rankdata(x, method='average', axis=-1)`` for finite input.
-
-    Parameters
-    ----------
-    x : torch.Tensor, (..., n) floating (CPU or CUDA)
-
-    Returns
-    -------
-    torch.Tensor, (..., n), dtype of ``x`` (float64 if ``x`` is not floating)
-    """
-    if not x.is_floating_point():
-        x = x.to(torch.float64)
-    shape = x.shape
-    x2 = x.reshape(-1, shape[-1]).contiguous()
-    perm, svals, _ = _rank_transform(x2, "ranks")
-    out = torch.empty_like(x2)
-    out.scatter_(1, perm, svals)
-    return out.reshape(shape)
-
-
-def _rank_sources(n: int) -> dict[str, np.ndarray]:
-    """Tie-free sorted-order values (float64) of each rank transform, computed as
-    :func:`bids_dnn.rsa.compare.transform_for_measure` does (the mean ``(n + 1) / 2`` is exact)."""
-    ranks = np.arange(1, n + 1, dtype=np.float64)
-    centred = ranks - (n + 1) / 2
-    return {"ranks": ranks, "spearman": centred / np.sqrt(np.einsum("i,i->", centred, centred)),
-            "rho_a": centred * np.sqrt(12.0 / (float(n) ** 3 - n))}
-
-
-def _finish_ties(ranks, mode: str, n: int):
-    """Average ranks (k, n) float64 (numpy or torch) -> the transform ``mode``, in place."""
-    if mode == "ranks":
-        return ranks
-    ranks -= (n + 1) / 2
-    if mode == "rho_a":
-        ranks *= np.sqrt(12.0 / (float(n) ** 3 - n))
-    elif isinstance(ranks, np.ndarray):
-        with np.errstate(invalid="ignore", divide="ignore"):  # all tied: 0 / 0 = NaN
-            ranks /= np.sqrt(np.einsum("ij,ij->i", ranks, ranks))[:, None]
-    else:
-        ranks /= torch.linalg.vector_norm(ranks, dim=1, keepdim=True)
-    return ranks
-
-
-def _rank_transform(x: torch.Tensor, mode: str, *, numpy_sort: bool | None = None
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Ranks of each row of ``x`` (m, n), transformed, in sorted order.
-
-    ``mode``: ``"ranks"`` (average ranks), ``"spearman"`` (centred, unit norm) or ``"rho_a"``
-    (centred, scaled by ``sqrt(12 / (n^3 - n))``), as in :mod:`bids_dnn.rsa.compare`.
-    ``numpy_sort``: use the numpy key sort (default: on CPU) or ``torch.sort`` (CUDA; tests
-    run it on CPU too).
-
-    Returns
-    -------
-    perm : (m, n) int64, the sorting permutation of each row (scatter ``vals`` with it)
-    vals : (m, n) dtype of ``x``, the transformed ranks in sorted order
-    bad : (m,) bool, rows holding NaN or infinite values
-    """
-    n = x.shape[1]
-    if numpy_sort is None:
-        numpy_sort = x.device.type == "cpu"
-    if numpy_sort:
-        perm, vals, bad = _rank_transform_numpy(x.cpu().numpy(), mode)
-        return tuple(torch.from_numpy(v).to(x.device) for v in (perm, vals, bad))  # type: ignore
-    svals, perm = torch.sort(x, dim=1)
-    eq = svals[:, 1:] == svals[:, :-1]
-    tied = torch.nonzero(eq.any(dim=1)).reshape(-1)
-    bad = ~(torch.isfinite(svals[:, 0]) & torch.isfinite(svals[:, -1]))
-    vals = torch.as_tensor(_rank_sources(n)[mode], dtype=x.dtype, device=x.device)
-    vals = vals.expand(x.shape[0], n).clone()
-    if tied.numel():
-        vals[tied] = _finish_ties(_sorted_average_ranks_torch(eq[tied]), mode, n).to(x.dtype)
-    return perm, vals, bad
-
-
-def _order_keys(a: np.ndarray) -> tuple[np.ndarray, int, bool]:
-    """Integers with the order of the values of ``a`` (float32 or float64), shifted left to
-    leave room for a column index: (keys int64 (m, n), shift, exact)."""
-    n = a.shape[-1]
-    if a.dtype == np.float32:
-        bits = (a + np.float32(0.0)).view(np.int32)  # + 0.0 turns -0.0 into 0.0
-        bits ^= (bits >> 31) & _LOW31  # negative values: reverse their order
-        key = bits.astype(np.int64)
-        shift, exact = 32, True
-    else:
-        key = (a + 0.0).view(np.int64)
-        key ^= (key >> 63) & _LOW63
-        shift, exact = max(1, (n - 1).bit_length()), False
-        key >>= shift  # drop the low mantissa bits (float64 has no room for the index)
-    key <<= shift
-    return key, shift, exact
-
-
-def _rank_transform_numpy(a: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray,
-                                                              np.ndarray]:
-    """CPU twin of :func:`_rank_transform`: one SIMD integer sort per row, no argsort.
-
-    Each value becomes an integer with the same order (IEEE bits, negatives reversed), shifted
-    left and or-ed with its column index; sorting these keys gives the permutation (low bits)
-    and the sorted values (high bits) at once. float32 keys are exact; float64 keys lose the
-    low ``log2(n)`` mantissa bits, and runs of equal truncated keys (rare) are re-sorted by
-    their exact values. Rows are processed in cache-sized blocks.
-    """
-    if a.dtype not in (np.float32, np.float64):
-        a = a.astype(np.float64)
-    m, n = a.shape
-    perm = np.empty((m, n), dtype=np.int64)
-    vals = np.empty((m, n), dtype=a.dtype)
-    bad = np.zeros(m, dtype=bool)
-    src = _rank_sources(n)[mode].astype(a.dtype)
-    inf_keys, _, _ = _order_keys(np.array([[np.inf, -np.inf]], dtype=a.dtype))
-    step = max(1, _RANK_BLOCK // max(1, n))
-    for r0 in range(0, m, step):
-        blk = a[r0:r0 + step]
-        key, shift, exact = _order_keys(blk)
-        key |= np.arange(n, dtype=np.int64)
-        key.sort(axis=1)
-        p = perm[r0:r0 + step]
-        np.bitwise_and(key, np.int64((1 << shift) - 1), out=p)
-        # +inf and positive NaN sort last, -inf and negative NaN first
-        bad[r0:r0 + step] = (key[:, -1] >= inf_keys[0, 0]) | (key[:, 0] <= inf_keys[0, 1])
-        key >>= shift
-        eq = key[:, 1:] == key[:, :-1]
-        if not exact and eq.any():
-            _exact_runs(blk, p, eq)
-        v = vals[r0:r0 + step]
-        v[:] = src
-        tied = np.flatnonzero(eq.any(axis=1))
-        if tied.size:
-            v[tied] = _finish_ties(_sorted_average_ranks_numpy(eq[tied]), mode, n)
-    return perm, vals, bad
-
-
-def _exact_runs(a: np.ndarray, perm: np.ndarray, eq: np.ndarray) -> None:
-    """Re-sort runs of equal truncated keys by exact value (in ``perm``) and set ``eq`` to
-    exact equality. ``a``, ``perm`` (m, n); ``eq`` (m, n - 1), all C-contiguous."""
-    m, n = a.shape
-    starts, lens = _runs(eq)
-    pos = np.repeat(starts - np.cumsum(lens) + lens, lens) + np.arange(int(lens.sum()))
-    run = np.repeat(np.arange(starts.size), lens)
-    rows = pos // n
-    flat = perm.reshape(-1)
-    vals = a.reshape(-1)[rows * n + flat[pos]]
-    order = np.lexsort((vals, run))
-    flat[pos] = flat[pos][order]
-    vals = vals[order]
-    same = np.flatnonzero((run[1:] == run[:-1]) & (vals[1:] == vals[:-1]))
-    eq[...] = False
-    eq.reshape(-1)[rows[same] * (n - 1) + pos[same] % n] = True
-
-
-def _runs(eq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Runs of ties from ``eq`` (k, n - 1): flat start positions in the (k, n) grid and run
-    lengths (>= 2)."""
-    k, n = eq.shape[0], eq.shape[1] + 1
-    pad = np.zeros((k, n + 1), dtype=np.int8)
-    pad[:, 1:n] = eq
-    step = np.diff(pad, axis=1)  # +1 at the first position of a run, -1 after its last
-    starts = np.flatnonzero(step == 1)
-    return starts, np.flatnonzero(step == -1) - starts + 1
-
-
-def _sorted_average_ranks_numpy(eq: np.ndarray) -> np.ndarray:
-    """Average ranks (k, n) in sorted order from ``eq[r, p] = sorted[r, p + 1] == sorted[r, p]``.
-
-    Only the runs of ties are touched: a run over sorted positions ``s..e`` gets
-    ``(s + e) / 2 + 1``, every other position ``p + 1``.
-    """
-    k, n = eq.shape[0], eq.shape[1] + 1
-    out = np.empty((k, n))
-    out[:] = np.arange(1, n + 1, dtype=np.float64)
-    if k == 0:
-        return out
-    starts, lens = _runs(eq)
-    pos = np.repeat(starts - np.cumsum(lens) + lens, lens) + np.arange(int(lens.sum()))
-    out.reshape(-1)[pos] = np.repeat((starts % n) + (lens - 1) * 0.5 + 1.0, lens)
-    return out
-
-
-def _sorted_average_ranks_torch(eq: torch.Tensor) -> torch.Tensor:
-    """Torch twin of :func:`_sorted_average_ranks_numpy` (for CUDA)."""
-    k, n = eq.shape[0], eq.shape[1] + 1
-    pos = torch.arange(n, device=eq.device).expand(k, n)
-    new = torch.ones(k, n, dtype=torch.bool, device=eq.device)
-    new[:, 1:] = ~eq
-    last = torch.ones_like(new)
-    last[:, :-1] = ~eq
-    start = torch.where(new, pos, 0).cummax(dim=1).values
-    end = torch.where(last, pos, n - 1).flip(1).cummin(dim=1).values.flip(1)
-    return (start + end).to(torch.float64) / 2 + 1
 
 
 # --------------------------------------------------------------------------- transforms
@@ -616,15 +175,6 @@ def _all_finite(x: torch.Tensor, block: int = 2 ** 22) -> bool:
     flat = x.reshape(-1)
     return all(bool(torch.isfinite(flat[i:i + block]).all())
                for i in range(0, flat.numel(), block))
-
-
-def _check_range(centre_range: tuple[int, int] | None, n_centres: int) -> tuple[int, int]:
-    if centre_range is None:
-        return 0, n_centres
-    start, stop = (int(v) for v in centre_range)
-    if not 0 <= start <= stop <= n_centres:
-        raise ValueError(f"centre_range {centre_range} outside [0, {n_centres}]")
-    return start, stop
 
 
 class _Engine:
@@ -931,7 +481,8 @@ def searchlight_rsa(patterns: np.ndarray, neighbourhoods: Neighbourhoods,
     comparison : str
         One of ``bids_dnn.rsa.compare.LINEAR_MEASURES`` (default ``"spearman"``).
     centre_range : (start, stop), optional
-        Only these centres (default: all); parts from :func:`partition_centres` concatenate
+        Only these centres (default: all); parts from
+        :func:`~bids_dnn.searchlight.neighbourhoods.partition_centres` concatenate
         bit-identically to a single run (same budget, dtype, device and thread count).
     device : ``"cpu"`` or ``"cuda"``
     dtype : float64 (default, exact) or float32
@@ -980,7 +531,7 @@ def _searchlight_rsa(patterns, nb, model_rdms, rdm_measure, comparison, centre_r
         for b0 in range(0, models.shape[0], step):
             block = model_transform(torch.tensor(models[b0:b0 + step]), slice(None))
             tm[:, b0:b0 + step] = block.T.to(eng.device, eng.tdtype)
-    out = np.empty((models.shape[0], stop - start), dtype=np.dtype(dtype))
+    out = np.empty((models.shape[0], stop - start), dtype=float_dtype(dtype))
     size = _chunk_size(eng, memory_budget_bytes, models.shape[0], comparison, n_workers)
 
     def work(a: int, lo: int, hi: int) -> None:

@@ -9,7 +9,8 @@ module is pure math: no BIDS, no files, no printing.
 
 Statistic
     One-sample t per voxel, ``t = mean / (sd / sqrt(n))`` with ``sd`` the ddof=1 standard
-    deviation (= ``scipy.stats.ttest_1samp`` = ``bids_dnn.rsa.inference.one_sample_tests``), and the
+    deviation (= ``scipy.stats.ttest_1samp`` =
+    :func:`bids_dnn.stats.group_tests.one_sample_tests`), and the
     parametric p from the t distribution with ``n - 1`` degrees of freedom: one-sided
     ``alternative="greater"`` (``t.sf(t)``) or ``"two-sided"`` (``2 t.sf(|t|)``). For a
     ``"less"`` test pass ``-values``.
@@ -36,8 +37,8 @@ p-values
     identity, or its negation in a two-sided test) are not lost to rounding. Because row 0 is
     the identity, this is exactly nilearn's ``permuted_ols`` convention
     ``(1 + #{random flips >= observed}) / (1 + n_random)`` with ``n_random = N - 1``; the
-    smallest attainable p is ``1 / N``. ``p_fdr`` is :func:`bids_dnn.rsa.inference.fdr_bh` of the
-    parametric ``p`` over the tested voxels.
+    smallest attainable p is ``1 / N``. ``p_fdr`` is
+    :func:`bids_dnn.stats.correction.fdr_bh` of the parametric ``p`` over the tested voxels.
 FWE threshold
     ``threshold_fwe`` is the ``(c + 1)``-th largest value of the max-statistic null, where
     ``c`` is the largest integer with ``c / N <= alpha``: the (1 - alpha) quantile of the max-T
@@ -68,11 +69,10 @@ import numpy as np
 import scipy.stats
 from scipy import ndimage
 
-from bids_dnn.rsa.inference import fdr_bh
+from bids_dnn.stats.correction import fdr_bh
 
 __all__ = [
     "GroupMapResult",
-    "fisher_z",
     "sign_flip_matrix",
     "group_one_sample_map",
     "tfce_map",
@@ -81,29 +81,6 @@ __all__ = [
 _MAX_CHUNK_ELEMENTS = 2 ** 22  # ~32 MB of float64 per (flips x voxels) block
 _TIE_RTOL = 1e-10
 _ALTERNATIVES = ("greater", "two-sided")
-
-
-def fisher_z(r: np.ndarray, *, eps: float = 1e-7) -> np.ndarray:
-    """Fisher z-transform ``arctanh(r)`` of correlation values.
-
-    Parameters
-    ----------
-    r : np.ndarray, any shape
-        Correlations in [-1, 1]; NaNs stay NaN.
-    eps : float
-        ``r`` is clipped to ``[-(1 - eps), 1 - eps]`` before the transform, so that a perfect
-        correlation gives a finite z (``|z| <= arctanh(1 - 1e-7) ~= 8.4`` by default) instead
-        of infinity. Values outside [-1, 1] (rounding) are clipped the same way.
-
-    Returns
-    -------
-    np.ndarray of float64, same shape as ``r``
-    """
-    if not 0 < eps < 1:
-        raise ValueError(f"eps must lie in (0, 1), got {eps}")
-    r = np.asarray(r, dtype=np.float64)
-    bound = 1.0 - eps
-    return np.arctanh(np.clip(r, -bound, bound))
 
 
 def sign_flip_matrix(n_subjects: int, n_permutations: int,
@@ -261,7 +238,7 @@ def group_one_sample_map(values: np.ndarray, *, n_permutations: int = 5000,
     Parameters
     ----------
     values : np.ndarray, (n_subjects, n_voxels)
-        One map per subject (e.g. Fisher-z searchlight correlations, :func:`fisher_z`, or
+        One map per subject (e.g. Fisher-z searchlight correlations, :func:`bids_dnn.stats.fisher.fisher_z`, or
         encoding r), tested against 0. A voxel that is non-finite in any subject, or constant
         across subjects, is dropped: all its outputs are NaN and it is not part of any family.
     n_permutations : int

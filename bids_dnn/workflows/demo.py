@@ -147,7 +147,7 @@ def planted_layer_features(stim_paths: list[Path], layers: list[str], init_seed:
     from bids_dnn.dnn.extract import extract_features
     from bids_dnn.dnn.models import load_model
     from bids_dnn.spec import ModelSpec
-    from bids_dnn.io.stimuli import load_image
+    from bids_dnn.io.stimulus_loading import load_image
 
     loaded = load_model(ModelSpec(name="alexnet", weights="random", init_seed=init_seed, layers=layers))
     chunks: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}

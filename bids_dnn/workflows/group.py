@@ -13,12 +13,15 @@ import numpy as np
 import pandas as pd
 
 from bids_dnn.io import derivatives as drv
-from bids_dnn.cli.main import RunOptions
 from bids_dnn.console import logger, open_log_file
 from bids_dnn.errors import AnalysisError, InputMissingError, UsageError
 from bids_dnn.io.input_dataset import describe_record, read_record
-from bids_dnn.workflows.participant import RSA_COLUMNS, Context, prepare, read_relmat, write_provenance
+from bids_dnn.io.status import failure_reason, other_dataset
 from bids_dnn.spec import spec_hash
+from bids_dnn.workflows.context import Context, prepare
+from bids_dnn.workflows.options import RunOptions
+from bids_dnn.workflows.provenance import write_provenance
+from bids_dnn.workflows.tables import RSA_COLUMNS, read_relmat
 
 SUMMARY_COLUMNS = {
     "roi": "Region of interest.", "model": "Model label.", "layer": "Layer name.",
@@ -43,7 +46,7 @@ SUMMARY_COLUMNS = {
 #: the ``subject`` column of every group table
 SUBJECT_COLUMN = {"subject": "Participant label without the 'sub-' prefix; text (01 keeps its leading zero)."}
 
-#: paired tests between two layers (:func:`bids_dnn.rsa.inference.paired_tests` of score_a - score_b)
+#: paired tests between two layers (:func:`bids_dnn.stats.group_tests.paired_tests` of score_a - score_b)
 COMPARISON_COLUMNS = {
     "roi": "Region of interest.", "layer_a": "First layer of the pair.", "layer_b": "Second layer of the pair.",
     "mean_difference": "Mean over subjects of score(layer_a) - score(layer_b).",
@@ -83,26 +86,6 @@ VARIANCE_PARTITION_SUMMARY_COLUMNS = {
 def column_sidecar(descriptions: dict[str, str], **extra: object) -> dict[str, object]:
     """A TSV sidecar: ``{column: {"Description": text}}`` for every column, plus ``extra`` fields."""
     return {**{name: {"Description": text} for name, text in descriptions.items()}, **extra}
-
-
-#: characters of a failed participant's message shown in the group's error
-FAILURE_MESSAGE_CHARS = 160
-
-
-def failure_reason(failure: dict[str, object]) -> str:
-    """``exit 66: <first line of the message>`` of a status file's ``failure`` record."""
-    lines = str(failure.get("message") or "unknown error").strip().splitlines() or ["unknown error"]
-    message = lines[0] + (" ..." if len(lines) > 1 else "")
-    if len(message) > FAILURE_MESSAGE_CHARS:
-        message = message[:FAILURE_MESSAGE_CHARS - 3] + "..."
-    return f"exit {failure.get('exit_code', '?')}: {message}"
-
-
-def other_dataset(status: dict[str, object], record: dict[str, object]) -> bool:
-    """Whether a participant's status names another input dataset than the folder's record
-    (statuses and folders of versions without records are accepted)."""
-    dataset = status.get("dataset")
-    return bool(record.get("DatasetId")) and isinstance(dataset, dict) and dataset.get("id") != record["DatasetId"]
 
 
 def check_participants_complete(ctx: Context) -> list[str]:
@@ -256,14 +239,10 @@ def summarise_model(ctx: Context, table: pd.DataFrame, ceilings: dict[str, tuple
     ``brain`` (roi -> (n_subjects, n_pairs), rows in ``table``'s subject order) and ``model_rdms``
     ((n_layers, n_pairs), the table's layer order) are needed for ``statistics.bootstrap_method: dual``.
     """
-    from bids_dnn.rsa.inference import (
-        bonferroni,
-        bootstrap_dual,
-        bootstrap_subjects,
-        fdr_bh,
-        one_sample_tests,
-        paired_tests,
-    )
+    from bids_dnn.rsa.bootstrap import bootstrap_dual
+    from bids_dnn.stats.bootstrap import bootstrap_subjects
+    from bids_dnn.stats.correction import bonferroni, fdr_bh
+    from bids_dnn.stats.group_tests import one_sample_tests, paired_tests
 
     stats_spec = ctx.spec.statistics
     rows, comparisons = [], []
@@ -335,7 +314,7 @@ def weighted_rsa(ctx: Context, subjects: list[str], model: str, table: pd.DataFr
     the table's layer order; ``summary_table``: the model's group summary, whose ``best_layer_cv``
     names the best single layer the weighted model is compared with (none: no comparison).
     """
-    from bids_dnn.rsa.inference import one_sample_tests, paired_tests
+    from bids_dnn.stats.group_tests import one_sample_tests, paired_tests
     from bids_dnn.rsa.weighted import crossvalidated_weighted_rsa
 
     spec = ctx.spec.analyses.weighted_rsa
@@ -372,7 +351,7 @@ def variance_partitioning(ctx: Context, subjects: list[str], rsa_tables: dict[st
     """
     import scipy.stats
 
-    from bids_dnn.rsa.inference import one_sample_tests
+    from bids_dnn.stats.group_tests import one_sample_tests
     from bids_dnn.rsa.weighted import rdm_variance_partitioning
 
     spec = ctx.spec.analyses.variance_partitioning

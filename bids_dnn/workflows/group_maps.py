@@ -1,6 +1,6 @@
 """Group level, whole-brain analyses: group searchlight and encoding maps, encoding ROI summary.
 
-Orchestration only; the statistics are in :mod:`bids_dnn.stats.maps` and :mod:`bids_dnn.rsa.inference`.
+Orchestration only; the statistics are in :mod:`bids_dnn.stats`.
 Reads the participant maps (never recomputes them). Maps of correlation-type scores
 (searchlight Spearman / Pearson, encoding r) are Fisher-z transformed before the one-sample
 test. A voxel enters the family only where every subject has a finite value (a centre in every
@@ -23,7 +23,7 @@ from bids_dnn.console import logger, progress
 from bids_dnn.errors import AnalysisError, InputMissingError
 
 if TYPE_CHECKING:
-    from bids_dnn.workflows.participant import Context
+    from bids_dnn.workflows.context import Context
 
 #: participant map statistic per analysis, and whether it is a correlation (Fisher z before tests)
 ENCODING_STAT = "r"
@@ -71,7 +71,8 @@ def group_map(ctx: "Context", analysis: str, model: str, layer: str, paths: list
     """One-sample group inference on the participants' maps of one model layer."""
     import nibabel as nib
 
-    from bids_dnn.stats.maps import fisher_z, group_one_sample_map
+    from bids_dnn.stats.fisher import fisher_z
+    from bids_dnn.stats.maps import group_one_sample_map
 
     stats_spec = ctx.spec.statistics
     values, affine = _load_maps(paths)
@@ -233,12 +234,13 @@ def encoding_summary(ctx: "Context", subjects: list[str], model: str) -> tuple[p
     """All subjects' encoding ROI tables and their per ROI x layer summary (None without ROI tables).
 
     The group ceiling-normalised score is the ratio of the group means, ``mean_r2 /
-    mean_noise_ceiling`` (:func:`bids_dnn.encoding.ridge.ceiling_normalised`: NaN when the mean
-    ceiling is below :data:`bids_dnn.encoding.ridge.MIN_CEILING`), not the mean of the subjects'
+    mean_noise_ceiling`` (:func:`bids_dnn.encoding.scores.ceiling_normalised`: NaN when the mean
+    ceiling is below :data:`bids_dnn.encoding.scores.MIN_CEILING`), not the mean of the subjects'
     ratios, which one subject with a ceiling near 0 would dominate.
     """
-    from bids_dnn.encoding.ridge import ceiling_normalised, outside_unit_interval
-    from bids_dnn.rsa.inference import fdr_bh, one_sample_tests
+    from bids_dnn.encoding import ceiling_normalised, outside_unit_interval
+    from bids_dnn.stats.correction import fdr_bh
+    from bids_dnn.stats.group_tests import one_sample_tests
 
     paths = [ctx.layout.encoding_table(s, model) for s in subjects]
     if not all(p.is_file() for p in paths):

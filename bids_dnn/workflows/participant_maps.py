@@ -1,6 +1,6 @@
 """Participant level, whole-brain analyses: searchlight RSA and voxelwise encoding maps.
 
-Orchestration only (the math is in :mod:`bids_dnn.searchlight.engine` and :mod:`bids_dnn.encoding.ridge`):
+Orchestration only (the math is in :mod:`bids_dnn.searchlight` and :mod:`bids_dnn.encoding`):
 choose the voxels and their patterns, call the engines, write the maps and tables.
 Called by :func:`bids_dnn.workflows.participant.process_subject` after the ROI RSA.
 
@@ -30,18 +30,16 @@ Encoding scores
     Pearson r within each test fold; ``r2`` is the R2 of the out-of-fold predictions pooled
     over the folds (``1 - SSE / SST``). The noise ceiling of a voxel is the split-half
     reliability of its stimulus profile (odd vs even runs, Spearman-Brown corrected); the
-    ceiling of an ROI is :func:`bids_dnn.encoding.ridge.pooled_reliability` of its voxels
+    ceiling of an ROI is :func:`bids_dnn.encoding.scores.pooled_reliability` of its voxels
     (Spearman-Brown of the mean split-half r). Ceiling-normalised scores are
     ``R2 / reliability`` (voxel maps) and ``mean_r2 / ROI ceiling`` (tables), reported only
-    where the ceiling is at least :data:`bids_dnn.encoding.ridge.MIN_CEILING` (0.1), else NaN
+    where the ceiling is at least :data:`bids_dnn.encoding.scores.MIN_CEILING` (0.1), else NaN
     (``n/a``): a ceiling near zero means no reproducible signal, and dividing by it gives
     values of arbitrary size and sign.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,13 +51,15 @@ from bids_dnn import __version__
 from bids_dnn.io import derivatives as drv
 from bids_dnn.console import logger, progress
 from bids_dnn.errors import AnalysisError
+from bids_dnn.hashing import canonical_json, parts_sha256
+from bids_dnn.rsa.measures import CORRELATION_MEASURES
+from bids_dnn.stats.fisher import fisher_z
 
 if TYPE_CHECKING:
-    from bids_dnn.workflows.participant import Context, SubjectPatterns
+    from bids_dnn.workflows.context import Context
+    from bids_dnn.workflows.subject_patterns import SubjectPatterns
     from bids_dnn.io.stimuli import StimulusSet
 
-#: comparison measures whose maps can be Fisher-z transformed
-CORRELATION_MEASURES = ("spearman", "pearson", "rho_a", "corr_cov")
 #: default memory budget of the searchlight engine when --mem is not given
 DEFAULT_SEARCHLIGHT_MEMORY = 2 * 1024**3
 
@@ -85,10 +85,6 @@ ENCODING_COLUMNS = {
     "cv": "Outer cross-validation scheme.",
     "n_folds": "Number of outer folds.",
 }
-
-
-def _voxel_size(affine: np.ndarray) -> np.ndarray:
-    return np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
 
 
 def _volume(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -137,7 +133,7 @@ class SearchlightInputs:
 
 
 def searchlight_measure(ctx: "Context", n_complete_runs: int) -> str:
-    from bids_dnn.workflows.participant import brain_rdm_measure
+    from bids_dnn.workflows.subject_patterns import brain_rdm_measure
 
     requested = ctx.spec.analyses.searchlight.rdm
     if requested == "auto":
@@ -152,39 +148,30 @@ def searchlight_measure(ctx: "Context", n_complete_runs: int) -> str:
 def searchlight_inputs(ctx: "Context", patterns: "SubjectPatterns") -> SearchlightInputs:
     """Noise-normalised whole-brain patterns and the searchlight mask."""
     from bids_dnn.brain.patterns import divide_by_sd, residual_sd
+    from bids_dnn.searchlight import complete_runs, drop_nonfinite_voxels, usable_patterns, voxel_mask
 
-    run_betas = patterns.run_betas
-    complete = ~np.isnan(run_betas).any(axis=(1, 2)) if run_betas.shape[2] else np.zeros(len(run_betas), bool)
+    complete = complete_runs(patterns.run_betas)
     measure = searchlight_measure(ctx, int(complete.sum()))
-    used = run_betas[complete] if measure == "crossnobis" else run_betas
-    finite = np.isfinite(np.nanmean(used, axis=0)).all(axis=0)
-    if measure == "crossnobis":
-        finite &= np.isfinite(used).all(axis=(0, 1))
-    finite &= np.all([np.isfinite(r).all(axis=0) for r in patterns.residuals], axis=0)
-    betas = used[:, :, finite] if measure == "crossnobis" else np.nanmean(used[:, :, finite], axis=0)
+    per_run = measure == "crossnobis"
+    used = patterns.run_betas[complete] if per_run else patterns.run_betas
+    betas, voxels = usable_patterns(used, patterns.residuals, per_run=per_run)
     if ctx.spec.brain.noise_normalization == "none" or not patterns.residuals:  # ready-made betas: no residuals
         data = betas.astype(np.float64, copy=True)
     else:  # univariate: per-voxel residual SD pooled over runs, without concatenating the runs
-        data = divide_by_sd(betas, residual_sd(patterns.residuals, sum(patterns.dofs), np.flatnonzero(finite)))
-    keep = np.isfinite(data).all(axis=tuple(range(data.ndim - 1)))
-    mask = np.zeros(patterns.brain_mask.shape, dtype=bool)
-    voxels = np.flatnonzero(patterns.brain_mask.ravel())[np.flatnonzero(finite)[keep]]
-    mask.ravel()[voxels] = True
-    return SearchlightInputs(measure, np.ascontiguousarray(data[..., keep]), mask, patterns.reference.affine,
+        data = divide_by_sd(betas, residual_sd(patterns.residuals, sum(patterns.dofs), voxels))
+    data, voxels = drop_nonfinite_voxels(data, voxels)
+    return SearchlightInputs(measure, data, voxel_mask(patterns.brain_mask, voxels), patterns.reference.affine,
                              int(used.shape[0]))
 
 
 def searchlight_key(ctx: "Context", subject: str, stimuli: "StimulusSet", inputs: SearchlightInputs,
                     model_rows: np.ndarray) -> str:
     """Content key of one subject's searchlight scores (inputs, options, version)."""
-    digest = hashlib.sha256()
     spec = ctx.spec.analyses.searchlight.model_dump(mode="json")
-    digest.update(json.dumps({"spec": spec, "brain": ctx.spec.brain.model_dump(mode="json"), "subject": subject,
-                              "measure": inputs.measure, "version": __version__,
-                              "stimuli": stimuli.set_hash()}, sort_keys=True).encode())
-    for array in (inputs.patterns, inputs.mask, model_rows):
-        digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()
+    options = canonical_json({"spec": spec, "brain": ctx.spec.brain.model_dump(mode="json"), "subject": subject,
+                              "measure": inputs.measure, "version": __version__, "stimuli": stimuli.set_hash()},
+                             compact=False)
+    return parts_sha256([options, *(np.ascontiguousarray(a) for a in (inputs.patterns, inputs.mask, model_rows))])
 
 
 def _engine_kwargs(ctx: "Context", inputs: SearchlightInputs) -> dict[str, Any]:
@@ -199,7 +186,7 @@ def _engine_kwargs(ctx: "Context", inputs: SearchlightInputs) -> dict[str, Any]:
 def searchlight_scores(ctx: "Context", subject: str, inputs: SearchlightInputs, neighbourhoods: Any,
                        model_rows: np.ndarray, key: str) -> np.ndarray | None:
     """Scores (n_model_rows, n_centres); None when only one part was asked for."""
-    from bids_dnn.searchlight.engine import partition_centres, searchlight_rsa
+    from bids_dnn.searchlight import partition_centres, searchlight_rsa
 
     kwargs = _engine_kwargs(ctx, inputs)
     n_centres = neighbourhoods.n_centres
@@ -249,11 +236,11 @@ def merge_parts(ctx: "Context", subject: str, key: str, n_centres: int, n_rows: 
 def run_searchlight(ctx: "Context", subject: str, stimuli: "StimulusSet", patterns: "SubjectPatterns",
                     models: dict[str, dict[str, np.ndarray]]) -> list[Path] | None:
     """Searchlight maps of one subject (one per model layer); None after a single part."""
-    from bids_dnn.searchlight.engine import sphere_neighbourhoods
+    from bids_dnn.searchlight import scores_to_mask_voxels, sphere_neighbourhoods, voxel_size_from_affine
 
     spec = ctx.spec.analyses.searchlight
     inputs = searchlight_inputs(ctx, patterns)
-    neighbourhoods = sphere_neighbourhoods(inputs.mask, spec.radius_mm, _voxel_size(inputs.affine),
+    neighbourhoods = sphere_neighbourhoods(inputs.mask, spec.radius_mm, voxel_size_from_affine(inputs.affine),
                                            min_voxels=spec.min_voxels, min_fraction=spec.min_fraction)
     if neighbourhoods.n_centres == 0:
         raise AnalysisError(f"sub-{subject}: no searchlight centre has {spec.min_voxels} voxels within "
@@ -263,8 +250,7 @@ def run_searchlight(ctx: "Context", subject: str, stimuli: "StimulusSet", patter
     scores = searchlight_scores(ctx, subject, inputs, neighbourhoods, model_rows, key)
     if scores is None:
         return None
-    centre_values = np.full((len(rows), int(inputs.mask.sum())), np.nan)
-    centre_values[:, neighbourhoods.centres] = scores
+    centre_values = scores_to_mask_voxels(scores, neighbourhoods)  # (n_rows, n_mask_voxels)
     sizes = neighbourhoods.sizes()
     stats = [spec.comparison]
     if spec.fisher_z and spec.comparison in CORRELATION_MEASURES:
@@ -272,7 +258,7 @@ def run_searchlight(ctx: "Context", subject: str, stimuli: "StimulusSet", patter
     paths, values, sidecars = [], [], []
     for i, (model, layer) in enumerate(rows):
         for stat in stats:
-            values.append(np.arctanh(np.clip(centre_values[i], -1 + 1e-12, 1 - 1e-12)) if stat == "z"
+            values.append(fisher_z(centre_values[i], eps=1e-12) if stat == "z"
                           else centre_values[i])
             paths.append(ctx.layout.searchlight_map(subject, model, layer, stat))
             sidecars.append({
@@ -297,19 +283,17 @@ def run_searchlight(ctx: "Context", subject: str, stimuli: "StimulusSet", patter
 def encoding_folds(ctx: "Context", run_betas: np.ndarray) -> tuple[str, list[tuple[np.ndarray, np.ndarray]],
                                                                    np.ndarray | None]:
     """Outer folds over stimuli, and the inner grouping (run of each stimulus) if any."""
-    from bids_dnn.encoding.ridge import make_folds
+    from bids_dnn.encoding import make_folds, stimulus_runs
 
     spec = ctx.spec.analyses.encoding
-    shown = np.isfinite(run_betas).all(axis=2) if run_betas.shape[2] else np.zeros(run_betas.shape[:2], bool)
-    disjoint = run_betas.shape[0] >= 2 and bool((shown.sum(axis=0) == 1).all())
-    scheme = spec.cv if spec.cv != "auto" else ("leave_one_run_out" if disjoint else "kfold")
+    groups = stimulus_runs(run_betas)  # None unless the runs show disjoint stimulus sets
+    scheme = spec.cv if spec.cv != "auto" else ("leave_one_run_out" if groups is not None else "kfold")
     n_stimuli = run_betas.shape[1]
     if scheme == "leave_one_run_out":
-        if not disjoint:
+        if groups is None:
             raise AnalysisError("analyses.encoding.cv: 'leave_one_run_out' needs runs with disjoint stimulus sets "
                                 "(here runs repeat stimuli, so test stimuli would be trained on)",
                                 "use cv: kfold (or auto)")
-        groups = shown.argmax(axis=0)
         return scheme, make_folds(n_stimuli, groups=groups), groups
     if spec.n_folds > n_stimuli:
         raise AnalysisError(f"analyses.encoding.n_folds ({spec.n_folds}) exceeds the number of stimuli ({n_stimuli})")
@@ -318,13 +302,14 @@ def encoding_folds(ctx: "Context", run_betas: np.ndarray) -> tuple[str, list[tup
 
 def encoding_voxels(ctx: "Context", patterns: "SubjectPatterns", masks: dict[str, np.ndarray]) -> np.ndarray:
     """Columns of ``run_betas`` (brain-mask voxels) to model."""
-    in_brain = np.ones(int(patterns.brain_mask.sum()), dtype=bool)
+    from bids_dnn.encoding import modelled_voxels
+
+    regions = None
     if ctx.spec.analyses.encoding.region == "rois":
         if not masks:
             raise AnalysisError("analyses.encoding.region: 'rois' needs rois in the spec", "use region: brain")
-        in_brain = np.any([m[patterns.brain_mask] for m in masks.values()], axis=0)
-    responses = np.nanmean(patterns.run_betas, axis=0)
-    return np.flatnonzero(in_brain & np.isfinite(responses).all(axis=0))
+        regions = [m[patterns.brain_mask] for m in masks.values()]
+    return modelled_voxels(patterns.run_betas, regions)
 
 
 def run_encoding(ctx: "Context", subject: str, stimuli: "StimulusSet", patterns: "SubjectPatterns",
@@ -333,25 +318,25 @@ def run_encoding(ctx: "Context", subject: str, stimuli: "StimulusSet", patterns:
 
     ``layer_features(model_label)`` returns that model's ``{layer: (n_stimuli, n_units)}``.
     """
-    from bids_dnn.encoding.ridge import banded_ridge, ceiling_normalised, cross_validated_ridge
-    from bids_dnn.backend import resolve_device
     from bids_dnn.brain.patterns import split_half_reliability
+    from bids_dnn.encoding import (banded_ridge, ceiling_normalised, cross_validated_ridge, himalaya_backend_for_device,
+                                   stimulus_responses)
+    from bids_dnn.searchlight import voxel_mask
 
     spec = ctx.spec.analyses.encoding
     columns = encoding_voxels(ctx, patterns, masks)
     if columns.size == 0:
         raise AnalysisError(f"sub-{subject}: no voxel with finite responses to model")
     run_betas = patterns.run_betas[:, :, columns]
-    responses = np.nanmean(run_betas, axis=0)
+    responses = stimulus_responses(run_betas)
     scheme, folds, groups = encoding_folds(ctx, patterns.run_betas)
     ceiling = (split_half_reliability(run_betas) if run_betas.shape[0] >= 2 and scheme == "kfold"
                else np.full(columns.size, np.nan))
-    backend = "torch_cuda" if resolve_device(ctx.options.device).startswith("cuda") else "numpy"
+    backend = himalaya_backend_for_device(ctx.options.device)
     fit_options = {"inner_folds": spec.inner_folds, "inner_groups": groups, "pca": spec.pca, "backend": backend,
                    "standardize": spec.standardize, "seed": ctx.spec.statistics.seed,
                    "memory_budget_bytes": ctx.resources.memory_bytes}  # --mem: target batches
-    mask = np.zeros(patterns.brain_mask.shape, dtype=bool)
-    mask.ravel()[np.flatnonzero(patterns.brain_mask.ravel())[columns]] = True
+    mask = voxel_mask(patterns.brain_mask, columns)
     affine = patterns.reference.affine
     roi_columns = {roi: np.flatnonzero(m[patterns.brain_mask][columns]) for roi, m in masks.items()}
     base = {"CrossValidation": scheme, "NumberOfFolds": len(folds), "Alphas": spec.alphas,
@@ -382,8 +367,8 @@ def run_encoding(ctx: "Context", subject: str, stimuli: "StimulusSet", patterns:
                                      [{**base, "Model": model, "Layer": layer, "Statistic": s,
                                        "Description": descriptions[s]} for s in maps])
                 for roi, cols in roi_columns.items():
-                    rows.append(_encoding_row(subject, roi, model, layer, cols, result, alpha, ceiling, scheme,
-                                              len(folds), spec.alphas))
+                    rows.append(_encoding_row(subject, roi, model, layer, cols, result, ceiling, scheme, len(folds),
+                                              spec.alphas))
             if spec.banded and len(features) > 1:
                 banded = banded_ridge([v.astype(np.float64) for v in features.values()], responses, folds,
                                       spec.alphas, **fit_options)
@@ -398,24 +383,11 @@ def run_encoding(ctx: "Context", subject: str, stimuli: "StimulusSet", patterns:
     return paths, tables
 
 
-def _encoding_row(subject: str, roi: str, model: str, layer: str, cols: np.ndarray, result: Any, alpha: np.ndarray,
-                  ceiling: np.ndarray, scheme: str, n_folds: int, alpha_grid: list[float]) -> dict[str, Any]:
-    from bids_dnn.encoding.ridge import at_alpha_grid_edge, ceiling_normalised, outside_unit_interval, pooled_reliability
+def _encoding_row(subject: str, roi: str, model: str, layer: str, cols: np.ndarray, result: Any, ceiling: np.ndarray,
+                  scheme: str, n_folds: int, alpha_grid: list[float]) -> dict[str, Any]:
+    """One row of the encoding table (:data:`ENCODING_COLUMNS`): the ROI summary of ``result``."""
+    from bids_dnn.encoding import roi_scores
 
-    def mean(values: np.ndarray) -> float:
-        values = values[cols]
-        return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
-
-    mean_ceiling = pooled_reliability(ceiling[cols])
-    mean_r2 = mean(result.r2)
-    normalized = float(ceiling_normalised(np.array([mean_r2]), np.array([mean_ceiling]))[0])
-    chosen = result.alphas[:, cols]
-    chosen = chosen[np.isfinite(chosen)]
-    return {"subject": subject, "roi": roi, "model": model, "layer": layer, "n_voxels": int(cols.size),
-            "mean_r": mean(result.r), "mean_r2": mean_r2,
-            "median_alpha": float(np.median(result.alphas[:, cols])) if cols.size else float("nan"),
-            "noise_ceiling": mean_ceiling, "normalized_r2": normalized,
-            "normalized_r2_out_of_range": bool(outside_unit_interval(normalized)),
-            "alpha_at_grid_edge": float(at_alpha_grid_edge(chosen, alpha_grid).mean()) if chosen.size
-            else float("nan"),
+    return {"subject": subject, "roi": roi, "model": model, "layer": layer,
+            **roi_scores(result.r, result.r2, result.alphas, ceiling, cols, alpha_grid),
             "cv": scheme, "n_folds": n_folds}

@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from bids_dnn.errors import AnalysisError, BidsDnnError, UsageError
 
 if TYPE_CHECKING:
-    from bids_dnn.cli.main import RunOptions
+    from bids_dnn.workflows.options import RunOptions
 
 __all__ = [
     "Resources",

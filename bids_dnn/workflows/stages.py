@@ -18,15 +18,13 @@ This module knows nothing of BIDS or of the analyses; ``participant.py`` decides
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bids_dnn import __version__
+from bids_dnn import __version__, hashing
 
 #: bump when a stage's outputs change for the same inputs (invalidates every recorded key)
 STAGE_SCHEMA = 1
@@ -37,9 +35,7 @@ def content_key(*ingredients: Any) -> str:
 
     Ingredients are anything JSON can encode (dicts with sorted keys; other objects by ``str``).
     """
-    text = json.dumps([__version__, STAGE_SCHEMA, *ingredients], sort_keys=True, separators=(",", ":"),
-                      default=str, ensure_ascii=True)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return hashing.content_key(__version__, STAGE_SCHEMA, *ingredients)
 
 
 def file_fingerprint(path: Path, root: Path | None = None) -> list[Any]:
@@ -74,11 +70,7 @@ def output_checksum(path: Path) -> str | None:
         return None
     if stat.st_size > CHECKSUM_MAX_BYTES:
         return f"{stat.st_size}:mtime:{stat.st_mtime_ns}"
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(2**20), b""):
-            digest.update(block)
-    return f"{stat.st_size}:{digest.hexdigest()}"
+    return f"{stat.st_size}:{hashing.file_sha256(path)}"
 
 
 def changed_outputs(root: Path, record: Mapping[str, Any]) -> list[str]:

@@ -55,8 +55,7 @@ def _write_betas(demo: Path, target: Path) -> None:
     """Per-run LSA betas of the demo's fMRIPrep-style runs, in the betas-input layout."""
     import nibabel as nib
 
-    from bids_dnn.brain.glm import fit_run_glm
-    from bids_dnn.spec import GLMSpec
+    from bids_dnn.brain.glm import GLMOptions, fit_run_glm
 
     fmriprep = demo / "derivatives" / "fmriprep"
     rng = np.random.default_rng(5)
@@ -77,7 +76,7 @@ def _write_betas(demo: Path, target: Path) -> None:
             events["condition"] = [f"{f.rsplit('.', 1)[0]}" if isinstance(f, str) and f else f"nuisance_{t}"
                                    for f, t in zip(events["stim_file"], events["trial_type"])]
             confounds = read(fmriprep / f"sub-{subject}" / "func" / f"{stem}_desc-confounds_timeseries.tsv")
-            result = fit_run_glm(data, events, 2.0, GLMSpec(), confounds=confounds)
+            result = fit_run_glm(data, events, 2.0, GLMOptions(), confounds=confounds)
             conds = [c for c in result.conditions if not c.startswith("nuisance_")]
             betas = {c: result.betas[result.conditions.index(c)] for c in conds}
             files = {f.rsplit(".", 1)[0]: f for f in events["stim_file"] if isinstance(f, str) and f}
@@ -167,7 +166,9 @@ def test_betas_patterns_match_the_maps(betas_dataset: Path) -> None:
 
     from bids_dnn.cli.main import build_parser, options_from_args
     from bids_dnn.workflows.demo import _brain_mask
-    from bids_dnn.workflows.participant import fit_subject_glms, prepare, resolve_stimuli
+    from bids_dnn.workflows.context import prepare
+    from bids_dnn.workflows.inputs import resolve_stimuli
+    from bids_dnn.workflows.subject_patterns import fit_subject_glms
 
     spec = betas_dataset / "code" / "spec_betas.yaml"
     argv = [str(betas_dataset), str(betas_dataset.parent / "out_unused"), "participant", "--spec", str(spec)]
@@ -211,7 +212,8 @@ def test_betas_input_needs_noise_normalization_none(betas_dataset: Path, tmp_pat
 
 
 def test_betas_input_missing_sidecar_and_folder(betas_dataset: Path, tmp_path: Path) -> None:
-    from bids_dnn.io.bids import DatasetIndex, read_volume_stimuli
+    from bids_dnn.io.betas import read_volume_stimuli
+    from bids_dnn.io.bids import DatasetIndex
     from bids_dnn.errors import InputMissingError
 
     index = DatasetIndex(betas_dataset)
@@ -373,7 +375,7 @@ def _sidecar_run(folder: Path, name: str, labels: list[str]):
 def test_betas_stimulus_tables_resolve_files_ids_and_tables(tmp_path: Path) -> None:
     from PIL import Image
 
-    from bids_dnn.io.bids import betas_stimulus_tables
+    from bids_dnn.io.betas import betas_stimulus_tables
     from bids_dnn.errors import BidsValidationError, InputMissingError
     from bids_dnn.io.stimuli import build_stimulus_set
 
@@ -423,7 +425,7 @@ def test_repetition_time_source_the_user_trusts(tmp_path: Path, source: str, exp
 
     import nibabel as nib
 
-    from bids_dnn.io.bids import repetition_time
+    from bids_dnn.io.run_files import repetition_time
 
     bold = tmp_path / "sub-01_task-x_bold.nii.gz"
     image = nib.Nifti1Image(np.zeros((2, 2, 2, 3), np.float32), np.eye(4))

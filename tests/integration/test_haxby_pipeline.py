@@ -178,7 +178,7 @@ def _reference_rdm(source: Path, categories: list[str]) -> np.ndarray:
 def test_unusable_voxels_are_left_out_and_counted(rng: np.random.Generator) -> None:
     """Voxels constant or non-finite in any run are removed from betas, residuals and the mask;
     a stimulus missing from a run (NaN betas there) removes no voxel."""
-    from bids_dnn.workflows.participant import _drop_unusable_voxels
+    from bids_dnn.brain.assembly import drop_unusable_voxels
 
     n_runs, n_stimuli, n_voxels = 2, 3, 9
     mask = np.zeros((3, 4, 1), bool)
@@ -195,7 +195,7 @@ def test_unusable_voxels_are_left_out_and_counted(rng: np.random.Generator) -> N
     nonfinite[[4, 7]] = True  # NaN in the BOLD of a run (voxel 7: constant in one, NaN in another run)
     run_betas[:, :, 4] = np.nan
     run_betas[0, 1, 5] = np.inf  # a non-finite estimate of a fitted voxel
-    kept_betas, kept_residuals, used_mask, counts = _drop_unusable_voxels(
+    kept_betas, kept_residuals, used_mask, counts = drop_unusable_voxels(
         run_betas.copy(), residuals, estimated, mask, constant, nonfinite)
     usable = np.setdiff1d(np.arange(n_voxels), [1, 4, 5, 7])
     assert counts == {"brain_mask": 9, "used": 5, "left_out": 4, "left_out_constant": 1, "left_out_nonfinite": 3}
@@ -217,7 +217,7 @@ def test_haxby_slice_with_constant_voxels_runs_end_to_end(haxby_bids: Path, shar
     import nibabel as nib
     from scipy.stats import pearsonr, spearmanr
 
-    from bids_dnn.workflows.participant import read_relmat
+    from bids_dnn.workflows.tables import read_relmat
 
     out = tmp_path / "out"
     spec = haxby_bids / "code" / "spec.yaml"

@@ -466,7 +466,7 @@ def test_large_pictures_give_the_network_the_same_input(tmp_path: Path, kind: st
     own resize applied to the 8-bit picture, JPEG by DCT scaling): the network input equals that
     of the full-size decode (JPEG and transparency: within 2 of 255 levels, 8-bit rounding)."""
     from bids_dnn.io.media import DECODE_HEADROOM, load_image
-    from bids_dnn.dnn.models import ImageTransform
+    from bids_dnn.dnn.transforms import ImageTransform
 
     path = tmp_path / f"big{suffix}"
     _write_large(kind, path, np.random.default_rng(3))
@@ -483,7 +483,7 @@ def test_large_picture_is_never_held_as_floats(tmp_path: Path) -> None:
     import tracemalloc
 
     from bids_dnn.io.media import DECODE_HEADROOM, load_image
-    from bids_dnn.dnn.models import ImageTransform
+    from bids_dnn.dnn.transforms import ImageTransform
 
     path = tmp_path / "big.png"
     y, x = np.mgrid[0:3000, 0:3000]

@@ -19,7 +19,7 @@ import scipy.stats
 
 from bids_dnn.cli.main import main
 from bids_dnn.io.derivatives import OutputLayout, read_tsv
-from bids_dnn.searchlight.engine import sphere_neighbourhoods
+from bids_dnn.searchlight import sphere_neighbourhoods
 
 TASK, SPACE = "shapes", "MNI152NLin2009cAsym"
 SUBJECTS = ("01", "02", "03", "04")
@@ -160,7 +160,7 @@ def test_encoding_recovers_planted_layers(demo_outputs: Path) -> None:
     with R2 0.82 from ``classifier.4`` and 0.81 from either of the others).
     ``control`` (noise only): mean r about 0 (|r| < 0.1; the SEM over 4 subjects is ~0.04),
     R2 <= 0 (held-out R2 of pure noise is slightly negative), and the ceiling-normalised score is
-    n/a: the ROI noise ceiling is below the 0.1 that :func:`bids_dnn.encoding.ridge.ceiling_normalised`
+    n/a: the ROI noise ceiling is below the 0.1 that :func:`bids_dnn.encoding.scores.ceiling_normalised`
     requires.
     """
     summary = read_tsv(layout(demo_outputs).group_table("alexnet", "summary", suffix="encoding"))

@@ -76,9 +76,10 @@ def features(stimuli, tmp_path_factory: pytest.TempPathFactory):
 
     from bids_dnn.features import store as feat
     from bids_dnn.dnn.extract import extract_features
-    from bids_dnn.dnn.models import load_model, resolve_layers
+    from bids_dnn.dnn.layers import resolve_layers
+    from bids_dnn.dnn.models import load_model
     from bids_dnn.spec import ModelSpec
-    from bids_dnn.io.stimuli import load_image
+    from bids_dnn.io.stimulus_loading import load_image
 
     torch.manual_seed(0)
     loaded = load_model(ModelSpec(name="alexnet", weights="random", init_seed=0))
@@ -106,7 +107,7 @@ def features(stimuli, tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_stimulus_set_keeps_the_92_images_in_order(stimuli, table: pd.DataFrame, k92: Path) -> None:
-    from bids_dnn.io.stimuli import file_sha256
+    from bids_dnn.hashing import file_sha256
 
     assert stimuli.n_stimuli == N_IMAGES
     assert stimuli.files == [f.removeprefix("stimuli/") for f in table["stim_file"]]
@@ -118,7 +119,7 @@ def test_stimulus_set_keeps_the_92_images_in_order(stimuli, table: pd.DataFrame,
 def test_every_image_decodes_to_rgb(stimuli) -> None:
     from PIL import Image
 
-    from bids_dnn.io.stimuli import load_image
+    from bids_dnn.io.stimulus_loading import load_image
 
     modes = set()
     for path in stimuli.paths:

@@ -197,7 +197,7 @@ def test_subject_label_007_reads_back_as_text(inside_run: dict) -> None:
 
 
 def test_atlas_labels_table_keeps_names_as_text(tmp_path: Path) -> None:
-    from bids_dnn.brain.patterns import read_atlas_labels
+    from bids_dnn.brain.rois import read_atlas_labels
 
     path = tmp_path / "atlas_dseg.tsv"
     path.write_text("index\tname\n0\tbackground\n1\tNULL\n2\tNA\n3\tNone\n4\tN/A\n5\tnan\n6\t007\n")
@@ -209,8 +209,9 @@ def test_atlas_labels_table_keeps_names_as_text(tmp_path: Path) -> None:
 def test_atlas_names_sharing_a_file_label_are_refused(tmp_path: Path) -> None:
     import nibabel as nib
 
+    from bids_dnn.brain.rois import load_roi_masks_from_atlas, read_atlas_labels
     from bids_dnn.errors import BidsValidationError
-    from bids_dnn.brain.patterns import load_roi_masks_from_atlas, read_atlas_labels
+    from bids_dnn.spec import sanitize_label
 
     data = np.zeros((4, 4, 4), np.int16)
     data[:2], data[2:] = 1, 2
@@ -218,8 +219,10 @@ def test_atlas_names_sharing_a_file_label_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "atlas_dseg.tsv"
     path.write_text("index\tname\n1\tNA\n2\tN/A\n")
     with pytest.raises(BidsValidationError, match=r"'NA', 'N/A' -> label-NA"):
-        load_roi_masks_from_atlas(atlas, read_atlas_labels(path), atlas, np.ones((4, 4, 4), bool))
-    masks = load_roi_masks_from_atlas(atlas, read_atlas_labels(path), atlas, np.ones((4, 4, 4), bool), names=["N/A"])
+        load_roi_masks_from_atlas(atlas, read_atlas_labels(path), atlas, np.ones((4, 4, 4), bool),
+                                  file_label=sanitize_label)
+    masks = load_roi_masks_from_atlas(atlas, read_atlas_labels(path), atlas, np.ones((4, 4, 4), bool), names=["N/A"],
+                                      file_label=sanitize_label)
     assert list(masks) == ["N/A"] and masks["N/A"].sum() == 32
     path.write_text("index\tname\n1\tn/a\nx\tB\n")
     with pytest.raises(BidsValidationError, match=r"row 2: no name; row 3: index 'x' is not a whole number"):

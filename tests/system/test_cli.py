@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from bids_dnn.io.bids import expand_labels, normalize_label
-from bids_dnn.cli.main import build_parser, main, parse_memory
+from bids_dnn.cli.arguments import build_parser, parse_memory
+from bids_dnn.cli.main import main
 from bids_dnn.errors import UsageError
 
 

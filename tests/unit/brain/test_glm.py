@@ -1,21 +1,17 @@
-"""First-level GLM: confounds, censoring, LSA/LSS estimates against hand-built truth."""
+"""First-level GLM: options, censoring, LSA/LSS estimates against hand-built truth."""
 
 from __future__ import annotations
+
+from dataclasses import FrozenInstanceError, replace
 
 import numpy as np
 import pandas as pd
 import pytest
 from nilearn.glm.first_level import make_first_level_design_matrix, run_glm
 
-from bids_dnn.errors import AnalysisError, BidsValidationError, InputMissingError
-from bids_dnn.brain.glm import (
-    CONFOUND_GROUPS,
-    chunk_size_for_budget,
-    fit_run_glm,
-    sample_mask_from_confounds,
-    select_confounds,
-)
-from bids_dnn.spec import GLMSpec
+from _fmriprep_tables import fmriprep_confounds
+from bids_dnn.brain.glm import GLMOptions, chunk_size_for_budget, fit_run_glm
+from bids_dnn.errors import AnalysisError, BidsValidationError
 
 T_R = 2.0
 N_TIME = 160
@@ -39,74 +35,58 @@ def _nilearn_design(events: pd.DataFrame, n_time: int = N_TIME, **kw) -> pd.Data
     return make_first_level_design_matrix(frame_times, ev, **kw)
 
 
-def _confounds(n_time: int, rng: np.random.Generator) -> pd.DataFrame:
-    """A synthetic fMRIPrep confounds table."""
-    cols: dict[str, np.ndarray] = {}
-    for base in ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"):
-        x = np.cumsum(rng.normal(scale=0.05, size=n_time))
-        d = np.r_[np.nan, np.diff(x)]
-        cols.update({base: x, f"{base}_derivative1": d, f"{base}_power2": x**2, f"{base}_derivative1_power2": d**2})
-    for name in ("white_matter", "csf", "global_signal"):
-        cols[name] = rng.normal(size=n_time)
-    for i in range(6):
-        cols[f"a_comp_cor_{i:02d}"] = rng.normal(size=n_time)
-    for i in range(3):
-        cols[f"cosine{i:02d}"] = np.cos(np.pi * (np.arange(n_time) + 0.5) * (i + 1) / n_time)
-    fd = np.abs(rng.normal(scale=0.1, size=n_time))
-    fd[0] = np.nan
-    cols["framewise_displacement"] = fd
-    return pd.DataFrame(cols)
-
-
 # ---------------------------------------------------------------------------------------
-# Confounds and censoring
+# Options
 # ---------------------------------------------------------------------------------------
 
 
-def test_select_confounds_groups_and_names(rng):
-    table = _confounds(50, rng)
-    sel, _ = select_confounds(table, ["motion_6", "csf", "white_matter"])
-    assert list(sel.columns) == ["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z", "csf", "white_matter"]
-    np.testing.assert_array_equal(sel.to_numpy(), table[list(sel.columns)].to_numpy())
-
-    sel, _ = select_confounds(table, ["motion_24"])
-    assert sel.shape == (50, 24) and "rot_z_derivative1_power2" in sel.columns
-    assert not sel.isna().any().any()  # first-row n/a of derivatives -> 0
-    assert sel["trans_x_derivative1"].iloc[0] == 0.0
-    np.testing.assert_allclose(sel["trans_x_derivative1"].iloc[1:], table["trans_x_derivative1"].iloc[1:])
-
-    sel, _ = select_confounds(table, ["a_comp_cor_5", "cosine", "global_signal", "motion_6", "trans_x"])
-    assert [c for c in sel.columns if c.startswith("a_comp")] == [f"a_comp_cor_{i:02d}" for i in range(5)]
-    assert [c for c in sel.columns if c.startswith("cosine")] == ["cosine00", "cosine01", "cosine02"]
-    assert list(sel.columns).count("trans_x") == 1  # no duplicates
-    assert set(CONFOUND_GROUPS) >= {"motion_6", "motion_24", "white_matter", "csf", "global_signal", "a_comp_cor_5", "cosine"}
+def test_glm_options_are_plain_frozen_and_checked():
+    options = GLMOptions(confounds=["motion_6", "csf"], scrub_fd=0.5)
+    assert options.confounds == ("motion_6", "csf") and hash(options) == hash(replace(options))
+    with pytest.raises(FrozenInstanceError):
+        options.method = "lss"  # type: ignore[misc]
+    for bad in ({"method": "lsq"}, {"hrf": "canonical"}, {"drift_model": "linear"}, {"noise_model": "ar2"},
+                {"output": "z"}, {"high_pass_hz": -0.01}, {"scrub_fd": 0.0}, {"confounds": "motion_6"}):
+        with pytest.raises(AnalysisError, match=next(iter(bad))):
+            GLMOptions(**bad)
 
 
-def test_select_confounds_missing_columns_error(rng):
-    table = _confounds(20, rng).drop(columns=["rot_z", "csf"])
-    with pytest.raises(InputMissingError) as info:
-        select_confounds(table, ["motion_6", "csf"], source="sub-01_task-x_desc-confounds_timeseries.tsv")
-    message = str(info.value)
-    assert "rot_z" in message and "csf" in message and "sub-01_task-x_desc-confounds_timeseries.tsv" in message
-    assert "Available columns" in message and "trans_x" in message
-    assert info.value.exit_code == 66
-    with pytest.raises(InputMissingError, match="no_such_column"):
-        select_confounds(table, ["no_such_column"])
+def test_glm_options_mirror_the_spec_section():
+    """Same fields, defaults and choices as the spec's ``brain.glm`` (the workflows convert one
+    into the other field by field)."""
+    import typing
+    from dataclasses import asdict, fields
+
+    from bids_dnn.brain.glm import GLM_CHOICES
+    from bids_dnn.spec import GLMSpec
+
+    spec_fields = GLMSpec.model_fields
+    assert [f.name for f in fields(GLMOptions)] == list(spec_fields)
+    defaults = GLMSpec().model_dump()
+    assert asdict(GLMOptions()) == {**defaults, "confounds": tuple(defaults["confounds"])}
+    for name, choices in GLM_CHOICES.items():
+        assert typing.get_args(spec_fields[name].annotation) == choices, name
 
 
-def test_sample_mask_non_steady_state_and_fd(rng):
-    table = _confounds(30, rng)
-    table["non_steady_state_outlier00"] = np.eye(30)[0]
-    table["non_steady_state_outlier01"] = np.eye(30)[1]
-    table.loc[[7, 19], "framewise_displacement"] = [0.9, 0.6]
-    expected = np.ones(30, bool)
-    expected[[0, 1, 7, 19]] = False
-    np.testing.assert_array_equal(sample_mask_from_confounds(table, True, 0.5), expected)
-    expected[[0, 1]] = True
-    np.testing.assert_array_equal(sample_mask_from_confounds(table, False, 0.5), expected)
-    assert sample_mask_from_confounds(table, False, None).all()
-    with pytest.raises(InputMissingError, match="framewise_displacement"):
-        sample_mask_from_confounds(table.drop(columns="framewise_displacement"), True, 0.5)
+def test_options_from_a_spec_section_fit_like_the_section_itself(rng):
+    """The workflows' converter gives options equal to hand-written ones, and a fit with them
+    gives the numbers of the section read attribute by attribute (the behaviour before the
+    options had their own type)."""
+    from bids_dnn.spec import GLMSpec
+    from bids_dnn.workflows.subject_patterns import glm_options
+
+    section = GLMSpec(method="lss", hrf="glover", noise_model="ols", confounds=["csf"], scrub_fd=0.4, output="t")
+    options = glm_options(section)
+    assert options == GLMOptions(method="lss", hrf="glover", noise_model="ols", confounds=("csf",), scrub_fd=0.4,
+                                 output="t")
+    assert glm_options(GLMSpec()) == GLMOptions()
+    events, confounds, _, bold = _planted(rng, n_vox=30, n_rep=2)
+    confounds.loc[[20, 21], "framewise_displacement"] = 1.0
+    ours = fit_run_glm(bold, events, T_R, options, confounds=confounds)
+    as_before = fit_run_glm(bold, events, T_R, section, confounds=confounds)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(ours.betas, as_before.betas)
+    np.testing.assert_array_equal(ours.sample_mask, as_before.sample_mask)
+    assert ours.warnings == as_before.warnings and ours.dof == as_before.dof
 
 
 # ---------------------------------------------------------------------------------------
@@ -120,7 +100,7 @@ def test_voxel_equal_to_one_regressor_gets_beta_one(noise_model, tol):
     design = _nilearn_design(events, hrf_model="spm", drift_model="cosine", high_pass=0.008)
     target = CONDS[2]
     bold = np.c_[design[target].to_numpy(), 3.0 * design[target].to_numpy() + 100.0]
-    options = GLMSpec(noise_model=noise_model, confounds=[])
+    options = GLMOptions(noise_model=noise_model, confounds=())
     result = fit_run_glm(bold, events, T_R, options)
     assert result.conditions == CONDS
     expected = np.zeros((len(CONDS), 2))
@@ -148,7 +128,7 @@ def test_ar1_falls_back_to_ols_where_yule_walker_fails(monkeypatch, rng):
     events = _events(n_rep=2)
     design = _nilearn_design(events, hrf_model="spm", drift_model="cosine", high_pass=0.008)
     noisy = design[CONDS[0]].to_numpy() + rng.normal(scale=0.2, size=N_TIME)
-    result = fit_run_glm(np.c_[design[CONDS[1]].to_numpy(), noisy], events, T_R, GLMSpec(confounds=[]))
+    result = fit_run_glm(np.c_[design[CONDS[1]].to_numpy(), noisy], events, T_R, GLMOptions(confounds=()))
     np.testing.assert_allclose(result.betas[:, 0], np.eye(len(CONDS))[1], atol=1e-8)
     assert np.isfinite(result.betas[:, 1]).all() and abs(result.betas[0, 1] - 1) < 0.3
     assert np.isfinite(result.residuals).all()
@@ -158,7 +138,7 @@ def _planted(rng, n_vox=400, noise=0.3, n_rep=3, confound_effect=True):
     events = _events(n_rep=n_rep, rng=rng)
     design = _nilearn_design(events, hrf_model="spm", drift_model=None)
     betas = rng.normal(size=(len(CONDS), n_vox))
-    confounds = _confounds(N_TIME, rng)
+    confounds = fmriprep_confounds(N_TIME, rng)
     bold = design[CONDS].to_numpy() @ betas + noise * rng.normal(size=(N_TIME, n_vox)) + 50.0
     if confound_effect:  # motion-like nuisance signal, removed by the motion_6 regressors
         motion = confounds[["trans_x", "trans_y", "rot_z"]].to_numpy()
@@ -169,20 +149,21 @@ def _planted(rng, n_vox=400, noise=0.3, n_rep=3, confound_effect=True):
 @pytest.mark.parametrize("method", ["lsa", "lss"])
 def test_planted_betas_recovered(rng, method):
     events, confounds, truth, bold = _planted(rng)
-    options = GLMSpec(method=method, confounds=["motion_6"], noise_model="ar1")
+    options = GLMOptions(method=method, confounds=("motion_6",), noise_model="ar1")
     result = fit_run_glm(bold, events, T_R, options, confounds=confounds, chunk_size=150)
     assert result.betas.shape == truth.shape and result.residuals.shape == (N_TIME, truth.shape[1])
     r = np.corrcoef(result.betas.ravel(), truth.ravel())[0, 1]
     assert r > 0.9, r
     # t output: same sign pattern, larger scale than effects for low noise
-    t_result = fit_run_glm(bold, events, T_R, options.model_copy(update={"output": "t"}), confounds=confounds)
+    t_result = fit_run_glm(bold, events, T_R, replace(options, output="t"), confounds=confounds)
     assert np.corrcoef(t_result.betas.ravel(), truth.ravel())[0, 1] > 0.85
 
 
 def test_confound_regressors_matter(rng):
     events, confounds, truth, bold = _planted(rng, noise=0.3)
-    with_motion = fit_run_glm(bold, events, T_R, GLMSpec(confounds=["motion_6"], noise_model="ols"), confounds=confounds)
-    without = fit_run_glm(bold, events, T_R, GLMSpec(confounds=[], noise_model="ols"), confounds=confounds)
+    with_motion = fit_run_glm(bold, events, T_R, GLMOptions(confounds=("motion_6",), noise_model="ols"),
+                              confounds=confounds)
+    without = fit_run_glm(bold, events, T_R, GLMOptions(confounds=(), noise_model="ols"), confounds=confounds)
     err = lambda res: np.mean((res.betas - truth) ** 2)  # noqa: E731
     assert err(with_motion) < 0.5 * err(without)
     assert {"trans_x", "rot_z"} <= set(with_motion.design.columns)
@@ -190,7 +171,7 @@ def test_confound_regressors_matter(rng):
 
 def test_t_values_match_nilearn_contrast(rng):
     events, _, _, bold = _planted(rng, n_vox=50, confound_effect=False)
-    options = GLMSpec(confounds=[], noise_model="ols", output="t")
+    options = GLMOptions(confounds=(), noise_model="ols", output="t")
     result = fit_run_glm(bold, events, T_R, options)
     design = _nilearn_design(events, hrf_model="spm", drift_model="cosine", high_pass=0.008)
     labels, results = run_glm(bold, design.to_numpy(), noise_model="ols")
@@ -202,7 +183,7 @@ def test_t_values_match_nilearn_contrast(rng):
 def test_lss_equals_separate_trial_models(rng):
     """LSS estimate = mean over trials of a model with that trial alone + others by condition."""
     events, _, _, bold = _planted(rng, n_vox=30, n_rep=2, confound_effect=False)
-    options = GLMSpec(method="lss", confounds=[], noise_model="ols", drift_model="none")
+    options = GLMOptions(method="lss", confounds=(), noise_model="ols", drift_model="none")
     result = fit_run_glm(bold, events, T_R, options)
     expected = np.zeros((len(CONDS), bold.shape[1]))
     for i, row in events.iterrows():
@@ -216,7 +197,7 @@ def test_lss_equals_separate_trial_models(rng):
 
 def test_repeated_stimuli_give_one_regressor(rng):
     events = _events(n_rep=4, rng=rng, spacing=12.0)
-    result = fit_run_glm(rng.normal(size=(N_TIME, 5)), events, T_R, GLMSpec(confounds=[]))
+    result = fit_run_glm(rng.normal(size=(N_TIME, 5)), events, T_R, GLMOptions(confounds=()))
     assert result.conditions == sorted(CONDS)
     assert [c for c in result.design.columns if c in CONDS] == CONDS
     assert result.betas.shape == (len(CONDS), 5)
@@ -226,7 +207,7 @@ def test_repeated_stimuli_give_one_regressor(rng):
 def test_zero_duration_events_are_impulses_without_warning(rng):
     events = _events(n_rep=1)
     events.loc[events["condition"] == "stim04", "duration"] = 0.0  # impulse events are allowed
-    result = fit_run_glm(rng.normal(size=(N_TIME, 4)), events, T_R, GLMSpec(confounds=[]))
+    result = fit_run_glm(rng.normal(size=(N_TIME, 4)), events, T_R, GLMOptions(confounds=()))
     assert np.isfinite(result.betas).all()
     assert not any("null duration" in w for w in result.warnings), result.warnings
     assert not any("cond_" in w for w in result.warnings)
@@ -234,7 +215,7 @@ def test_zero_duration_events_are_impulses_without_warning(rng):
 
 def test_chunking_does_not_change_results(rng):
     events, _, _, bold = _planted(rng, n_vox=100, confound_effect=False)
-    ols = GLMSpec(confounds=[], noise_model="ols")
+    ols = GLMOptions(confounds=(), noise_model="ols")
     a = fit_run_glm(bold, events, T_R, ols, chunk_size=7)
     b = fit_run_glm(bold, events, T_R, ols)
     np.testing.assert_allclose(a.betas, b.betas, rtol=1e-10, atol=1e-12)
@@ -249,7 +230,7 @@ def test_float32_series_gives_the_float64_results_exactly(rng):
     bold32[4, 10] = np.nan
     bold32[1:, 11] = 7.0  # constant over the kept volumes only (volume 0 is censored)
     confounds["non_steady_state_outlier00"] = np.eye(N_TIME)[0]
-    options = GLMSpec(confounds=["motion_6", "csf"])
+    options = GLMOptions(confounds=("motion_6", "csf"))
     a = fit_run_glm(bold32, events, T_R, options, confounds=confounds, chunk_size=64)
     b = fit_run_glm(bold32.astype(np.float64), events, T_R, options, confounds=confounds, chunk_size=64)
     np.testing.assert_array_equal(a.betas, b.betas)
@@ -272,7 +253,7 @@ def test_fit_never_copies_the_whole_series(rng):
     events = _events(n_rep=2)
     n_vox = 20_000
     bold = (rng.standard_normal((N_TIME, n_vox), dtype=np.float32) + np.float32(100.0))
-    options = GLMSpec(confounds=[], noise_model="ols")
+    options = GLMOptions(confounds=(), noise_model="ols")
     tracemalloc.start()
     try:
         fit_run_glm(bold, events, T_R, options, chunk_size=1000)
@@ -293,7 +274,7 @@ def test_scrubbing_drops_volumes_like_a_nilearn_sample_mask(rng):
     events, confounds, _, bold = _planted(rng, n_vox=40, confound_effect=False)
     confounds["non_steady_state_outlier00"] = np.eye(N_TIME)[0]
     confounds.loc[[30, 31, 90], "framewise_displacement"] = 1.2
-    options = GLMSpec(confounds=["csf"], scrub_fd=0.5, noise_model="ols")
+    options = GLMOptions(confounds=("csf",), scrub_fd=0.5, noise_model="ols")
     result = fit_run_glm(bold, events, T_R, options, confounds=confounds)
     keep = np.ones(N_TIME, bool)
     keep[[0, 30, 31, 90]] = False
@@ -322,7 +303,7 @@ def test_constant_confound_columns_are_dropped_with_one_warning(rng):
         confounds[name] = 0.0
     confounds["white_matter"] = 3.0
     flat = ["rot_y", "csf", "white_matter", "a_comp_cor_01", "non_steady_state_outlier00"]
-    options = GLMSpec(confounds=["motion_6", "csf", "white_matter", "a_comp_cor_5", "non_steady_state"],
+    options = GLMOptions(confounds=("motion_6", "csf", "white_matter", "a_comp_cor_5", "non_steady_state"),
                       noise_model="ols")
     result = fit_run_glm(bold, events, T_R, options, confounds=confounds)
     keep = np.arange(N_TIME) > 0
@@ -345,11 +326,11 @@ def test_onsets_beyond_scan_are_dropped_with_warning(rng):
     events = _events(n_rep=2)
     late = pd.DataFrame({"onset": [N_TIME * T_R + 10.0], "duration": [2.0], "condition": ["late_stim"]})
     bold = rng.normal(size=(N_TIME, 10))
-    result = fit_run_glm(bold, pd.concat([events, late], ignore_index=True), T_R, GLMSpec(confounds=[]))
+    result = fit_run_glm(bold, pd.concat([events, late], ignore_index=True), T_R, GLMOptions(confounds=()))
     assert result.conditions == CONDS
     assert any("after the end of the scan" in w and "late_stim" in w for w in result.warnings)
     with pytest.raises(AnalysisError, match="no events left"):
-        fit_run_glm(bold, late, T_R, GLMSpec(confounds=[]))
+        fit_run_glm(bold, late, T_R, GLMOptions(confounds=()))
 
 
 def test_unknown_duration_of_a_nuisance_event_is_an_impulse(rng):
@@ -361,8 +342,8 @@ def test_unknown_duration_of_a_nuisance_event_is_an_impulse(rng):
     with_na = pd.concat([events, extra], ignore_index=True)
     with_zero = with_na.assign(duration=with_na["duration"].fillna(0.0))
     bold = rng.normal(size=(N_TIME, 5))
-    a = fit_run_glm(bold, with_na, T_R, GLMSpec(confounds=[]))
-    b = fit_run_glm(bold, with_zero, T_R, GLMSpec(confounds=[]))
+    a = fit_run_glm(bold, with_na, T_R, GLMOptions(confounds=()))
+    b = fit_run_glm(bold, with_zero, T_R, GLMOptions(confounds=()))
     np.testing.assert_allclose(a.betas, b.betas, rtol=1e-12, atol=1e-12)
     assert any("2 non-stimulus event(s) with duration n/a modelled as impulses (nuisance_response)" in w
                for w in a.warnings), a.warnings
@@ -371,17 +352,17 @@ def test_unknown_duration_of_a_nuisance_event_is_an_impulse(rng):
     stimulus_na.attrs["source_file"] = "sub-01_task-x_events.tsv"
     with pytest.raises(BidsValidationError, match=r"sub-01_task-x_events.tsv: row 5: duration 'n/a' on a "
                                                   r"stimulus event \(stim03\)"):
-        fit_run_glm(bold, stimulus_na, T_R, GLMSpec(confounds=[]))
+        fit_run_glm(bold, stimulus_na, T_R, GLMOptions(confounds=()))
 
 
 def test_bad_events_raise_clear_errors(rng):
     events = _events(n_rep=1)
     events.loc[2, "duration"] = -1.0
     with pytest.raises(BidsValidationError, match="negative duration") as info:
-        fit_run_glm(rng.normal(size=(N_TIME, 3)), events, T_R, GLMSpec(confounds=[]), source="sub-01 run-1")
+        fit_run_glm(rng.normal(size=(N_TIME, 3)), events, T_R, GLMOptions(confounds=()), source="sub-01 run-1")
     assert info.value.exit_code == 16 and "sub-01 run-1" in str(info.value)
     with pytest.raises(BidsValidationError, match="condition"):
-        fit_run_glm(rng.normal(size=(N_TIME, 3)), events.drop(columns="condition"), T_R, GLMSpec(confounds=[]))
+        fit_run_glm(rng.normal(size=(N_TIME, 3)), events.drop(columns="condition"), T_R, GLMOptions(confounds=()))
 
 
 def test_nan_and_constant_voxels_are_excluded_and_counted(rng):
@@ -389,7 +370,7 @@ def test_nan_and_constant_voxels_are_excluded_and_counted(rng):
     bold[5, 3] = np.nan
     bold[:, 7] = np.nan
     bold[:, [10, 11, 12]] = 42.0
-    result = fit_run_glm(bold, events, T_R, GLMSpec(confounds=[]))
+    result = fit_run_glm(bold, events, T_R, GLMOptions(confounds=()))
     bad = [3, 7, 10, 11, 12]
     assert np.isnan(result.betas[:, bad]).all() and np.isnan(result.residuals[:, bad]).all()
     good = np.setdiff1d(np.arange(20), bad)
@@ -413,7 +394,7 @@ def test_haxby_lsa_betas_classify_categories(shared_data):
 
     root = shared_data / "haxby2001_sub1" / "mvpa2" / "data"
     mask = np.asarray(nib.load(root / "mask.nii.gz").dataobj) > 0
-    options = GLMSpec(confounds=[], drift_model="polynomial")
+    options = GLMOptions(confounds=(), drift_model="polynomial")
     raw, whitened, conditions = [], [], None
     for run in range(1, 13):
         folder = root / "haxby2001" / "sub001" / "BOLD" / f"task001_run{run:03d}"

@@ -13,7 +13,8 @@ from PIL import Image
 from bids_dnn.errors import AnalysisError
 from bids_dnn.backend import resolve_device
 from bids_dnn.dnn.extract import extract_features
-from bids_dnn.dnn.models import LoadedModel, load_model, resolve_layers
+from bids_dnn.dnn.layers import resolve_layers
+from bids_dnn.dnn.models import LoadedModel, load_model
 from bids_dnn.spec import ModelSpec, TransformSpec
 
 ATOL = 1e-4

@@ -14,6 +14,9 @@ from torchvision.models import get_model
 from torchvision.transforms._presets import ImageClassification
 
 from bids_dnn.dnn import models as M
+from bids_dnn.dnn.layers import list_layer_names, resolve_layers
+from bids_dnn.dnn.transforms import ImageTransform
+from bids_dnn.dnn.weights import state_dict_sha256
 from bids_dnn.errors import AnalysisError, InputMissingError, SpecError
 from bids_dnn.spec import ModelSpec, TransformSpec
 
@@ -51,7 +54,7 @@ def test_same_seed_gives_identical_weights_and_other_seed_differs() -> None:
     other = M.load_model(ModelSpec(name="resnet18", weights="random", init_seed=4))
     for (name, a), b in zip(first.module.state_dict().items(), second.module.state_dict().values()):
         assert torch.equal(a, b), name
-    assert first.weights_sha256 == second.weights_sha256 == M.state_dict_sha256(second.module)
+    assert first.weights_sha256 == second.weights_sha256 == state_dict_sha256(second.module)
     assert other.weights_sha256 != first.weights_sha256
     assert not torch.equal(first.module.conv1.weight, other.module.conv1.weight)
     assert first.weights_name == "random" and first.init_seed == 3 and first.source == "torchvision"
@@ -194,7 +197,7 @@ def test_custom_entry_point_is_seeded(tmp_path: Path) -> None:
                      weights="random", init_seed=5)
     first, second = M.load_model(spec), M.load_model(spec)
     assert first.weights_sha256 == second.weights_sha256 and first.source == "custom"
-    assert M.resolve_layers(first.module, "top_level") == ["1", "4"]
+    assert resolve_layers(first.module, "top_level") == ["1", "4"]
     assert "tiny_net_mod" not in sys.modules  # executed from its file, not imported by name
     bad = ModelSpec(name="x", source="custom", entry_point=f"{tmp_path / 'no_such_file.py'}:build")
     with pytest.raises(InputMissingError, match=r"models\[0\].entry_point: file not found"):
@@ -215,8 +218,8 @@ def test_torchscript_exposes_its_output(tmp_path: Path) -> None:
     path = tmp_path / "net.pt"
     torch.jit.save(torch.jit.trace(net, torch.zeros(1, 3, 8, 8)), str(path))
     loaded = M.load_model(ModelSpec(name="net", source="torchscript", torchscript=str(path)))
-    assert M.list_layer_names(loaded.module) == ["output"]
-    assert M.resolve_layers(loaded.module, "top_level") == ["output"]
+    assert list_layer_names(loaded.module) == ["output"]
+    assert resolve_layers(loaded.module, "top_level") == ["output"]
     assert loaded.weights_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     with pytest.raises(InputMissingError, match="file not found"):
         M.load_model(ModelSpec(name="net", source="torchscript", torchscript=str(tmp_path / "no.pt")))
@@ -231,7 +234,7 @@ def test_transform_preserves_aspect_and_crops_the_centre() -> None:
     pixels[:, 50:100] = (0, 255, 0)
     pixels[:, 100:] = (0, 0, 255)
     image = Image.fromarray(pixels)
-    transform = M.ImageTransform(resize=64, crop=64, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    transform = ImageTransform(resize=64, crop=64, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     out = transform(image)
     assert out.shape == (3, 64, 64) and out.dtype == torch.float32
     assert torch.allclose(out[:, 10:54, 10:54].mean(dim=(1, 2)), torch.tensor([0.0, 1.0, 0.0]), atol=1e-3)
@@ -267,42 +270,42 @@ def test_spec_transform_overrides_weights_transform() -> None:
     ],
 )
 def test_top_level_preset(name: str, expected: list[str]) -> None:
-    assert M.resolve_layers(_meta(name), "top_level") == expected
+    assert resolve_layers(_meta(name), "top_level") == expected
 
 
 def test_type_presets_on_alexnet() -> None:
     net = _meta("alexnet")
-    assert M.resolve_layers(net, "all_conv") == ["features.0", "features.3", "features.6", "features.8",
+    assert resolve_layers(net, "all_conv") == ["features.0", "features.3", "features.6", "features.8",
                                                  "features.10"]
-    assert M.resolve_layers(net, "all_linear") == ["classifier.1", "classifier.4", "classifier.6"]
-    assert M.resolve_layers(net, "all_relu") == ["features.1", "features.4", "features.7", "features.9",
+    assert resolve_layers(net, "all_linear") == ["classifier.1", "classifier.4", "classifier.6"]
+    assert resolve_layers(net, "all_relu") == ["features.1", "features.4", "features.7", "features.9",
                                                  "features.11", "classifier.2", "classifier.5"]
-    leaves = M.resolve_layers(net, "leaves")
+    leaves = resolve_layers(net, "leaves")
     assert len(leaves) == 21 and "features" not in leaves and leaves[0] == "features.0"
 
 
 def test_layers_never_called_are_not_offered() -> None:
     vit = _meta("vit_b_16")
-    linear = M.resolve_layers(vit, "all_linear")
+    linear = resolve_layers(vit, "all_linear")
     assert linear[-1] == "heads.head" and not any("out_proj" in n for n in linear)
-    assert not any("aux" in n for n in M.list_layer_names(_meta("googlenet")))
+    assert not any("aux" in n for n in list_layer_names(_meta("googlenet")))
     with pytest.raises(SpecError, match="preset 'all_relu' selects no layer of vit"):
-        M.resolve_layers(vit, "all_relu", model_name="vit_b_16")
+        resolve_layers(vit, "all_relu", model_name="vit_b_16")
 
 
 def test_globs_exact_names_order_and_duplicates() -> None:
     net = _meta("resnet18")
-    assert M.resolve_layers(net, "layer*.relu") == [f"layer{i}.{j}.relu" for i in (1, 2, 3, 4) for j in (0, 1)]
-    assert M.resolve_layers(net, ["fc", "layer2", "layer2", "layer?"]) == ["layer1", "layer2", "layer3",
+    assert resolve_layers(net, "layer*.relu") == [f"layer{i}.{j}.relu" for i in (1, 2, 3, 4) for j in (0, 1)]
+    assert resolve_layers(net, ["fc", "layer2", "layer2", "layer?"]) == ["layer1", "layer2", "layer3",
                                                                           "layer4", "fc"]
-    assert M.resolve_layers(net, "conv1") == ["conv1"]
-    names = M.list_layer_names(net)
+    assert resolve_layers(net, "conv1") == ["conv1"]
+    names = list_layer_names(net)
     assert "" not in names and names[:4] == ["conv1", "bn1", "relu", "maxpool"]
 
 
 def test_unknown_layers_name_the_field_and_closest_layers() -> None:
     with pytest.raises(SpecError) as info:
-        M.resolve_layers(_meta("resnet50"), ["layer9", "fc", "blocks.*"], model_name="resnet50")
+        resolve_layers(_meta("resnet50"), ["layer9", "fc", "blocks.*"], model_name="resnet50")
     assert info.value.problems == [
         "models[0].layers: 'layer9' is not a layer of resnet50; closest: layer4, layer3, layer2",
         "models[0].layers: 'blocks.*' matches no layer of resnet50",

@@ -11,7 +11,7 @@ from sklearn.decomposition import PCA
 from sklearn.linear_model import Ridge
 from sklearn.preprocessing import StandardScaler
 
-from bids_dnn.encoding.ridge import (MIN_CEILING, banded_ridge, ceiling_normalised, check_folds, cross_validated_ridge,
+from bids_dnn.encoding import (MIN_CEILING, banded_ridge, ceiling_normalised, check_folds, cross_validated_ridge,
                                inner_folds_for, make_folds, noise_ceiling_from_split_half, pearson_columns,
                                pooled_reliability, r2_columns, spearman_brown, variance_partitioning)
 

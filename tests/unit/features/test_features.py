@@ -14,6 +14,8 @@ import h5py
 import numpy as np
 import pytest
 
+from bids_dnn.backend import as_dtype
+from bids_dnn.features import reduction as R
 from bids_dnn.features import store as F
 from bids_dnn.errors import AnalysisError, InputMissingError
 
@@ -228,9 +230,9 @@ def test_two_processes_extract_once(tmp_path: Path) -> None:
 
 def test_sparse_random_projection_is_seeded_and_keeps_distances(rng: np.random.Generator) -> None:
     data = rng.normal(size=(30, 5000)).astype(np.float32)
-    reduced, params = F.reduce_features(data, "srp", n_components=2000, seed=3)
-    again, _ = F.reduce_features(data, "srp", n_components=2000, seed=3)
-    other, _ = F.reduce_features(data, "srp", n_components=2000, seed=4)
+    reduced, params = R.reduce_features(data, "srp", n_components=2000, seed=3)
+    again, _ = R.reduce_features(data, "srp", n_components=2000, seed=3)
+    other, _ = R.reduce_features(data, "srp", n_components=2000, seed=4)
     assert reduced.shape == (30, 2000) and reduced.dtype == np.float32
     np.testing.assert_array_equal(reduced, again)
     assert not np.allclose(reduced, other)
@@ -242,14 +244,14 @@ def test_sparse_random_projection_is_seeded_and_keeps_distances(rng: np.random.G
 
 def test_pca_caps_components_and_small_layers_pass_through(rng: np.random.Generator) -> None:
     data = rng.normal(size=(20, 100)).astype(np.float32)
-    reduced, params = F.reduce_features(data, "pca", n_components=50, seed=0)
+    reduced, params = R.reduce_features(data, "pca", n_components=50, seed=0)
     assert reduced.shape == (20, 20) and params["n_components"] == 20
     assert params["explained_variance_ratio_sum"] == pytest.approx(1.0, abs=1e-4)
-    same, params = F.reduce_features(data, "srp", n_components=100)
+    same, params = R.reduce_features(data, "srp", n_components=100)
     np.testing.assert_array_equal(same, data)
     assert params["applied"] is False
     with pytest.raises(AnalysisError, match="unknown reduction"):
-        F.reduce_features(data, "umap", n_components=2)
+        R.reduce_features(data, "umap", n_components=2)
 
 
 def test_features_module_does_not_import_torch() -> None:
@@ -263,10 +265,10 @@ def test_float16_cast_matches_numpy(rng: np.random.Generator) -> None:
     """The torch cast used for speed rounds exactly like NumPy (round to nearest even)."""
     array = (rng.normal(size=(3, 70001)) * 3000).astype(np.float32)
     array[0, :6] = [np.nan, np.inf, -np.inf, 65519.0, 1e-8, -0.0]
-    cast = F._as_dtype(array, "float16")
+    cast = as_dtype(array, "float16")
     assert cast.dtype == np.float16 and cast.shape == array.shape
     np.testing.assert_array_equal(cast, array.astype(np.float16))
-    assert F._as_dtype(array, "float32") is array
+    assert as_dtype(array, "float32") is array
     assert F._max_abs(np.array([1.0, np.nan, -7.0], dtype=np.float32)) == 7.0
     assert F._max_abs(np.array([[2.0, -3.0]], dtype=np.float32)) == 3.0
 
@@ -287,12 +289,12 @@ def test_streamed_srp_equals_reduce_features_on_the_whole_array(tmp_path: Path, 
     layers = _layers(rng)  # 7, 300 and 1 units
     layers["wide"] = rng.normal(size=(5, 2000)).astype(np.float32)
     built: list[int] = []
-    stream = F.STREAMING_REDUCTIONS["srp"]
-    monkeypatch.setitem(F.STREAMING_REDUCTIONS, "srp", lambda *a: built.append(a[0]) or stream(*a))
+    stream = R.STREAMING_REDUCTIONS["srp"]
+    monkeypatch.setitem(R.STREAMING_REDUCTIONS, "srp", lambda *a: built.append(a[0]) or stream(*a))
     loaded = _reduced_file(tmp_path / "f.h5", layers, {"method": "srp", "n_components": 50, "seed": 7})
     assert sorted(built) == [300, 2000]  # one projection per reduced layer, not one per batch (3 batches)
     for name in ("blocks/0%x", "wide"):  # streamed batches == sklearn fit_transform on all rows
-        expected, params = F.reduce_features(layers[name], "srp", n_components=50, seed=7)
+        expected, params = R.reduce_features(layers[name], "srp", n_components=50, seed=7)
         assert loaded.layers[name].shape == (5, 50)
         np.testing.assert_allclose(loaded.layers[name], expected, rtol=1e-6, atol=1e-6 * np.abs(expected).max())
         stored = loaded.reductions[name]
@@ -312,14 +314,14 @@ def test_streamed_srp_equals_reduce_features_on_the_whole_array(tmp_path: Path, 
 def test_min_units_and_float16_with_srp(tmp_path: Path, rng: np.random.Generator) -> None:
     layers = _layers(rng)
     layers["wide"] = rng.normal(size=(5, 2000)).astype(np.float32)
-    reduction = F.Reduction("srp", n_components=50, seed=1, min_units=500)
+    reduction = R.Reduction("srp", n_components=50, seed=1, min_units=500)
     loaded = _reduced_file(tmp_path / "f.h5", layers, reduction, dtype="float16")
     np.testing.assert_allclose(loaded.layers["blocks/0%x"], layers["blocks/0%x"], rtol=1e-3, atol=0.05)
     assert loaded.layers["blocks/0%x"].shape == (5, 300)  # 300 <= min_units: kept
-    expected, _ = F.reduce_features(layers["wide"], "srp", 50, seed=1)
+    expected, _ = R.reduce_features(layers["wide"], "srp", 50, seed=1)
     assert np.abs(loaded.layers["wide"] - expected).max() <= 1e-3 * np.abs(expected).max()
     with pytest.raises(AnalysisError, match="min_units"):
-        F.Reduction("srp", n_components=50, min_units=10)
+        R.Reduction("srp", n_components=50, min_units=10)
 
 
 def test_pca_is_fitted_on_all_rows_after_extraction(tmp_path: Path, rng: np.random.Generator) -> None:
@@ -373,7 +375,7 @@ def test_changed_reduction_is_never_silently_reused(tmp_path: Path, rng: np.rand
         assert len(log.read_text().splitlines()) == calls + 1, changed  # recomputed
         assert loaded.layers["x"].shape == (5, width)
         assert loaded.attrs["content_key"] != first.attrs["content_key"]
-    seed1 = F.reduce_features(layers["x"], "srp", 40, seed=1)[0]
+    seed1 = R.reduce_features(layers["x"], "srp", 40, seed=1)[0]
     assert not np.allclose(seed1, first.layers["x"])  # the seed changes the stored values
 
 
@@ -402,7 +404,7 @@ def test_srp_rdm_approximates_the_full_rdm() -> None:
     latent = centers[np.repeat(np.arange(6), 8)] + 0.7 * rng.normal(size=(48, 16))
     weights = rng.normal(size=(16, 20000)) / 4
     data = np.maximum(latent @ weights + 0.3 * rng.normal(size=(48, 20000)), 0).astype(np.float32)
-    reduced, _ = F.reduce_features(data, "srp", n_components=512, seed=0)
+    reduced, _ = R.reduce_features(data, "srp", n_components=512, seed=0)
     full_rdm = pdist(data.astype(np.float64), "correlation")
     reduced_rdm = pdist(reduced.astype(np.float64), "correlation")
     assert spearmanr(full_rdm, reduced_rdm)[0] > 0.9
@@ -414,7 +416,7 @@ def test_spec_reduction_section_is_validated() -> None:
 
     spec = parse_spec({"models": [{"name": "alexnet", "reduction": {"method": "srp", "n_components": 256}}],
                        "analyses": {"rsa": {"enabled": False}}})
-    assert F.Reduction.coerce(spec.models[0].reduction) == F.Reduction("srp", 256, 0, None)
+    assert R.Reduction.coerce(spec.models[0].reduction) == R.Reduction("srp", 256, 0, None)
     assert parse_spec({"models": [{"name": "alexnet"}], "analyses": {"rsa": {"enabled": False}}}).models[0].reduction is None
     for bad, message in (({"method": "umap", "n_components": 5}, r"models\[0\]\.reduction\.method"),
                          ({"method": "srp", "n_components": 0}, r"models\[0\]\.reduction\.n_components"),
@@ -455,7 +457,7 @@ def test_pipeline_stores_reduced_features_and_force_reextracts(demo_dataset: Pat
     reduced = run(reduced_spec)
     assert reduced.attrs["content_key"] != full.attrs["content_key"]
     for layer, n_units in (("features.2", 64 * 27 * 27), ("features.12", 256 * 6 * 6)):
-        expected, _ = F.reduce_features(full.layers[layer], "srp", n_components=1024, seed=3)
+        expected, _ = R.reduce_features(full.layers[layer], "srp", n_components=1024, seed=3)
         np.testing.assert_allclose(reduced.layers[layer], expected, rtol=1e-5,
                                    atol=1e-5 * np.abs(expected).max())
         assert reduced.reductions[layer]["n_units_in"] == n_units and reduced.reductions[layer]["applied"]

@@ -150,7 +150,7 @@ def test_other_colour_spaces_use_pillows_conversion(tmp_path: Path, rgb8: np.nda
 
 def test_unreadable_mode_is_listed_with_the_stimulus_problems(tmp_path: Path) -> None:
     """A picture the decoder refuses is reported by the stimulus check (exit 66), before extraction."""
-    from bids_dnn.io.stimuli import check_stimulus_file
+    from bids_dnn.io.stimulus_loading import check_stimulus_file
 
     path = tmp_path / "wide.tif"
     Image.fromarray(np.array([[0.0, 1000.0]], dtype=np.float32)).save(path)

@@ -21,14 +21,8 @@ from bids_dnn.errors import AnalysisError, BidsValidationError, InputMissingErro
 from bids_dnn.dnn.extract import extract_features
 from bids_dnn.dnn.models import load_model
 from bids_dnn.spec import ModelSpec, TransformSpec, VideoOptions
-from bids_dnn.io.stimuli import (
-    build_stimulus_set,
-    check_stimulus_file,
-    condition_column,
-    load_stimulus,
-    read_events,
-    stim_id_for,
-)
+from bids_dnn.io.stimuli import build_stimulus_set, condition_column, read_events, stim_id_for
+from bids_dnn.io.stimulus_loading import check_stimulus_file, load_stimulus
 
 av = pytest.importorskip("av")
 

@@ -172,7 +172,7 @@ def test_participant_summary_has_no_best_layer_without_a_significant_one() -> No
 
 
 def test_encoding_flags() -> None:
-    from bids_dnn.encoding.ridge import at_alpha_grid_edge, outside_unit_interval
+    from bids_dnn.encoding import at_alpha_grid_edge, outside_unit_interval
     from bids_dnn.report.common import encoding_table_warnings
 
     assert outside_unit_interval(np.array([-8.8, -0.01, 0.0, 0.5, 1.0, 2.98, np.nan])).tolist() == \

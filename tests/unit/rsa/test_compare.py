@@ -9,6 +9,7 @@ import pytest
 import scipy.stats
 
 from bids_dnn.rsa import compare as C
+from bids_dnn.rsa.measures import LINEAR_MEASURES, RSATOOLBOX_NAMES
 from bids_dnn.rsa.rdm import square_to_vector
 
 rsatoolbox = pytest.importorskip("rsatoolbox")
@@ -35,7 +36,7 @@ def rdms(rng):
 def test_vs_rsatoolbox(rdms, measure):
     data, models = rdms
     ours = C.compare_rdms(data, models, measure)
-    ref = rsa_compare(RDMs(data), RDMs(models), method=C.RSATOOLBOX_NAMES[measure])
+    ref = rsa_compare(RDMs(data), RDMs(models), method=RSATOOLBOX_NAMES[measure])
     assert ours.shape == (6, 6)
     np.testing.assert_allclose(ours, ref, **TOL)
     np.testing.assert_allclose(C.COMPARISON_MEASURES[measure](data, models), ours, **TOL)
@@ -45,7 +46,7 @@ def test_vs_rsatoolbox(rdms, measure):
 def test_tied_both_sides_vs_rsatoolbox(rdms, measure):
     _, models = rdms
     ours = C.compare_rdms(models, models, measure)
-    ref = rsa_compare(RDMs(models), RDMs(models), method=C.RSATOOLBOX_NAMES[measure])
+    ref = rsa_compare(RDMs(models), RDMs(models), method=RSATOOLBOX_NAMES[measure])
     np.testing.assert_allclose(ours, ref, **TOL)
 
 
@@ -99,7 +100,7 @@ def test_rho_a_equals_spearman_without_ties(rng):
                                **TOL)
 
 
-@pytest.mark.parametrize("measure", C.LINEAR_MEASURES)
+@pytest.mark.parametrize("measure", LINEAR_MEASURES)
 def test_transform_dot_product(rdms, measure):
     data, models = rdms
     ta = C.transform_for_measure(data, measure)
@@ -169,5 +170,5 @@ def test_kriegeskorte_hit_vs_mit(shared_data):
     assert round(float(C.compare_rdms(h, m, "pearson")[0, 0]), 4) == 0.4912
     assert round(float(C.compare_rdms(h, m, "spearman")[0, 0]), 4) == 0.4389
     for measure in C.COMPARISON_MEASURES:
-        ref = rsa_compare(RDMs(h[None]), RDMs(m[None]), method=C.RSATOOLBOX_NAMES[measure])
+        ref = rsa_compare(RDMs(h[None]), RDMs(m[None]), method=RSATOOLBOX_NAMES[measure])
         np.testing.assert_allclose(C.compare_rdms(h, m, measure), ref, **TOL)

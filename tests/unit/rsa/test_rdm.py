@@ -13,7 +13,6 @@ from bids_dnn.rsa import rdm as R
 
 rsatoolbox = pytest.importorskip("rsatoolbox")
 from rsatoolbox.data import Dataset  # noqa: E402
-from rsatoolbox.data.noise import prec_from_residuals  # noqa: E402
 from rsatoolbox.rdm import calc_rdm as rsa_calc_rdm  # noqa: E402
 
 TOL = dict(rtol=1e-10, atol=1e-10)
@@ -212,49 +211,6 @@ def test_errors(patterns):
         R.calc_rdm(patterns, "mahalanobis", noise_precision=np.eye(3))
     with pytest.raises(ValueError):
         R.calc_crossnobis_rdm(patterns[None])  # one run
-
-
-# ----------------------------------------------------------------------------- noise
-@pytest.mark.parametrize("method", R.NOISE_METHODS)
-@pytest.mark.parametrize("dof", [None, 30])
-def test_noise_precision_vs_rsatoolbox(rng, method, dof):
-    res = rng.normal(size=(40, 8)) @ (np.eye(8) + 0.3 * rng.normal(size=(8, 8)))
-    ours = R.noise_precision_from_residuals(res, method, dof)
-    ref = prec_from_residuals(res, dof=dof, method=method)
-    np.testing.assert_allclose(ours, ref, **TOL)
-
-
-@pytest.mark.parametrize("method", R.NOISE_METHODS)
-def test_noise_precision_per_run_and_pooled(rng, method):
-    runs = [rng.normal(size=(25 + 5 * i, 6)) for i in range(3)]
-    per_run = R.noise_precision_from_residuals(runs, method, per_run=True)
-    ref = prec_from_residuals(runs, method=method)
-    assert per_run.shape == (3, 6, 6)
-    for ours, theirs in zip(per_run, ref):
-        np.testing.assert_allclose(ours, theirs, **TOL)
-    pooled = R.noise_precision_from_residuals(runs, method)
-    covs = [np.linalg.inv(p) for p in ref]
-    np.testing.assert_allclose(pooled, np.linalg.inv(np.mean(covs, axis=0)), **TOL)
-    per_run_dof = R.noise_precision_from_residuals(runs, method, dof=[20, 25, 30], per_run=True)
-    for i, d in enumerate([20, 25, 30]):
-        np.testing.assert_allclose(per_run_dof[i],
-                                   prec_from_residuals(runs[i], dof=d, method=method), **TOL)
-
-
-def test_noise_precision_univariate(rng):
-    res = rng.normal(size=(30, 5)) * np.arange(1, 6)
-    p = R.noise_precision_univariate(res, dof=25)
-    np.testing.assert_allclose(p, 25 / np.sum((res - res.mean(0)) ** 2, axis=0), **TOL)
-    pats = rng.normal(size=(6, 5))
-    np.testing.assert_allclose(R.calc_rdm(pats, "mahalanobis", noise_precision=p),
-                               _rsa(pats, "mahalanobis", np.diag(p)), **TOL)
-
-
-def test_noise_precision_errors(rng):
-    with pytest.raises(ValueError):
-        R.noise_precision_from_residuals(rng.normal(size=(10, 3)), "ledoit")
-    with pytest.raises(ValueError):
-        R.noise_precision_from_residuals([rng.normal(size=(10, 3))] * 2, dof=[5])
 
 
 # ----------------------------------------------------------------------------- real data

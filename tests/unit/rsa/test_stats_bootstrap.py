@@ -10,10 +10,13 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from bids_dnn.rsa import inference as S
-from bids_dnn.rsa.compare import COMPARISON_MEASURES, RSATOOLBOX_NAMES
+from bids_dnn.rsa import bootstrap as S
+from bids_dnn.rsa.compare import COMPARISON_MEASURES
+from bids_dnn.rsa.inference import noise_ceiling
+from bids_dnn.rsa.measures import RSATOOLBOX_NAMES
 from bids_dnn.rsa.resampling import (evaluate_resamples, pair_weights, resampled_vectors,
-                                 stimulus_counts, weighted_ranks)
+                                     stimulus_counts, weighted_ranks)
+from bids_dnn.stats.bootstrap import bootstrap_indices
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 rsatoolbox = pytest.importorskip("rsatoolbox")
@@ -192,7 +195,7 @@ def test_bootstrap_patterns_seeded_and_ci(rng):
     data, models = _problem(rng, n_cond=12)
     a = S.bootstrap_patterns(data, models, "spearman", 100, rng=np.random.default_rng(9))
     b = S.bootstrap_patterns(data, models, "spearman",
-                             indices=S.bootstrap_indices(12, 100, np.random.default_rng(9)))
+                             indices=bootstrap_indices(12, 100, np.random.default_rng(9)))
     np.testing.assert_array_equal(a.evaluations, b.evaluations)
     np.testing.assert_array_equal(a.indices, b.indices)
     assert np.all(a.ci_low <= np.nanmedian(a.evaluations, axis=0))
@@ -210,7 +213,7 @@ def test_bootstrap_patterns_skips_degenerate_resamples(rng):
     from bids_dnn.rsa.compare import compare_rdms
     np.testing.assert_allclose(res.evaluations[1], compare_rdms(models, data, "pearson").mean(1),
                                **TOL)
-    lo, up = S.noise_ceiling(data, "pearson")
+    lo, up = noise_ceiling(data, "pearson")
     np.testing.assert_allclose(res.noise_ceiling[1], [lo, up], **TOL)
 
 

@@ -11,9 +11,9 @@ import pytest
 import scipy.optimize
 
 from bids_dnn.rsa.compare import compare_rdms
-from bids_dnn.rsa.weighted import (FIT_MEASURES, crossvalidated_weighted_rsa,
-                                   fit_nonnegative_weights, nnls_gram, pool_for_fit,
-                                   predict_rdm, rdm_variance_partitioning, stimulus_folds)
+from bids_dnn.rsa.measures import FIT_MEASURES
+from bids_dnn.rsa.weighted import (crossvalidated_weighted_rsa, fit_nonnegative_weights, nnls_gram,
+                                   pool_for_fit, predict_rdm, rdm_variance_partitioning, stimulus_folds)
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 rsatoolbox = pytest.importorskip("rsatoolbox")

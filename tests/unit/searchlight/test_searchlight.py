@@ -1,4 +1,5 @@
-"""Tests of bids_dnn.searchlight.engine against rsatoolbox, bids_dnn.rsa.rdm / compare and brute force."""
+"""Tests of bids_dnn.searchlight (neighbourhoods, ranks, engine) against rsatoolbox, bids_dnn.rsa.rdm / compare
+and brute force."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import pytest
 import scipy.stats
 import torch
 
-from bids_dnn.searchlight import engine as SL
+from bids_dnn import searchlight as SL
+from bids_dnn.searchlight import ranks
 from bids_dnn.rsa.compare import LINEAR_MEASURES, compare_rdms
 from bids_dnn.rsa.rdm import calc_crossnobis_rdm, calc_rdm
 
@@ -339,8 +341,8 @@ def test_torch_rank_path_matches_numpy_path(dtype):
     x[2, 5] = np.nan
     t = torch.as_tensor(x, dtype=dtype)
     for mode in ("ranks", "spearman", "rho_a"):
-        p_np, v_np, b_np = SL._rank_transform(t, mode)
-        p_t, v_t, b_t = SL._rank_transform(t, mode, numpy_sort=False)
+        p_np, v_np, b_np = ranks._rank_transform(t, mode)
+        p_t, v_t, b_t = ranks._rank_transform(t, mode, numpy_sort=False)
         a = torch.empty_like(t).scatter_(1, p_np, v_np)
         b = torch.empty_like(t).scatter_(1, p_t, v_t)
         ok = ~b_np
@@ -355,8 +357,8 @@ def test_torch_tie_ranks_match_numpy():
     rng = np.random.default_rng(SEED + 8)
     svals = np.sort(np.round(rng.normal(size=(6, 500)) * 4), axis=1)
     eq = svals[:, 1:] == svals[:, :-1]
-    ref = SL._sorted_average_ranks_numpy(eq)
-    np.testing.assert_array_equal(SL._sorted_average_ranks_torch(torch.as_tensor(eq)).numpy(),
+    ref = ranks._sorted_average_ranks_numpy(eq)
+    np.testing.assert_array_equal(ranks._sorted_average_ranks_torch(torch.as_tensor(eq)).numpy(),
                                   ref)
     np.testing.assert_array_equal(ref, scipy.stats.rankdata(svals, axis=1))
 

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bids_dnn.errors import InputMissingError, SpecError
-from bids_dnn.spec import AnalysisSpec, load_spec, parse_spec, spec_json_schema, spec_reference_markdown
+from bids_dnn.spec import AnalysisSpec, load_spec, parse_spec, spec_json_schema
+from bids_dnn.spec_reference import spec_reference_markdown
 
 REPO = Path(__file__).resolve().parents[3]
 MINIMAL = {"models": [{"name": "alexnet"}], "rois": {"atlas": "atlas.nii.gz"}}
@@ -116,7 +117,7 @@ def test_schema_has_every_section() -> None:
 
 def test_docs_spec_reference_is_current() -> None:
     assert (REPO / "docs" / "spec.md").read_text() == spec_reference_markdown(), \
-        "regenerate: python -c \"from bids_dnn.spec import spec_reference_markdown as f; open('docs/spec.md','w').write(f())\""
+        "regenerate: python -c \"from bids_dnn.spec_reference import spec_reference_markdown as f; open('docs/spec.md','w').write(f())\""
 
 
 json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=8),

@@ -9,7 +9,8 @@ import pytest
 import scipy.stats
 
 from bids_dnn.stats import maps as M
-from bids_dnn.rsa.inference import fdr_bh, one_sample_tests
+from bids_dnn.stats.correction import fdr_bh
+from bids_dnn.stats.group_tests import one_sample_tests
 
 nilearn_mu = pytest.importorskip("nilearn.mass_univariate")
 permuted_ols = nilearn_mu.permuted_ols
@@ -67,19 +68,6 @@ def _brute_force(x: np.ndarray, flips: np.ndarray, alternative: str
     maxes = np.array(maxes)
     p_fwe = np.array([(maxes >= th).sum() for th in thresh]) / len(flips)
     return count / len(flips), p_fwe
-
-
-# ----------------------------------------------------------------------------- fisher z
-def test_fisher_z_clips_and_keeps_nan():
-    r = np.array([-1.0, -0.5, 0.0, 0.3, 0.999, 1.0, 1.0 + 1e-12, np.nan])
-    z = M.fisher_z(r)
-    np.testing.assert_allclose(z[1:5], np.arctanh(r[1:5]), rtol=1e-14)
-    assert np.all(np.isfinite(z[:7]))
-    assert z[5] == z[6] == pytest.approx(np.arctanh(1 - 1e-7)) == -z[0]
-    assert np.isnan(z[7])
-    assert M.fisher_z(np.array([1.0]), eps=1e-3)[0] == pytest.approx(np.arctanh(0.999))
-    with pytest.raises(ValueError):
-        M.fisher_z(r, eps=0)
 
 
 # ----------------------------------------------------------------------------- sign flips

@@ -282,13 +282,12 @@ def test_nprocs_runs_participants_at_once_with_serial_numbers(demo_dataset: Path
 
 def test_glm_budget_sets_the_chunks_not_the_betas(rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
     from bids_dnn.brain import glm
-    from bids_dnn.spec import GLMSpec
 
     n_time, n_voxels = 120, 1500
     bold = (rng.standard_normal((n_time, n_voxels)) + 50).astype(np.float32)
     events = pd.DataFrame({"onset": np.arange(12) * 8.0 + 4, "duration": 1.0,
                            "condition": [f"s{i % 6}" for i in range(12)]})
-    options = GLMSpec(confounds=[], scrub_fd=None)
+    options = glm.GLMOptions(confounds=(), scrub_fd=None)
     calls: list[int] = []
     original = glm._fit_columns
     monkeypatch.setattr(glm, "_fit_columns", lambda Y, *a, **k: calls.append(Y.shape[1]) or original(Y, *a, **k))
@@ -303,11 +302,11 @@ def test_glm_budget_sets_the_chunks_not_the_betas(rng: np.random.Generator, monk
 
 def test_encoding_budget_sets_the_target_batches_not_the_scores(rng: np.random.Generator,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    from bids_dnn.encoding import ridge as encoding
+    from bids_dnn.encoding import make_folds, ridge as encoding
 
     features = rng.standard_normal((24, 40))
     responses = features[:, :5] @ rng.standard_normal((5, 300)) + rng.standard_normal((24, 300))
-    folds = encoding.make_folds(24, n_folds=4, seed=0)
+    folds = make_folds(24, n_folds=4, seed=0)
     batches: list[int] = []
     original = encoding._batch_responses
     monkeypatch.setattr(encoding, "_batch_responses",

@@ -1,0 +1,44 @@
+"""Files the participant level writes and the group level reads: RDM tables and the RSA table's columns."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bids_dnn.io import derivatives as drv
+
+__all__ = ["RSA_COLUMNS", "read_relmat", "write_relmat"]
+
+
+RSA_COLUMNS = {
+    "subject": "Participant label.",
+    "roi": "Region of interest.",
+    "model": "Model label.",
+    "layer": "Layer (node) name as in the model.",
+    "comparison": "RDM comparison measure (signed).",
+    "brain_rdm": "Dissimilarity measure of the brain RDM.",
+    "model_rdm": "Dissimilarity measure of the model RDM.",
+    "score": "Comparison of brain and model RDM (upper triangles); n/a for an ROI skipped for having fewer "
+             "usable voxels than rois.min_voxels (n_voxels says how many).",
+    "p_permutation": "One-sided stimulus-label permutation p-value: (1 + #(null >= score)) / (1 + n).",
+    "n_permutations": "Number of permutations (rows and columns of the model RDM permuted together).",
+    "n_voxels": "Voxels in the ROI (on the BOLD grid, inside the brain mask).",
+    "n_stimuli": "Stimuli (RDM rows).",
+}
+
+
+def write_relmat(path: Path, square: np.ndarray, stim_ids: list[str], sidecar: dict[str, Any]) -> None:
+    """A square RDM as TSV (header = stimulus ids, same row order) + JSON sidecar."""
+    table = pd.DataFrame(square, columns=stim_ids)
+    drv.write_tsv(path, table, {**sidecar, "StimulusIds": list(stim_ids),
+                                "Description": "Representational dissimilarity matrix; rows and columns "
+                                               "follow the column header (the task's stimuli.tsv order)."})
+
+
+def read_relmat(path: Path) -> tuple[np.ndarray, list[str]]:
+    """A square RDM written by :func:`write_relmat`: ``(n_stimuli, n_stimuli)`` values and the stimulus ids."""
+    table = drv.read_tsv(path)
+    return table.to_numpy(dtype=np.float64), list(table.columns)
