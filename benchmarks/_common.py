@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 import warnings
@@ -52,3 +53,21 @@ def finish(failures: list[str], smoke: bool, targets: str = "speed targets") -> 
         return 1
     print("all agreement checks passed" + ("" if smoke else f" and {targets} met"))
     return 0
+
+
+def agreement_run(doc: str, argv: list[str] | None) -> tuple[argparse.Namespace, "np.random.Generator", list[str], bool]:
+    """The command line of an agreement + speed benchmark (``--smoke``, ``--seed``).
+
+    Returns
+    -------
+    args, rng, failures, check_speed
+        The parsed options, the seeded generator, the list the checks append failures to, and
+        whether speed targets are checked (not with ``--smoke``).
+    """
+    import numpy as np
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, agreement only")
+    parser.add_argument("--seed", type=int, default=20261125)
+    args = parser.parse_args(argv)
+    return args, np.random.default_rng(args.seed), [], not args.smoke

@@ -20,7 +20,6 @@ Exit status 1 when a result disagrees (> 1e-10) or, in the full run, the speed t
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -33,7 +32,7 @@ import numpy as np
 os.environ.setdefault("TQDM_DISABLE", "1")  # rsatoolbox's progress bars
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import finish, report  # noqa: E402
+from _common import agreement_run, finish, report  # noqa: E402
 
 from bids_dnn.rsa.bootstrap import bootstrap_dual, bootstrap_patterns  # noqa: E402
 from bids_dnn.rsa.measures import RSATOOLBOX_NAMES  # noqa: E402
@@ -157,13 +156,7 @@ def bench_dual(rng, n_boot: int, n_subj: int, n_models: int, n_cond: int, measur
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes, agreement only")
-    parser.add_argument("--seed", type=int, default=20261125)
-    args = parser.parse_args(argv)
-    rng = np.random.default_rng(args.seed)
-    failures: list[str] = []
-    check_speed = not args.smoke
+    args, rng, failures, check_speed = agreement_run(__doc__, argv)
     if args.smoke:
         bench_pattern(rng, 20, 4, 3, 10, "spearman", 1, 5.0, failures, check_speed)
         bench_pattern(rng, 20, 4, 3, 10, "pearson", 1, None, failures, check_speed)

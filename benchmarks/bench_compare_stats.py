@@ -18,7 +18,6 @@ Exit status 1 when a result disagrees (> 1e-10) or, in the full run, a speed tar
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import scipy.stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import finish, report, timed_pair  # noqa: E402
+from _common import agreement_run, finish, report, timed_pair  # noqa: E402
 
 from bids_dnn.rsa.compare import COMPARISON_MEASURES, compare_rdms  # noqa: E402
 from bids_dnn.rsa.inference import (noise_ceiling, permutation_indices,  # noqa: E402
@@ -95,13 +94,7 @@ def bench_noise_ceiling(rng, n_subj: int, n_cond: int, failures, check_speed):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes, agreement only")
-    parser.add_argument("--seed", type=int, default=20261125)
-    args = parser.parse_args(argv)
-    rng = np.random.default_rng(args.seed)
-    failures: list[str] = []
-    check_speed = not args.smoke
+    args, rng, failures, check_speed = agreement_run(__doc__, argv)
     if args.smoke:
         bench_compare(rng, 8, 5, 15, failures, check_speed)
         bench_permutations(rng, 15, 300, failures, check_speed)
