@@ -7,8 +7,7 @@ Public names are imported from their modules on first use (PEP 562), so that
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from bids_dnn._lazy import lazy_exports
 
 #: module -> the public names it defines (its ``__all__``)
 _EXPORTS: dict[str, tuple[str, ...]] = {
@@ -29,6 +28,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "rdm": (
         "RDM_MEASURES",
         "pair_indices",
+        "as_rdm_rows",
         "square_to_vector",
         "vector_to_square",
         "n_cond_from_pairs",
@@ -91,21 +91,4 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     ),
 }
 
-__all__ = [name for names in _EXPORTS.values() for name in names]
-
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-
-
-def __getattr__(name: str) -> Any:
-    """A public name (or a module) of the package, imported on first access."""
-    if name in _EXPORTS:
-        return importlib.import_module(f"{__name__}.{name}")
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

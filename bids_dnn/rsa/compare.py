@@ -42,7 +42,7 @@ import torch
 from bids_dnn.backend import no_tf32, torch_threads
 from bids_dnn.rsa.measures import COMPARISON_MEASURE_NAMES
 from bids_dnn.rsa.measures import LINEAR_MEASURES  # noqa: F401  (callers import it from here too)
-from bids_dnn.rsa.rdm import n_cond_from_pairs, pair_indices
+from bids_dnn.rsa.rdm import as_rdm_rows, n_cond_from_pairs, pair_indices
 
 __all__ = [
     "COMPARISON_MEASURES",
@@ -53,18 +53,6 @@ __all__ = [
     "kendall_tau_a",
     "whiten_rdm_vectors",
 ]
-
-
-def _as_rows(x: np.ndarray, name: str) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim == 1:
-        x = x[None, :]
-    if x.ndim != 2:
-        raise ValueError(f"{name} must be (n_rdms, n_pairs), got shape {x.shape}")
-    if not np.all(np.isfinite(x)):
-        raise ValueError(f"{name} contains NaN or infinite values")
-    n_cond_from_pairs(x.shape[1])
-    return x
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -105,7 +93,7 @@ def transform_ranks(ranks: np.ndarray, measure: str) -> np.ndarray:
 
     Ranking is the costly step; callers that hold the average ranks skip it here.
     """
-    x = _as_rows(ranks, "ranks")
+    x = as_rdm_rows(ranks, "ranks")
     x = x - x.mean(axis=1, keepdims=True)
     if measure == "rho_a":
         n = x.shape[1]
@@ -133,7 +121,7 @@ def transform_for_measure(vectors: np.ndarray, measure: str) -> np.ndarray:
     np.ndarray, (n_rdms, n_pairs); (n_rdms, n_pairs + n_cond) for ``corr_cov`` / ``cosine_cov``
         (pair part first, then one entry per condition). Rows with zero norm are NaN.
     """
-    x = _as_rows(vectors, "vectors")
+    x = as_rdm_rows(vectors, "vectors")
     if measure in ("spearman", "rho_a"):
         x = scipy.stats.rankdata(x, axis=1)
     if measure in ("spearman", "rho_a", "pearson", "corr_cov"):
@@ -197,8 +185,8 @@ def kendall_tau_a(a: np.ndarray, b: np.ndarray, *, method: str = "auto",
     -------
     np.ndarray, (n_a, n_b)
     """
-    a = _as_rows(a, "a")
-    b = _as_rows(b, "b")
+    a = as_rdm_rows(a, "a")
+    b = as_rdm_rows(b, "b")
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"a and b have different lengths ({a.shape[1]} vs {b.shape[1]})")
     n = a.shape[1]
@@ -290,8 +278,8 @@ def compare_rdms(a: np.ndarray, b: np.ndarray, measure: str = "spearman") -> np.
     if measure not in COMPARISON_MEASURES:
         raise ValueError(f"unknown comparison measure {measure!r}; choose from "
                          f"{sorted(COMPARISON_MEASURES)}")
-    a = _as_rows(a, "a")
-    b = _as_rows(b, "b")
+    a = as_rdm_rows(a, "a")
+    b = as_rdm_rows(b, "b")
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"a and b have different numbers of pairs ({a.shape[1]} vs "
                          f"{b.shape[1]})")
@@ -317,8 +305,8 @@ def compare_paired(a: np.ndarray, b: np.ndarray, measure: str = "spearman") -> n
     if measure not in COMPARISON_MEASURES:
         raise ValueError(f"unknown comparison measure {measure!r}; choose from "
                          f"{sorted(COMPARISON_MEASURES)}")
-    a = _as_rows(a, "a")
-    b = _as_rows(b, "b")
+    a = as_rdm_rows(a, "a")
+    b = as_rdm_rows(b, "b")
     if a.shape != b.shape:
         raise ValueError(f"a and b differ in shape ({a.shape} vs {b.shape})")
     if measure == "kendall_tau_a":

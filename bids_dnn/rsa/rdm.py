@@ -52,6 +52,7 @@ from bids_dnn.rsa.measures import RDM_MEASURE_NAMES
 __all__ = [
     "RDM_MEASURES",
     "pair_indices",
+    "as_rdm_rows",
     "square_to_vector",
     "vector_to_square",
     "n_cond_from_pairs",
@@ -87,6 +88,32 @@ def n_cond_from_pairs(n_pairs: int) -> int:
     if n < 2 or n * (n - 1) // 2 != n_pairs:
         raise ValueError(f"{n_pairs} is not a valid number of condition pairs")
     return n
+
+
+def as_rdm_rows(x: np.ndarray, name: str) -> np.ndarray:
+    """RDM vectors as a finite float64 (n_rdms, n_pairs) array.
+
+    Parameters
+    ----------
+    x : np.ndarray, (n_rdms, n_pairs) or (n_pairs,)
+        Condensed RDMs; one vector becomes one row.
+    name : str
+        The argument's name, for the error message.
+
+    Raises
+    ------
+    ValueError
+        Not 1-D or 2-D, not finite, or ``n_pairs`` is not ``n * (n - 1) / 2``.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be (n_rdms, n_pairs) or (n_pairs,), got shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    n_cond_from_pairs(x.shape[1])
+    return x
 
 
 def square_to_vector(rdm: np.ndarray) -> np.ndarray:

@@ -58,7 +58,7 @@ import scipy.optimize
 
 from bids_dnn.rsa.compare import COMPARISON_MEASURES, compare_rdms, whiten_rdm_vectors
 from bids_dnn.rsa.measures import FIT_MEASURES
-from bids_dnn.rsa.rdm import n_cond_from_pairs, pair_indices
+from bids_dnn.rsa.rdm import as_rdm_rows, n_cond_from_pairs, pair_indices
 
 __all__ = [
     "pool_for_fit",
@@ -71,18 +71,6 @@ __all__ = [
     "VariancePartition",
     "rdm_variance_partitioning",
 ]
-
-def _rows(x: np.ndarray, name: str) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim == 1:
-        x = x[None, :]
-    if x.ndim != 2:
-        raise ValueError(f"{name} must be (n, n_pairs) or (n_pairs,), got shape {x.shape}")
-    if not np.all(np.isfinite(x)):
-        raise ValueError(f"{name} contains NaN or infinite values")
-    n_cond_from_pairs(x.shape[1])
-    return x
-
 
 def _check_fit_measure(measure: str) -> None:
     if measure not in FIT_MEASURES:
@@ -111,7 +99,7 @@ def pool_for_fit(rdms: np.ndarray, measure: str = "pearson") -> np.ndarray:
         See the module docstring (step 1).
     """
     _check_fit_measure(measure)
-    x = _rows(rdms, "rdms")
+    x = as_rdm_rows(rdms, "rdms")
     if measure == "cosine":
         x = x / np.sqrt(np.mean(x ** 2, axis=1, keepdims=True))
     elif measure == "pearson":
@@ -235,8 +223,8 @@ def fit_nonnegative_weights(predictors: np.ndarray, target: np.ndarray, *, fit: 
         Predicted RDM: ``weights @ predictors`` (:func:`predict_rdm`).
     """
     _check_fit_measure(measure)
-    a = _rows(predictors, "predictors")
-    t = _rows(target, "target")
+    a = as_rdm_rows(predictors, "predictors")
+    t = as_rdm_rows(target, "target")
     if t.shape[1] != a.shape[1]:
         raise ValueError(f"predictors and target differ in n_pairs ({a.shape[1]} vs "
                          f"{t.shape[1]})")
@@ -259,7 +247,7 @@ def fit_nonnegative_weights(predictors: np.ndarray, target: np.ndarray, *, fit: 
 def predict_rdm(weights: np.ndarray, predictors: np.ndarray) -> np.ndarray:
     """Weighted model RDM ``weights @ predictors``: (n_predictors,), (n_predictors, n_pairs)
     -> (n_pairs,) (rsatoolbox ``ModelWeighted.predict``)."""
-    return np.asarray(weights, dtype=np.float64) @ _rows(predictors, "predictors")
+    return np.asarray(weights, dtype=np.float64) @ as_rdm_rows(predictors, "predictors")
 
 
 # --------------------------------------------------------------------------- cross-validation
@@ -380,8 +368,8 @@ def crossvalidated_weighted_rsa(predictors: np.ndarray, data: np.ndarray, *,
     if fit_measure is None:
         fit_measure = measure if measure in FIT_MEASURES else "pearson"
     _check_fit_measure(fit_measure)
-    a = _rows(predictors, "predictors")
-    x = _rows(data, "data")
+    a = as_rdm_rows(predictors, "predictors")
+    x = as_rdm_rows(data, "data")
     if a.shape[1] != x.shape[1]:
         raise ValueError(f"predictors and data differ in n_pairs ({a.shape[1]} vs "
                          f"{x.shape[1]})")
@@ -534,8 +522,8 @@ def rdm_variance_partitioning(predictor_groups: Mapping[str, np.ndarray], data: 
     names = tuple(predictor_groups)
     if not 2 <= len(names) <= 4:
         raise ValueError(f"need 2 to 4 predictor groups, got {len(names)}")
-    groups = {k: _rows(v, f"predictor_groups[{k!r}]") for k, v in predictor_groups.items()}
-    y = _rows(data, "data")
+    groups = {k: as_rdm_rows(v, f"predictor_groups[{k!r}]") for k, v in predictor_groups.items()}
+    y = as_rdm_rows(data, "data")
     for k, v in groups.items():
         if v.shape[1] != y.shape[1]:
             raise ValueError(f"group {k!r} has {v.shape[1]} pairs, data {y.shape[1]}")

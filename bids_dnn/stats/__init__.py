@@ -7,8 +7,7 @@ spec reads (``CORRECTIONS``, ``GROUP_TESTS``) come without loading scipy.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from bids_dnn._lazy import lazy_exports
 
 #: module -> the public names it defines (its ``__all__``)
 _EXPORTS: dict[str, tuple[str, ...]] = {
@@ -40,21 +39,4 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     ),
 }
 
-__all__ = [name for names in _EXPORTS.values() for name in names]
-
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-
-
-def __getattr__(name: str) -> Any:
-    """A public name (or a module) of the package, imported on first access."""
-    if name in _EXPORTS:
-        return importlib.import_module(f"{__name__}.{name}")
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
