@@ -225,6 +225,20 @@ def partition_centres(n_centres: int, n_parts: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
+def _scored_centres(scores: np.ndarray, neighbourhoods: Neighbourhoods,
+                    centre_range: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
+    """``scores`` as (n_maps, n_covered) and the mask-voxel indices of the centres they cover."""
+    scores = np.asarray(scores)
+    if scores.ndim == 1:
+        scores = scores[None, :]
+    if scores.ndim != 2:
+        raise ValueError(f"scores must be (n_maps, n_centres), got {scores.shape}")
+    start, stop = _check_range(centre_range, neighbourhoods.n_centres)
+    if scores.shape[1] != stop - start:
+        raise ValueError(f"scores cover {scores.shape[1]} centres, expected {stop - start}")
+    return scores, neighbourhoods.centres[start:stop]
+
+
 def scores_to_volume(scores: np.ndarray, neighbourhoods: Neighbourhoods, *,
                      centre_range: tuple[int, int] | None = None) -> np.ndarray:
     """Place per-centre scores into the volume.
@@ -242,17 +256,10 @@ def scores_to_volume(scores: np.ndarray, neighbourhoods: Neighbourhoods, *,
     np.ndarray, (*mask_shape, n_maps) float (float64 unless ``scores`` is float32)
         NaN at voxels that are not (covered) centres.
     """
-    scores = np.asarray(scores)
-    if scores.ndim == 1:
-        scores = scores[None, :]
-    if scores.ndim != 2:
-        raise ValueError(f"scores must be (n_maps, n_centres), got {scores.shape}")
-    start, stop = _check_range(centre_range, neighbourhoods.n_centres)
-    if scores.shape[1] != stop - start:
-        raise ValueError(f"scores cover {scores.shape[1]} centres, expected {stop - start}")
+    scores, centres = _scored_centres(scores, neighbourhoods, centre_range)
     dtype = np.float32 if scores.dtype == np.float32 else np.float64
     vol = np.full((int(np.prod(neighbourhoods.mask_shape)), scores.shape[0]), np.nan, dtype)
-    flat = neighbourhoods.mask_indices[neighbourhoods.centres[start:stop]]
+    flat = neighbourhoods.mask_indices[centres]
     vol[flat] = scores.T
     return vol.reshape(*neighbourhoods.mask_shape, scores.shape[0])
 
@@ -275,16 +282,9 @@ def scores_to_mask_voxels(scores: np.ndarray, neighbourhoods: Neighbourhoods, *,
         Columns in mask-voxel order (``np.flatnonzero(mask)``); NaN at voxels that are not
         (covered) centres.
     """
-    scores = np.asarray(scores)
-    if scores.ndim == 1:
-        scores = scores[None, :]
-    if scores.ndim != 2:
-        raise ValueError(f"scores must be (n_maps, n_centres), got {scores.shape}")
-    start, stop = _check_range(centre_range, neighbourhoods.n_centres)
-    if scores.shape[1] != stop - start:
-        raise ValueError(f"scores cover {scores.shape[1]} centres, expected {stop - start}")
+    scores, centres = _scored_centres(scores, neighbourhoods, centre_range)
     values = np.full((scores.shape[0], neighbourhoods.n_mask_voxels), np.nan)
-    values[:, neighbourhoods.centres[start:stop]] = scores
+    values[:, centres] = scores
     return values
 
 
