@@ -1,5 +1,2 @@
-"""The command line: parser, sub-commands and SLURM scripts."""
-
-from bids_dnn.cli.main import main, run
-
-__all__ = ["main", "run"]
+"""The command line: the BIDS App parser and sub-commands (`main`), argument types (`arguments`), SLURM
+scripts (`slurm`). The console script is `bids_dnn.cli.main:run`."""

@@ -718,7 +718,7 @@ def test_console_script_sets_the_cache_before_anything_runs(tmp_path: Path) -> N
     (Docker, Apptainer def file, docker-archive://) set or did not set."""
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    code = ("import os, sys; from bids_dnn.cli.main import main as cli; "
+    code = ("import os, sys; import bids_dnn.cli.main as cli; "
             "cli.main = lambda: print(os.environ.get('MPLCONFIGDIR')) or 0; cli.run()")
     env = {**os.environ, "MPLCONFIGDIR": str(blocker / "matplotlib"), "TMPDIR": str(tmp_path)}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
