@@ -49,6 +49,8 @@ BIDSIGNORE_LINES = [
     "*_rsa.json",
     "*_encoding.tsv",
     "*_encoding.json",
+    "*_cka.tsv",
+    "*_cka.json",
     "*_summary.tsv",
     "*_summary.json",
     "/task-*_stimuli.tsv",
@@ -256,7 +258,7 @@ def without_entity_keys(sidecar: dict[str, Any]) -> dict[str, Any]:
 #: ``None``, ``nan`` stay names (only ``n/a`` means missing, as BIDS says)
 LABEL_COLUMNS = {name: str for name in (
     "subject", "participant", "participant_id", "session", "run", "roi", "label", "name", "model", "layer",
-    "layer_a", "layer_b", "best_single_layer", "component", "stim_id", "stim_file",
+    "layer_a", "layer_b", "model_b", "best_single_layer", "component", "stim_id", "stim_file",
     "category", "trial_type", "desc_id")}
 
 
@@ -341,6 +343,10 @@ class OutputLayout:
             f"task-{self.task}_model-{m}_layer-{lay}_stat-{sanitize_label(measure)}_relmat.tsv"
         )
 
+    def model_cka(self, model: str) -> Path:
+        """Layer x layer CKA of a model's layers with every model's layers (``analyses.cka.across_models``)."""
+        return self.model_dir(model) / f"task-{self.task}_model-{sanitize_label(model)}_cka.tsv"
+
     # participant-level ---------------------------------------------------------------
     def subject_dir(self, subject: str) -> Path:
         return self.root / f"sub-{subject}"
@@ -366,6 +372,10 @@ class OutputLayout:
 
     def rsa_table(self, subject: str, model: str) -> Path:
         return self._func(subject) / f"{self._prefix(subject)}_model-{sanitize_label(model)}_rsa.tsv"
+
+    def cka_table(self, subject: str, model: str) -> Path:
+        """ROI x layer CKA of one model (``analyses.cka``)."""
+        return self._func(subject) / f"{self._prefix(subject)}_model-{sanitize_label(model)}_cka.tsv"
 
     def searchlight_map(self, subject: str, model: str, layer: str, stat: str) -> Path:
         name = _entities(model=sanitize_label(model), layer=sanitize_label(layer), stat=sanitize_label(stat))
@@ -571,15 +581,16 @@ recomputes only what changed.
 - `input_dataset.json`: the input dataset this folder was made from (name, path, participants and,
   per task, a fingerprint of the stimulus set); a participant run of another dataset is refused.
 - `model-<model>/`: `*_features.h5` (the activations of every stimulus in every requested layer,
-  with provenance attributes) and the model RDMs `*_layer-<layer>_stat-<measure>_relmat.tsv`.
+  with provenance attributes), the model RDMs `*_layer-<layer>_stat-<measure>_relmat.tsv` and,
+  with `analyses.cka`, the layer x layer CKA with every model's layers `*_cka.tsv`.
 - `sub-<label>/func/`: GLM estimates `*_desc-stimuli_stat-effect_statmap.nii.gz` (one volume per
   stimulus), ROI masks `*_label-<roi>_mask.nii.gz`, brain RDMs
   `*_label-<roi>_stat-<measure>_relmat.tsv`, ROI RSA `*_model-<model>_rsa.tsv`, searchlight maps
   `*_model-<model>_layer-<layer>_stat-<comparison>_desc-searchlight_statmap.nii.gz`, encoding maps
   `*_stat-<r|r2|alpha|normr2|noiseceiling>_desc-encoding_statmap.nii.gz`, encoding ROI means
-  `*_model-<model>_encoding.tsv` and voxel counts `*_desc-rois_summary.tsv`; `figures/` holds the
+  `*_model-<model>_encoding.tsv`, ROI x layer CKA `*_model-<model>_cka.tsv` and voxel counts `*_desc-rois_summary.tsv`; `figures/` holds the
   report's pictures.
-- `group/`: tables across participants (`*_rsa.tsv`, `*_encoding.tsv`; `desc-` labels in
+- `group/`: tables across participants (`*_rsa.tsv`, `*_encoding.tsv`, `*_cka.tsv`; `desc-` labels in
   `descriptions.tsv`) and group maps `*_stat-<t|p|pfwe|pfdr>_desc-<analysis>_statmap.nii.gz`.
 - `sub-<label>.html`, `group.html`: self-contained reports.
 

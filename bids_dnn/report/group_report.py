@@ -2,7 +2,8 @@
 
 Sections: summary, participants (included / excluded and why), ROI RSA (layer profiles across
 models with CIs, noise-ceiling band, corrected significance and the cross-validated best layer),
-pairwise layer comparisons, group maps (only when they exist), methods, provenance.
+pairwise layer comparisons, ROI CKA (only with CKA summaries; :mod:`bids_dnn.report.cka_sections`),
+group maps (only when they exist), methods, provenance.
 Everything is read from the output folder.
 """
 
@@ -53,6 +54,7 @@ from bids_dnn.report.inputs import (
     spec_from_log,
     subject_ids,
 )
+from bids_dnn.report.cka_sections import group_cka_section, group_cka_summaries
 from bids_dnn.report.methods import methods_blocks
 from bids_dnn.spec import AnalysisSpec, sanitize_label, spec_hash
 from bids_dnn.stats.group_tests import GROUP_TESTS
@@ -518,6 +520,8 @@ def build(layout: drv.OutputLayout, spec: AnalysisSpec | None = None, subjects: 
         guarded_section("rsa", "ROI RSA across participants", lambda s: _rsa(ctx, s)),
         guarded_section("comparisons", "Pairwise layer comparisons", lambda s: _comparisons(ctx, s)),
     ]
+    if ctx.spec.analyses.cka.enabled or group_cka_summaries(ctx):
+        sections.append(guarded_section("cka", "ROI CKA across participants", lambda s: group_cka_section(ctx, s)))
     if _has_combined(ctx):
         sections.append(guarded_section("combined", "Weighted RSA and variance partitioning",
                                         lambda s: _combined(ctx, s)))

@@ -1,6 +1,7 @@
 """The participant report ``OUT_DIR/sub-XX.html`` (figures under ``sub-XX/figures/``).
 
-Sections: summary, stimuli, data quality, RDMs, ROI RSA, whole-brain maps (only when the
+Sections: summary, stimuli, data quality, RDMs, ROI RSA, ROI CKA (only with CKA tables;
+:mod:`bids_dnn.report.cka_sections`), whole-brain maps (only when the
 searchlight / encoding outputs exist; :mod:`bids_dnn.report.participant_maps_sections`), methods,
 provenance. Everything is read from the output folder; see :mod:`bids_dnn.report.inputs`.
 """
@@ -33,6 +34,7 @@ from bids_dnn.report.assemble import (
     table_block,
 )
 from bids_dnn.report.common import provenance_section, versions_text
+from bids_dnn.report.cka_sections import participant_cka_section, participant_cka_tables
 from bids_dnn.report.inputs import (
     MapFile,
     StimulusInfo,
@@ -197,6 +199,9 @@ def _summary(ctx: ParticipantContext, section: Section) -> None:
     analyses = []
     if spec.analyses.rsa.enabled:
         analyses.append(f"ROI RSA ({spec.analyses.rsa.comparison}, {spec.analyses.rsa.permutations} permutations)")
+    if spec.analyses.cka.enabled:
+        cka = spec.analyses.cka
+        analyses.append(f"ROI CKA ({cka.kernel} kernel, {cka.estimator} estimator, {cka.permutations} permutations)")
     if spec.analyses.searchlight.enabled:
         analyses.append(f"searchlight (radius {spec.analyses.searchlight.radius_mm:g} mm)")
     if spec.analyses.encoding.enabled:
@@ -567,6 +572,8 @@ def build(layout: drv.OutputLayout, subject: str, stimuli: Any = None, summary: 
         guarded_section("rdms", "RDMs", lambda s: _rdms(ctx, s)),
         guarded_section("rsa", "ROI RSA", lambda s: _rsa(ctx, s)),
     ]
+    if ctx.spec.analyses.cka.enabled or participant_cka_tables(ctx):
+        sections.append(guarded_section("cka", "ROI CKA", lambda s: participant_cka_section(ctx, s)))
     has_maps = any(ctx.maps.values()) or any(
         ctx.layout.encoding_table(subject, m.output_label).is_file() for m in ctx.spec.models)
     if has_maps:

@@ -487,6 +487,10 @@ def run_group_level(options: RunOptions) -> None:
                                                            Description="Mean R2 components across subjects, "
                                                                        "one-sample t.", **common))
         written += paths
+    if ctx.spec.analyses.cka.enabled:
+        from bids_dnn.workflows.group_cka import group_cka
+
+        written += group_cka(ctx, subjects)
     written += group_whole_brain(ctx, subjects)
     write_provenance(ctx, layout.group_log_dir(ctx.run_id), {"subjects": subjects,
                                                               "outputs": [str(p.relative_to(layout.root)) for p in written]})

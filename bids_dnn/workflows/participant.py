@@ -34,6 +34,7 @@ from bids_dnn.workflows.inputs import (check_subject_inputs, resolve_stimuli, ro
                                        subject_input_files, write_stimulus_table)
 from bids_dnn.workflows.model_features import model_rdms, read_checked_features
 from bids_dnn.workflows.options import RunOptions
+from bids_dnn.workflows.participant_cka import cka_stage_ingredients, write_cka_tables, write_layer_cka
 from bids_dnn.workflows.provenance import CONTAINER_ENV, read_status, record_failure, write_provenance, write_status
 from bids_dnn.workflows.resources import map_participants
 from bids_dnn.workflows.subject_patterns import (SubjectPatterns, brain_rdm_measure, brain_rdms, fit_subject_glms,
@@ -78,7 +79,8 @@ def subject_stage_keys(ctx: Context, subject: str, stimuli: StimulusSet,
 
     ``brain`` (betas, ROI masks, brain RDMs, ROI summary) depends on the subject's input files,
     the stimulus set, ``brain``, ``stimuli``, ``rois`` and ``rdm.brain``; ``rsa:<model>`` on
-    ``brain``, the model's features and ``analyses.rsa``; ``searchlight:<model>`` and
+    ``brain``, the model's features and ``analyses.rsa``; ``cka:<model>`` on the patterns, the ROIs,
+    the features and ``analyses.cka``; ``searchlight:<model>`` and
     ``encoding`` on the patterns, the features and their own spec section; ``report`` on all.
     """
     from bids_dnn.workflows.stages import content_key, files_fingerprint
@@ -101,6 +103,8 @@ def subject_stage_keys(ctx: Context, subject: str, stimuli: StimulusSet,
         if analyses.rsa.enabled and spec.rois is not None:
             keys[f"rsa:{model}"] = content_key("rsa", keys["brain"], features, spec.rdm.model,
                                                dump(analyses.rsa), seed)
+        if analyses.cka.enabled and spec.rois is not None:
+            keys[f"cka:{model}"] = content_key("cka", patterns, rois, features, cka_stage_ingredients(ctx))
         if analyses.searchlight.enabled:
             keys[f"searchlight:{model}"] = content_key("searchlight", patterns, features, spec.rdm.model,
                                                        spec.rdm.brain, dump(analyses.searchlight), seed)
@@ -238,6 +242,10 @@ def compute_subject_stages(ctx: Context, subject: str, stimuli: StimulusSet, mod
             drv.write_tsv(path, table, {**{k: {"Description": v} for k, v in RSA_COLUMNS.items()},
                                         "Seed": ctx.spec.statistics.seed})
             done(f"rsa:{model}", [path])
+    cka_stale = {m: list(models[m]) for m in models if f"cka:{m}" in stale}
+    if cka_stale:
+        for model, path in write_cka_tables(ctx, subject, stimuli, patterns, masks, cka_stale, small_rois).items():
+            done(f"cka:{model}", [path])
     searchlight_stale = {m: models[m] for m in models if f"searchlight:{m}" in stale}
     if searchlight_stale:
         from bids_dnn.workflows.participant_maps import run_searchlight
@@ -387,6 +395,8 @@ def run_participant_level(options: RunOptions) -> None:
         for subject, exc in recorded_failures:
             record_failure(ctx, subject, exc)
     models = model_rdms(ctx, stimuli) if ready else {}
+    if models and ctx.spec.analyses.cka.enabled and ctx.spec.analyses.cka.across_models:
+        write_layer_cka(ctx, {model: list(layers) for model, layers in models.items()})
     resources = ctx.resources.for_participants(len(ready))  # --nprocs: participants at once
     if resources.n_workers > 1:
         logger.info("%d participants at a time, %s thread(s) each", resources.n_workers, resources.omp_nthreads)
