@@ -11,7 +11,7 @@ design times random betas) + AR(1) noise.
 
 Measured, in a fresh child process (so nothing of the writer counts): exactly the
 participant-level path of one run, ``bids_dnn.brain.images.masked_timeseries`` on the brain mask,
-then ``bids_dnn.brain.glm.fit_run_glm`` with the default ``GLMOptions`` (the spec's defaults:
+then ``bids_dnn.brain.glm.fit_run_glm`` with the default ``GLMOptions`` (the spec's defaults, engine fast:
 confounds on: motion_6, white_matter, csf; AR(1); cosine drift). Peak resident memory of the
 child (VmHWM, and ``ru_maxrss`` from ``resource.getrusage``), wall times, and the size of the
 run's residuals, which the participant keeps per run for noise normalisation.

@@ -38,6 +38,7 @@ from bids_dnn.limits import (
     MAX_ROI_MIN_VOXELS,
     MAX_SEED,
 )
+from bids_dnn.cka.registry import CKA_KERNEL_NAMES, HSIC_ESTIMATOR_NAMES
 from bids_dnn.rsa.measures import (COMPARISON_MEASURE_NAMES, LINEAR_MEASURES, MODEL_RDM_MEASURES,
                                    RDM_MEASURE_NAMES)
 from bids_dnn.rsa.noise import NOISE_NORMALIZATIONS, WELL_CONDITIONED_ESTIMATORS
@@ -54,7 +55,7 @@ CODE_RUNNING_SOURCES = ("custom", "torchscript")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# the allowed values come from the library's registries (bids_dnn.rsa.measures, bids_dnn.rsa.noise,
+# the allowed values come from the library's registries (bids_dnn.rsa.measures, bids_dnn.rsa.noise, bids_dnn.cka,
 # bids_dnn.stats), in their order
 BrainRdmMeasure = Literal[("auto",) + RDM_MEASURE_NAMES]
 ModelRdmMeasure = Literal[MODEL_RDM_MEASURES]
@@ -62,6 +63,8 @@ ComparisonMeasure = Literal[COMPARISON_MEASURE_NAMES]
 NoiseNormalization = Literal[NOISE_NORMALIZATIONS]
 NoiseEstimator = Literal[WELL_CONDITIONED_ESTIMATORS]
 GroupTestName = Literal[tuple(GROUP_TESTS)]
+CkaKernelName = Literal[CKA_KERNEL_NAMES]
+HsicEstimatorName = Literal[HSIC_ESTIMATOR_NAMES]
 CorrectionName = Literal[tuple(CORRECTIONS)]
 
 
@@ -262,6 +265,10 @@ class GLMSpec(_Strict):
     )
     drop_non_steady_state: bool = True
     output: Literal["effect", "t"] = Field("effect", description="Patterns from betas or t values.")
+    engine: Literal["fast", "nilearn"] = Field(
+        "fast", description="'fast': batched GLM (each AR(1) bin's design inverted once, LSS in closed form); "
+        "'nilearn': nilearn's run_glm per voxel chunk and trial model (the reference; same estimates to rounding)."
+    )
 
 
 class BrainSpec(_Strict):
@@ -456,12 +463,36 @@ class SearchlightSpec(_Strict):
         return value
 
 
+class CkaSpec(_Strict):
+    """Centered kernel alignment (Kornblith et al. 2019) between each layer's activations and each
+    ROI's response patterns (run-mean estimates), per participant, with a group summary."""
+
+    enabled: bool = False
+    kernel: CkaKernelName = Field("linear", description="Kernel of the stimulus x stimulus Gram matrices.")
+    sigma: float = Field(
+        1.0, gt=0, le=100, description="RBF bandwidth as a multiple of the median distance between stimuli "
+        "(kernel 'rbf' only)."
+    )
+    estimator: HsicEstimatorName = Field(
+        "unbiased", description="HSIC estimator: 'unbiased' (debiased CKA, about 0 for unrelated patterns) or "
+        "'plain' (biased upwards with few stimuli and many features)."
+    )
+    permutations: int = Field(1000, ge=0, le=MAX_PERMUTATIONS, description="Stimulus-label permutations (0: none).")
+    bootstrap: int = Field(
+        1000, ge=0, le=MAX_RESAMPLES, description="Stimulus-bootstrap resamples for each participant's CIs (0: none)."
+    )
+    across_models: bool = Field(
+        True, description="Also write layer x layer CKA of all models' layers (model folders, once per run)."
+    )
+
+
 class AnalysesSpec(_Strict):
     rsa: RsaSpec = Field(default_factory=RsaSpec)
     weighted_rsa: WeightedRsaSpec = Field(default_factory=WeightedRsaSpec)
     variance_partitioning: VariancePartitioningSpec = Field(default_factory=VariancePartitioningSpec)
     encoding: EncodingSpec = Field(default_factory=EncodingSpec)
     searchlight: SearchlightSpec = Field(default_factory=SearchlightSpec)
+    cka: CkaSpec = Field(default_factory=CkaSpec)
 
 
 class StatisticsSpec(_Strict):
@@ -521,6 +552,9 @@ class AnalysisSpec(_Strict):
                 "or set analyses.rsa.enabled: false)"
             )
         ana = self.analyses
+        if ana.cka.enabled and self.rois is None:
+            raise ValueError("rois: required for analyses.cka (add 'rois: {atlas: ...}' or 'rois: {masks: ...}', "
+                             "or set analyses.cka.enabled: false)")
         if (ana.weighted_rsa.enabled or ana.variance_partitioning.enabled) and not ana.rsa.enabled:
             raise ValueError("analyses.weighted_rsa and analyses.variance_partitioning build on the ROI RSA; "
                              "set analyses.rsa.enabled: true")

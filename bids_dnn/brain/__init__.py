@@ -3,11 +3,16 @@ preparation and the assembly of a participant's patterns."""
 
 from bids_dnn.brain.glm import (
     GLM_CHOICES,
+    GLM_ENGINES,
+    GLMEngine,
     GLMOptions,
     RunGLM,
     chunk_size_for_budget,
     fit_run_glm,
 )
+from bids_dnn.brain.fast_glm import fit_glm
+from bids_dnn.brain.fast_lss import fit_lss
+from bids_dnn.brain.lss import LSSDesign
 from bids_dnn.brain.confounds import (
     CONFOUND_GROUPS,
     ConfoundGroup,
@@ -53,10 +58,15 @@ from bids_dnn.brain.assembly import (
 
 __all__ = [
     "GLM_CHOICES",
+    "GLM_ENGINES",
+    "GLMEngine",
     "GLMOptions",
     "RunGLM",
     "chunk_size_for_budget",
     "fit_run_glm",
+    "fit_glm",
+    "fit_lss",
+    "LSSDesign",
     "CONFOUND_GROUPS",
     "ConfoundGroup",
     "drop_constant_confounds",

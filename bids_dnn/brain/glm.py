@@ -6,12 +6,17 @@ problems are strings in :attr:`RunGLM.warnings`; fatal ones are :mod:`bids_dnn.e
 
 The design is built with nilearn's ``make_first_level_design_matrix`` on the full run (true
 HRF timing); censored volumes are then dropped from data and design (a sample mask, as in
-nilearn's ``FirstLevelModel``). Fits use nilearn's ``run_glm``, vectorised over a chunk of
-voxels at a time. One pattern per condition (events column ``condition``):
+nilearn's ``FirstLevelModel``). One pattern per condition (events column ``condition``):
 
 - ``lsa``: one regressor per condition (repeats of a stimulus in a run share it);
 - ``lss`` (Mumford et al., 2012, NeuroImage 59:2636): one model per trial, the trial as one
-  regressor and all other trials grouped by condition; trial estimates averaged per condition.
+  regressor and all other trials grouped by condition (:mod:`bids_dnn.brain.lss`); trial
+  estimates averaged per condition.
+
+The models are fitted by an engine of :data:`GLM_ENGINES` (``GLMOptions.engine``): ``fast``
+(:mod:`bids_dnn.brain.fast_glm`, :mod:`bids_dnn.brain.fast_lss`: nilearn's statistics, each
+AR(1) bin's design inverted once for the whole brain, LSS in closed form) or ``nilearn`` (the
+reference: nilearn's ``run_glm`` on one voxel chunk at a time, one model per trial for LSS).
 """
 
 from __future__ import annotations
@@ -19,23 +24,26 @@ from __future__ import annotations
 import re
 import warnings as _warnings
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
+from bids_dnn.brain import fast_glm, fast_lss
 from bids_dnn.brain.confounds import drop_constant_confounds, sample_mask_from_confounds, select_confounds
+from bids_dnn.brain.lss import TRIAL_PREFIX, LSSDesign
 from bids_dnn.errors import AnalysisError, BidsValidationError
 
-__all__ = ["GLM_CHOICES", "GLMOptions", "RunGLM", "chunk_size_for_budget", "fit_run_glm"]
+__all__ = ["GLM_CHOICES", "GLM_ENGINES", "GLMEngine", "GLMOptions", "RunGLM", "chunk_size_for_budget", "fit_run_glm"]
 
 #: conditions of events that are not stimuli (``nuisance_<trial_type>``): modelled, never patterns
 NUISANCE_PREFIX = "nuisance_"
 GLM_MEMORY_BUDGET = 2**30
 """Bytes of working memory for the fit of one voxel chunk (sets the default chunk size).
 
-Smaller chunks cost time: nilearn refits the whitened design of every AR(1) bin (~20-40
-bins) in every chunk, so the fit time grows with the number of chunks."""
+With the ``nilearn`` engine smaller chunks cost time: nilearn refits the whitened design of
+every AR(1) bin (~20-40 bins) in every chunk, so the fit time grows with the number of chunks
+(the ``fast`` engine inverts each bin's design once)."""
 
 _CHUNK_COPIES = 8
 """float64 ``(n_time, chunk)`` arrays alive at once while a chunk is fitted (nilearn's OLS and
@@ -47,6 +55,7 @@ GLM_CHOICES: dict[str, tuple[str, ...]] = {
     "drift_model": ("cosine", "polynomial", "none"),
     "noise_model": ("ar1", "ols"),
     "output": ("effect", "t"),
+    "engine": ("fast", "nilearn"),
 }
 """Accepted values of the text fields of :class:`GLMOptions`."""
 
@@ -78,6 +87,10 @@ class GLMOptions:
         Censor the volumes flagged by fMRIPrep's ``non_steady_state_outlier*`` columns.
     output : {"effect", "t"}
         Patterns from effect sizes or from t values.
+    engine : {"fast", "nilearn"}
+        Which :data:`GLM_ENGINES` entry fits the models: ``fast`` (batched, closed-form LSS)
+        or ``nilearn`` (the reference: ``run_glm`` per voxel chunk and per trial model). Same
+        estimates to rounding.
 
     Raises
     ------
@@ -95,6 +108,7 @@ class GLMOptions:
     scrub_fd: float | None = None
     drop_non_steady_state: bool = True
     output: str = "effect"
+    engine: str = "fast"
 
     def __post_init__(self) -> None:
         if isinstance(self.confounds, str):
@@ -141,6 +155,8 @@ class RunGLM:
         Events per condition that entered the model.
     conditions_without_signal : list of str
         Conditions with events whose regressor is zero over the kept volumes (betas NaN).
+    engine : str
+        The :data:`GLM_ENGINES` entry that fitted the models.
     """
 
     conditions: list[str]
@@ -154,6 +170,7 @@ class RunGLM:
     constant_voxels: np.ndarray | None = None
     n_trials: dict[str, int] = field(default_factory=dict)
     conditions_without_signal: list[str] = field(default_factory=list)
+    engine: str = "fast"
 
     @property
     def n_conditions(self) -> int:
@@ -297,6 +314,70 @@ def _fit_columns(
     return est, resid
 
 
+def _nilearn_fit_design(data: np.ndarray, design: np.ndarray, noise_model: str, *, rows: np.ndarray,
+                        voxels: np.ndarray, columns: Sequence[int], t_values: bool, chunk_size: int,
+                        residuals_out: np.ndarray) -> np.ndarray:
+    """The reference engine's fit of one design: nilearn's ``run_glm`` on one voxel chunk at a time.
+
+    Returns estimates (or t values) of ``columns``, shape (n_col, n_vox); the whitened
+    residuals go to ``residuals_out[:, voxels]``.
+    """
+    estimates = np.empty((len(columns), len(voxels)))
+    for start in range(0, len(voxels), chunk_size):
+        idx = voxels[start : start + chunk_size]
+        Y = np.asarray(data[np.ix_(rows, idx)], dtype=np.float64)
+        estimates[:, start : start + chunk_size], residuals_out[:, idx] = _fit_columns(
+            Y, design, noise_model, columns, t_values)
+    return estimates
+
+
+def _nilearn_fit_lss(data: np.ndarray, design: LSSDesign, noise_model: str, *, rows: np.ndarray,
+                     voxels: np.ndarray, t_values: bool, chunk_size: int) -> np.ndarray:
+    """The reference engine's LSS: one nilearn ``run_glm`` per trial model and voxel chunk.
+
+    Returns every trial's estimate (or t value), shape (n_trials, n_vox), NaN for trials
+    without signal.
+    """
+    estimates = np.full((design.n_trials, len(voxels)), np.nan)
+    models = [(i, design.trial_design(i)) for i in np.flatnonzero(design.has_signal)]
+    for start in range(0, len(voxels), chunk_size):
+        Y = np.asarray(data[np.ix_(rows, voxels[start : start + chunk_size])], dtype=np.float64)
+        for i, X_trial in models:
+            estimates[i, start : start + chunk_size] = _fit_columns(Y, X_trial, noise_model, [0], t_values)[0][0]
+    return estimates
+
+
+@dataclass(frozen=True)
+class GLMEngine:
+    """How the models of a run are fitted (arrays in, arrays out).
+
+    Attributes
+    ----------
+    fit_design : callable
+        ``(data, design, noise_model, *, rows, voxels, columns, t_values, chunk_size,
+        residuals_out) -> estimates``: one design fitted to the voxels ``voxels`` of ``data``
+        (n_time_all, n_vox_all) at the time points ``rows``; estimates (or t values) of
+        ``columns``, shape (n_col, n_vox); whitened residuals written to
+        ``residuals_out[:, voxels]``.
+    fit_lss : callable
+        ``(data, lss_design, noise_model, *, rows, voxels, t_values, chunk_size) ->
+        estimates``: every trial's estimate (or t value) from its own model
+        (:class:`bids_dnn.brain.lss.LSSDesign`), shape (n_trials, n_vox), NaN for trials
+        without signal.
+    """
+
+    fit_design: Callable[..., np.ndarray]
+    fit_lss: Callable[..., np.ndarray]
+
+
+GLM_ENGINES: dict[str, GLMEngine] = {
+    "fast": GLMEngine(fast_glm.fit_glm, fast_lss.fit_lss),
+    "nilearn": GLMEngine(_nilearn_fit_design, _nilearn_fit_lss),
+}
+"""The GLM engines by name (``GLMOptions.engine``): ``fast`` (batched, closed-form LSS) and
+``nilearn`` (the reference). Both give nilearn's estimates to rounding (see the tests)."""
+
+
 def chunk_size_for_budget(n_time: int, memory_budget_bytes: int = GLM_MEMORY_BUDGET) -> int:
     """Voxels fitted at once so that a chunk's working memory stays within a budget.
 
@@ -375,6 +456,7 @@ def fit_run_glm(
 
     Notes
     -----
+    The models are fitted by ``GLM_ENGINES[options.engine]``.
     Censored volumes are dropped after building the design on the full run; AR(1) then
     treats the kept volumes as consecutive (as nilearn does). Confound columns constant over
     the kept volumes (all-zero columns of fMRIPrep tables) are dropped, named in one warning
@@ -432,28 +514,25 @@ def fit_run_glm(
     cond_rows = [k for k, c in enumerate(conditions) if c not in empty]
     cond_cols = [design.columns.get_loc(internal[conditions[k]]) for k in cond_rows]
     t_values = options.output == "t"
+    engine = GLM_ENGINES[options.engine]
     betas = np.full((len(conditions), n_vox), np.nan)
     residuals = np.full((X.shape[0], n_vox), np.nan, dtype=np.float32)
-    if options.method == "lss":
-        trial_ev = ev.assign(trial_type=[f"trial_{i:05d}" for i in range(len(ev))])
-        trial_design = _design(frame_times, trial_ev, options, drift_model, regs, notes).loc[keep]
-        lss = _lss_designs(trial_design, ev, conditions, notes)
-        lss_sum, lss_n = np.zeros_like(betas), np.zeros_like(betas)
     vox = np.flatnonzero(fitted)
-    for start in range(0, len(vox), step):
-        idx = vox[start : start + step]
-        Y = np.asarray(bold[np.ix_(rows, idx)], dtype=np.float64)
-        est, residuals[:, idx] = _fit_columns(Y, X, options.noise_model, cond_cols, t_values)
-        if options.method == "lsa":
-            betas[np.ix_(cond_rows, idx)] = est
-            continue
-        for row, X_trial in lss:
-            est_trial = _fit_columns(Y, X_trial, options.noise_model, [0], t_values)[0][0]
-            ok = np.isfinite(est_trial)
-            lss_sum[row, idx] += np.where(ok, est_trial, 0.0)
-            lss_n[row, idx] += ok
-    if options.method == "lss":
-        betas = np.where(lss_n > 0, lss_sum / np.maximum(lss_n, 1), np.nan)
+    estimates = engine.fit_design(bold, X, options.noise_model, rows=rows, voxels=vox, columns=cond_cols,
+                                  t_values=t_values, chunk_size=step, residuals_out=residuals)
+    if options.method == "lsa":
+        betas[np.ix_(cond_rows, vox)] = estimates
+    else:
+        trial_ev = ev.assign(trial_type=[f"{TRIAL_PREFIX}{i:05d}" for i in range(len(ev))])
+        trial_design = _design(frame_times, trial_ev, options, drift_model, regs, notes).loc[keep]
+        trial_condition = ev["condition"].map({c: k for k, c in enumerate(conditions)}).to_numpy()
+        lss = LSSDesign.from_frame(trial_design, trial_condition, len(conditions))
+        dead = int((~lss.has_signal).sum())
+        if dead:
+            notes.append(f"{dead} trial(s) without signal in the kept volumes give no LSS estimate")
+        betas[:, vox] = _condition_means(
+            engine.fit_lss(bold, lss, options.noise_model, rows=rows, voxels=vox, t_values=t_values, chunk_size=step),
+            trial_condition, len(conditions))
 
     names = {v: k for k, v in internal.items()}
     notes = [re.sub(r"cond_\d{5}", lambda m: names.get(m.group(0), m.group(0)), n) for n in notes]
@@ -469,7 +548,20 @@ def fit_run_glm(
         constant_voxels=constant,
         n_trials=n_trials,
         conditions_without_signal=list(empty),
+        engine=options.engine,
     )
+
+
+def _condition_means(trial_estimates: np.ndarray, trial_condition: np.ndarray, n_conditions: int) -> np.ndarray:
+    """Mean of the finite trial estimates per condition, shape (n_conditions, n_vox) (NaN
+    where a condition has none); trials summed in order."""
+    total = np.zeros((n_conditions, trial_estimates.shape[1]))
+    count = np.zeros_like(total)
+    for row, estimate in zip(trial_condition, trial_estimates):
+        ok = np.isfinite(estimate)
+        total[row] += np.where(ok, estimate, 0.0)
+        count[row] += ok
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
 def _finite_and_constant(bold: np.ndarray, rows: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
@@ -517,39 +609,3 @@ def _confounds_and_censoring(
         drift = None
         notes.append("fMRIPrep cosine regressors in confounds replace nilearn's cosine drift model")
     return regs, keep, drift
-
-
-def _lss_designs(
-    trial_design: pd.DataFrame, ev: pd.DataFrame, conditions: list[str], notes: list[str]
-) -> list[tuple[int, np.ndarray]]:
-    """``(condition row, design)`` of every trial's LSS model; the trial is column 0.
-
-    The trial-wise design is built once: convolution is linear, so the regressor of "the
-    other trials of condition c" is the sum of those trials' columns (derivatives likewise).
-    Trials without signal in the kept volumes get no model.
-    """
-    names = list(trial_design.columns)
-    D = trial_design.to_numpy(dtype=float)
-    scale = np.linalg.norm(D, axis=0).max()
-    own: list[list[int]] = [[] for _ in range(len(ev))]
-    nuisance = []
-    for j, name in enumerate(names):
-        if name.startswith("trial_"):
-            own[int(name[6:11])].append(j)
-        else:
-            nuisance.append(j)
-    cond_of = ev["condition"].to_numpy()
-    totals = {c: sum(D[:, own[i]] for i in np.flatnonzero(cond_of == c)) for c in conditions}
-    out, dead = [], 0
-    for i, cols in enumerate(own):
-        if np.linalg.norm(D[:, cols[0]]) <= 1e-8 * scale:
-            dead += 1
-            continue
-        blocks = [D[:, cols]]
-        for cond in conditions:
-            group = totals[cond] - (D[:, cols] if cond_of[i] == cond else 0.0)
-            blocks += [group[:, [b]] for b in range(group.shape[1]) if np.linalg.norm(group[:, b]) > 1e-8 * scale]
-        out.append((conditions.index(cond_of[i]), np.column_stack(blocks + [D[:, nuisance]])))
-    if dead:
-        notes.append(f"{dead} trial(s) without signal in the kept volumes give no LSS estimate")
-    return out

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bids_dnn.report.assemble import Block
+from bids_dnn.cka.registry import CKA_KERNELS, HSIC_ESTIMATORS
 from bids_dnn.rsa.measures import COMPARISON_MEASURE_REGISTRY, RDM_MEASURE_REGISTRY
 from bids_dnn.spec import AnalysisSpec
 from bids_dnn.stats.correction import CORRECTIONS
@@ -35,10 +36,23 @@ REFERENCES = {
                 "56(2):400-410. doi:10.1016/j.neuroimage.2010.07.073",
     "himalaya": "Dupré la Tour T, Eickenberg M, Nunez-Elizalde AO, Gallant JL (2022). Feature-space selection with "
                 "banded ridge regression. NeuroImage 264:119728. doi:10.1016/j.neuroimage.2022.119728",
+    "cka": "Kornblith S, Norouzi M, Lee H, Hinton G (2019). Similarity of neural network representations revisited. "
+           "Proceedings of the 36th International Conference on Machine Learning (ICML), PMLR 97:3519-3529. "
+           "arXiv:1905.00414",
+    "hsic": "Gretton A, Bousquet O, Smola A, Schoelkopf B (2005). Measuring statistical dependence with "
+            "Hilbert-Schmidt norms. Algorithmic Learning Theory (ALT 2005), LNCS 3734:63-77. doi:10.1007/11564089_7",
+    "hsic_unbiased": "Song L, Smola A, Gretton A, Bedo J, Borgwardt K (2012). Feature selection via dependence "
+                     "maximization. J Mach Learn Res 13:1393-1434",
+    "u_centring": "Szekely GJ, Rizzo ML (2014). Partial distance correlation with methods for dissimilarities. "
+                  "Ann Stat 42(6):2382-2412. doi:10.1214/14-AOS1255",
     "nilearn": "Abraham A, Pedregosa F, Eickenberg M, Gervais P, Mueller A, Kossaifi J, Gramfort A, Thirion B, "
                "Varoquaux G (2014). Machine learning for neuroimaging with scikit-learn. Front Neuroinform 8:14. "
                "doi:10.3389/fninf.2014.00014",
 }
+
+#: HSIC estimator -> the references of its formula (the labels come from bids_dnn.cka.registry)
+HSIC_CITATIONS = {"unbiased": ("hsic_unbiased", "u_centring"), "plain": ("hsic",)}
+assert set(HSIC_CITATIONS) == set(HSIC_ESTIMATORS)
 
 HRF_TEXT = {"spm": "SPM canonical", "glover": "Glover", "spm + derivative": "SPM canonical plus temporal derivative",
             "glover + derivative": "Glover plus temporal derivative"}
@@ -65,6 +79,14 @@ class Citer:
         return [REFERENCES[key] for key in self.order]
 
 
+
+#: how the methods text names each GLM engine (``brain.glm.engine``)
+GLM_ENGINE_TEXT = {
+    "fast": "(design matrices from nilearn; bids_dnn's batched solver, equal to nilearn's OLS / AR(1) estimates "
+            "to 1e-8)",
+    "nilearn": "in nilearn",
+}
+
 def _join(items: list[str]) -> str:
     items = [str(i) for i in items if str(i)]
     if len(items) <= 1:
@@ -83,6 +105,28 @@ def _model_text(spec: AnalysisSpec, layers: dict[str, list[str]]) -> str:
         parts.append(f"{model.name} ({model.source}, {weights}; {transform}; layers {', '.join(names)}; "
                      f"stored as {model.dtype})")
     return "; ".join(parts)
+
+
+def _cka_text(spec: AnalysisSpec, cite: Citer) -> str:
+    """The methods paragraph of the participant-level CKA (``analyses.cka``)."""
+    cka = spec.analyses.cka
+    cka_reference = cite("cka")
+    kernel = CKA_KERNELS[cka.kernel].label + (f" (sigma {cka.sigma:g})" if CKA_KERNELS[cka.kernel].uses_sigma else "")
+    estimator = f"{HSIC_ESTIMATORS[cka.estimator].label} {cite(*HSIC_CITATIONS[cka.estimator])}"
+    permutations = (f"p-values come from {cka.permutations} permutations of the layer's stimulus labels (rows and "
+                    "columns of its Gram matrix together), one-sided: p = (1 + #(null >= observed)) / (1 + n)"
+                    if cka.permutations else "no permutation test was run")
+    bootstrap = (f"{cka.bootstrap} stimulus-bootstrap resamples (rows and columns of both Gram matrices, kernels "
+                 "from all stimuli" + ("; pairs of copies of one stimulus left out like the diagonal"
+                                       if HSIC_ESTIMATORS[cka.estimator].unbiased else "")
+                 + f") gave {spec.statistics.ci:.0%} percentile intervals" if cka.bootstrap
+                 else "no bootstrap intervals were computed")
+    layers = (" Layer x layer CKA between the activations of all models' layers was computed with the same kernel "
+              "and estimator." if cka.across_models else "")
+    return (f"Centered kernel alignment (CKA) {cka_reference} compared each ROI's run-mean response patterns (stimuli x "
+            f"voxels) with each layer's activations (stimuli x units) through their stimulus x stimulus Gram "
+            f"matrices: {kernel}, {estimator}; CKA = HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)), computed in float64. "
+            f"Participant-level {permutations}; {bootstrap}.{layers}")
 
 
 def methods_blocks(spec: AnalysisSpec, level: str, facts: dict[str, Any]) -> list[Block]:
@@ -116,8 +160,9 @@ def methods_blocks(spec: AnalysisSpec, level: str, facts: dict[str, Any]) -> lis
     if spec.brain.input == "fmriprep":
         paragraphs.append(
             f"Stimulus responses were estimated per run from the fMRIPrep-preprocessed BOLD ({spec.brain.space}"
-            f"{', res-' + spec.brain.resolution if spec.brain.resolution else ''}) with a first-level GLM in nilearn "
-            f"{cite('nilearn')}: {method}, {HRF_TEXT.get(glm.hrf, glm.hrf)} HRF, {glm.drift_model} drift model "
+            f"{', res-' + spec.brain.resolution if spec.brain.resolution else ''}) with a first-level GLM "
+            f"{GLM_ENGINE_TEXT.get(glm.engine, glm.engine)} {cite('nilearn')}: {method}, "
+            f"{HRF_TEXT.get(glm.hrf, glm.hrf)} HRF, {glm.drift_model} drift model "
             f"(high-pass {glm.high_pass_hz:g} Hz), {glm.noise_model.upper()} noise model, confounds: {confounds}; "
             f"{scrub}; non-steady-state volumes {'dropped' if glm.drop_non_steady_state else 'kept'}. Patterns are the "
             f"{'effect sizes' if glm.output == 'effect' else 't values'} of the stimulus regressors.")
@@ -158,6 +203,9 @@ def methods_blocks(spec: AnalysisSpec, level: str, facts: dict[str, Any]) -> lis
             f"ROI RSA compared brain and model RDMs with the "
             f"{COMPARISON_TEXT.get(analyses.rsa.comparison, analyses.rsa.comparison)} of their upper triangles "
             f"{cite('rsa')}. {perm}")
+
+    if analyses.cka.enabled:
+        paragraphs.append(_cka_text(spec, cite))
 
     if searchlight_on:
         sl = analyses.searchlight
@@ -204,6 +252,15 @@ def methods_blocks(spec: AnalysisSpec, level: str, facts: dict[str, Any]) -> lis
                 "significant after correction by leave-one-participant-out cross-validation (selected on the others, "
                 "scored on the held-out one); an ROI without a significant layer has no best layer. "
                 "Layers were compared pairwise with paired t- and Wilcoxon tests (two-sided, uncorrected).")
+        if analyses.cka.enabled:
+            paragraphs.append(
+                f"CKA values were summarised across participants in the same way as the RSA scores: a {test} against "
+                f"zero (alternative '{stats.alternative}'), {stats.bootstrap} participant-bootstrap resamples for "
+                f"{stats.ci:.0%} percentile intervals, {correction} across ROI x layer within each model at alpha "
+                f"{stats.alpha:g}, and the best layer per ROI chosen among the significant layers by "
+                "leave-one-participant-out cross-validation."
+                + (" The plain estimator is biased upwards, so these tests against zero are not meaningful."
+                   if analyses.cka.estimator == "plain" else ""))
         if searchlight_on or encoding_on:
             tfce = (f" Threshold-free cluster enhancement {cite('tfce')} was computed on the t maps with its own "
                     "max-statistic permutation correction." if stats.map_tfce else "")

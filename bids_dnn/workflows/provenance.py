@@ -53,6 +53,7 @@ def write_provenance(ctx: Context, subject_dir_log: Path, extra: dict[str, Any])
         "library_versions": library_versions(), "platform": platform.platform(),
         "container": os.environ.get(CONTAINER_ENV),
         "device": ctx.options.device, "resources": ctx.resources.provenance(), "process_id": os.getpid(),
+        "glm_engine": ctx.spec.brain.glm.engine if ctx.spec.brain.input == "fmriprep" else None,
         **extra})
 
 

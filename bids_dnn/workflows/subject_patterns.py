@@ -64,7 +64,7 @@ def glm_options(glm: GLMSpec) -> GLMOptions:
 
     return GLMOptions(method=glm.method, hrf=glm.hrf, high_pass_hz=glm.high_pass_hz, drift_model=glm.drift_model,
                       noise_model=glm.noise_model, confounds=tuple(glm.confounds), scrub_fd=glm.scrub_fd,
-                      drop_non_steady_state=glm.drop_non_steady_state, output=glm.output)
+                      drop_non_steady_state=glm.drop_non_steady_state, output=glm.output, engine=glm.engine)
 
 
 def fit_subject_glms(ctx: Context, subject: str, stimuli: StimulusSet) -> SubjectPatterns:

@@ -112,8 +112,10 @@ def test_voxel_equal_to_one_regressor_gets_beta_one(noise_model, tol):
     assert result.warnings == []
 
 
-def test_ar1_falls_back_to_ols_where_yule_walker_fails(monkeypatch, rng):
-    """nilearn's batched AR(1) solve fails on exactly-zero residuals; those voxels get OLS."""
+@pytest.mark.parametrize("engine", ["nilearn", "fast"])
+def test_ar1_falls_back_to_ols_where_yule_walker_fails(monkeypatch, rng, engine):
+    """nilearn's batched AR(1) solve fails on exactly-zero residuals; those voxels get OLS (the
+    ``nilearn`` engine refits them; the ``fast`` engine never calls nilearn's solve)."""
     import nilearn.glm.first_level as first_level
 
     real = first_level.run_glm
@@ -128,7 +130,8 @@ def test_ar1_falls_back_to_ols_where_yule_walker_fails(monkeypatch, rng):
     events = _events(n_rep=2)
     design = _nilearn_design(events, hrf_model="spm", drift_model="cosine", high_pass=0.008)
     noisy = design[CONDS[0]].to_numpy() + rng.normal(scale=0.2, size=N_TIME)
-    result = fit_run_glm(np.c_[design[CONDS[1]].to_numpy(), noisy], events, T_R, GLMOptions(confounds=()))
+    result = fit_run_glm(np.c_[design[CONDS[1]].to_numpy(), noisy], events, T_R,
+                         GLMOptions(confounds=(), engine=engine))
     np.testing.assert_allclose(result.betas[:, 0], np.eye(len(CONDS))[1], atol=1e-8)
     assert np.isfinite(result.betas[:, 1]).all() and abs(result.betas[0, 1] - 1) < 0.3
     assert np.isfinite(result.residuals).all()
@@ -245,7 +248,8 @@ def test_chunk_size_for_budget():
     assert chunk_size_for_budget(10) == 50_000 and chunk_size_for_budget(10**6) == 256
 
 
-def test_fit_never_copies_the_whole_series(rng):
+@pytest.mark.parametrize("noise_model", ["ols", "ar1"])
+def test_fit_never_copies_the_whole_series(rng, noise_model):
     """Traced peak memory of a float32 fit stays near series + float32 residuals + one chunk
     (the former code held a float64 copy of the whole series and a masked copy besides)."""
     import tracemalloc
@@ -253,7 +257,7 @@ def test_fit_never_copies_the_whole_series(rng):
     events = _events(n_rep=2)
     n_vox = 20_000
     bold = (rng.standard_normal((N_TIME, n_vox), dtype=np.float32) + np.float32(100.0))
-    options = GLMOptions(confounds=(), noise_model="ols")
+    options = GLMOptions(confounds=(), noise_model=noise_model)
     tracemalloc.start()
     try:
         fit_run_glm(bold, events, T_R, options, chunk_size=1000)

@@ -287,7 +287,7 @@ def test_glm_budget_sets_the_chunks_not_the_betas(rng: np.random.Generator, monk
     bold = (rng.standard_normal((n_time, n_voxels)) + 50).astype(np.float32)
     events = pd.DataFrame({"onset": np.arange(12) * 8.0 + 4, "duration": 1.0,
                            "condition": [f"s{i % 6}" for i in range(12)]})
-    options = glm.GLMOptions(confounds=(), scrub_fd=None)
+    options = glm.GLMOptions(confounds=(), scrub_fd=None, engine="nilearn")
     calls: list[int] = []
     original = glm._fit_columns
     monkeypatch.setattr(glm, "_fit_columns", lambda Y, *a, **k: calls.append(Y.shape[1]) or original(Y, *a, **k))
@@ -422,7 +422,7 @@ def test_mem_bounds_the_peak_memory_of_a_run(tmp_path: Path) -> None:
                                     "layers": ["features.12", "classifier.3"]}],
                  analyses={"rsa": {"comparison": "spearman", "permutations": 20},
                            "weighted_rsa": {"enabled": False}, "searchlight": {"enabled": False},
-                           "encoding": {"enabled": True, "region": "brain", "n_folds": 4}})
+                           "encoding": {"enabled": True, "region": "brain", "n_folds": 4}}, brain={"glm": {"engine": "nilearn"}})
     budget = 64 * 2**20
 
     def run(out: Path, *extra: str) -> int:
