@@ -65,6 +65,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "permutation_test",
         "noise_ceiling",
         "crossvalidated_best_layer",
+        "best_significant_layer",
     ),
     "bootstrap": (
         "BootstrapResult",

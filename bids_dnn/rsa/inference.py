@@ -42,6 +42,7 @@ __all__ = [
     "permutation_test",
     "noise_ceiling",
     "crossvalidated_best_layer",
+    "best_significant_layer",
 ]
 
 _MAX_CHUNK_ELEMENTS = 2 ** 22  # ~32 MB of float64 per gathered block
@@ -317,3 +318,32 @@ def crossvalidated_best_layer(scores: np.ndarray) -> dict[str, np.ndarray | int 
     return {"chosen": chosen, "cv_scores": cv, "selection_counts": counts,
             "modal_choice": int(np.argmax(counts)), "mean_cv_score": float(np.nanmean(cv)),
             "loo_means": loo}
+
+
+def best_significant_layer(scores: np.ndarray, significant: np.ndarray) -> int | None:
+    """The ROI's best layer: the leave-one-subject-out choice among the significant layers.
+
+    The one definition of "best layer" that the group tables and reports use (summary
+    ``best_layer_cv``, weighted RSA ``best_single_layer``): each fold picks, among the layers
+    significant after the group correction, the one with the highest mean score of the other
+    subjects (:func:`crossvalidated_best_layer`); the layer picked most often
+    wins. An ROI without a significant layer has no best layer.
+
+    Parameters
+    ----------
+    scores : numpy.ndarray, shape (n_subjects, n_layers)
+        The ROI's scores per subject and layer.
+    significant : numpy.ndarray of bool, shape (n_layers,)
+        Layers significant after correction.
+
+    Returns
+    -------
+    int or None
+        Column of the best layer; None without a significant layer or with fewer than 2 subjects.
+    """
+    candidates = np.flatnonzero(np.asarray(significant, dtype=bool))
+    if candidates.size == 0 or scores.shape[0] < 2:
+        return None
+    if candidates.size == 1:
+        return int(candidates[0])
+    return int(candidates[crossvalidated_best_layer(scores[:, candidates])["modal_choice"]])

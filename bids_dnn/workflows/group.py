@@ -9,19 +9,21 @@ cross-validated best layer, and pairwise layer comparisons.
 from __future__ import annotations
 
 from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
-from bids_dnn.io import derivatives as drv
 from bids_dnn.console import logger, open_log_file
 from bids_dnn.errors import AnalysisError, InputMissingError, UsageError
+from bids_dnn.io import derivatives as drv
 from bids_dnn.io.input_dataset import describe_record, read_record
 from bids_dnn.io.status import failure_reason, other_dataset
+from bids_dnn.rsa.inference import best_significant_layer
 from bids_dnn.spec import spec_hash
 from bids_dnn.workflows.context import Context, prepare
 from bids_dnn.workflows.options import RunOptions
 from bids_dnn.workflows.provenance import write_provenance
-from bids_dnn.workflows.tables import RSA_COLUMNS, read_relmat
+from bids_dnn.workflows.tables import RSA_COLUMNS, SUBJECT_COLUMN, column_sidecar, read_relmat
 
 SUMMARY_COLUMNS = {
     "roi": "Region of interest.", "model": "Model label.", "layer": "Layer name.",
@@ -44,7 +46,6 @@ SUMMARY_COLUMNS = {
 
 
 #: the ``subject`` column of every group table
-SUBJECT_COLUMN = {"subject": "Participant label without the 'sub-' prefix; text (01 keeps its leading zero)."}
 
 #: paired tests between two layers (:func:`bids_dnn.stats.group_tests.paired_tests` of score_a - score_b)
 COMPARISON_COLUMNS = {
@@ -81,11 +82,6 @@ VARIANCE_PARTITION_SUMMARY_COLUMNS = {
     "sem": "Standard error of mean_r2.", "t": "One-sample t of r2 against 0.",
     "p": "p-value of the t-test (alternative in the JSON).",
 }
-
-
-def column_sidecar(descriptions: dict[str, str], **extra: object) -> dict[str, object]:
-    """A TSV sidecar: ``{column: {"Description": text}}`` for every column, plus ``extra`` fields."""
-    return {**{name: {"Description": text} for name, text in descriptions.items()}, **extra}
 
 
 def check_participants_complete(ctx: Context) -> list[str]:
@@ -198,37 +194,6 @@ def noise_ceilings(brain: dict[str, np.ndarray], comparison: str) -> dict[str, t
         lower, upper = noise_ceiling(data, measure=comparison)[:2]
         out[roi] = (float(lower), float(upper))
     return out
-
-
-def best_significant_layer(scores: np.ndarray, significant: np.ndarray) -> int | None:
-    """The ROI's best layer: the leave-one-subject-out choice among the significant layers.
-
-    The one definition of "best layer" that the group tables and reports use (summary
-    ``best_layer_cv``, weighted RSA ``best_single_layer``): each fold picks, among the layers
-    significant after the group correction, the one with the highest mean score of the other
-    subjects (:func:`bids_dnn.rsa.inference.crossvalidated_best_layer`); the layer picked most often
-    wins. An ROI without a significant layer has no best layer.
-
-    Parameters
-    ----------
-    scores : numpy.ndarray, shape (n_subjects, n_layers)
-        The ROI's scores per subject and layer.
-    significant : numpy.ndarray of bool, shape (n_layers,)
-        Layers significant after correction.
-
-    Returns
-    -------
-    int or None
-        Column of the best layer; None without a significant layer or with fewer than 2 subjects.
-    """
-    from bids_dnn.rsa.inference import crossvalidated_best_layer
-
-    candidates = np.flatnonzero(np.asarray(significant, dtype=bool))
-    if candidates.size == 0 or scores.shape[0] < 2:
-        return None
-    if candidates.size == 1:
-        return int(candidates[0])
-    return int(candidates[crossvalidated_best_layer(scores[:, candidates])["modal_choice"]])
 
 
 def summarise_model(ctx: Context, table: pd.DataFrame, ceilings: dict[str, tuple[float, float]],

@@ -20,7 +20,8 @@ from bids_dnn.console import logger
 from bids_dnn.errors import AnalysisError, InputMissingError
 from bids_dnn.io import derivatives as drv
 from bids_dnn.workflows.context import Context
-from bids_dnn.workflows.group import SUBJECT_COLUMN, best_significant_layer, column_sidecar
+from bids_dnn.rsa.inference import best_significant_layer
+from bids_dnn.workflows.tables import SUBJECT_COLUMN, column_sidecar
 from bids_dnn.workflows.participant_cka import CKA_COLUMNS, CKA_SEED_STREAM
 
 __all__ = ["CKA_SUMMARY_COLUMNS", "collect_cka", "cka_rois_of_every_subject", "summarise_cka", "group_cka"]

@@ -42,3 +42,11 @@ def read_relmat(path: Path) -> tuple[np.ndarray, list[str]]:
     """A square RDM written by :func:`write_relmat`: ``(n_stimuli, n_stimuli)`` values and the stimulus ids."""
     table = drv.read_tsv(path)
     return table.to_numpy(dtype=np.float64), list(table.columns)
+
+#: the subject column of the group tables
+SUBJECT_COLUMN = {"subject": "Participant label without the 'sub-' prefix; text (01 keeps its leading zero)."}
+
+
+def column_sidecar(descriptions: dict[str, str], **extra: object) -> dict[str, object]:
+    """A TSV sidecar: ``{column: {"Description": text}}`` for every column, plus ``extra`` fields."""
+    return {**{name: {"Description": text} for name, text in descriptions.items()}, **extra}

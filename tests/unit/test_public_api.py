@@ -201,3 +201,57 @@ def test_all_names_exist_and_are_documented(package: str):
         if not documented:
             undocumented.append(name)
     assert undocumented == [], f"bids_dnn.{package}: exported names without a docstring: {undocumented}"
+
+
+def test_no_import_cycles() -> None:
+    """No module of bids_dnn imports itself through others (imports inside functions count; those
+    only for type checkers do not, as they never run)."""
+    import grimp
+
+    graph = grimp.build_graph("bids_dnn", cache_dir=None, exclude_type_checking_imports=True)
+    cycles = [sorted(chain) for chain in _strongly_connected(graph) if len(chain) > 1]
+    assert cycles == [], f"import cycles: {cycles}"
+
+
+def _strongly_connected(graph) -> list[list[str]]:
+    """Tarjan's strongly connected components of the module graph (iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    components: list[list[str]] = []
+    counter = 0
+    for root in sorted(graph.modules):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph.find_modules_directly_imported_by(root))))]
+        index[root] = low[root] = counter
+        counter += 1
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = counter
+                    counter += 1
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph.find_modules_directly_imported_by(child)))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                components.append(component)
+    return components

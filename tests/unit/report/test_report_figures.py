@@ -146,7 +146,7 @@ def test_encoding_profile_draws_each_rois_noise_ceiling() -> None:
 
 
 def test_best_layer_only_among_significant_layers() -> None:
-    from bids_dnn.workflows.group import best_significant_layer
+    from bids_dnn.rsa import best_significant_layer
 
     scores = np.array([[0.30, 0.20, 0.10], [0.32, 0.21, 0.12], [0.29, 0.22, 0.09], [0.31, 0.19, 0.11]])
     assert best_significant_layer(scores, np.array([False, False, False])) is None
