@@ -23,29 +23,21 @@ from bids_dnn.spec import spec_hash
 from bids_dnn.workflows.context import Context, prepare
 from bids_dnn.workflows.options import RunOptions
 from bids_dnn.workflows.provenance import write_provenance
-from bids_dnn.workflows.tables import RSA_COLUMNS, SUBJECT_COLUMN, column_sidecar, read_relmat
+from bids_dnn.workflows.tables import (BEST_LAYER_COLUMN, GROUP_DECISION_COLUMNS, GROUP_TEST_COLUMNS, RSA_COLUMNS,
+                                      SUBJECT_COLUMN, column_sidecar, read_relmat)
 
 SUMMARY_COLUMNS = {
     "roi": "Region of interest.", "model": "Model label.", "layer": "Layer name.",
     "comparison": "RDM comparison measure.", "n_subjects": "Subjects with a score.",
-    "mean": "Mean score across subjects.", "sem": "Standard error of the mean.",
-    "t": "One-sample t statistic against 0.", "p_ttest": "p-value of the t-test (alternative in the JSON).",
-    "wilcoxon_w": "Wilcoxon signed-rank statistic.", "p_wilcoxon": "p-value of the Wilcoxon test.",
+    "mean": "Mean score across subjects.", **GROUP_TEST_COLUMNS,
     "ci_low": "Lower bootstrap percentile CI bound of the mean (statistics.bootstrap_method in the JSON).",
     "ci_high": "Upper bootstrap percentile CI bound of the mean.",
-    "p_group": "p-value of the chosen group test (statistics.group_test).",
-    "p_fdr": "Benjamini-Hochberg adjusted p_group across ROI x layer of this model.",
-    "p_bonferroni": "Bonferroni adjusted p_group across ROI x layer of this model.",
-    "significant": "p after the chosen correction below statistics.alpha.",
+    **GROUP_DECISION_COLUMNS,
     "noise_ceiling_lower": "Mean over subjects of each subject vs the pooled RDM of the others.",
     "noise_ceiling_upper": "Mean over subjects of each subject vs the pooled RDM of all.",
-    "best_layer_cv": "True for the ROI's best layer: the layer chosen most often by leave-one-subject-out "
-                     "selection among the layers significant after correction; False for every layer of an ROI "
-                     "without a significant layer.",
+    **BEST_LAYER_COLUMN,
 }
 
-
-#: the ``subject`` column of every group table
 
 #: paired tests between two layers (:func:`bids_dnn.stats.group_tests.paired_tests` of score_a - score_b)
 COMPARISON_COLUMNS = {

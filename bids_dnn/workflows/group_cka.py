@@ -21,7 +21,8 @@ from bids_dnn.errors import AnalysisError, InputMissingError
 from bids_dnn.io import derivatives as drv
 from bids_dnn.workflows.context import Context
 from bids_dnn.rsa.inference import best_significant_layer
-from bids_dnn.workflows.tables import SUBJECT_COLUMN, column_sidecar
+from bids_dnn.workflows.tables import (BEST_LAYER_COLUMN, GROUP_DECISION_COLUMNS, GROUP_TEST_COLUMNS,
+                                      SUBJECT_COLUMN, column_sidecar)
 from bids_dnn.workflows.participant_cka import CKA_COLUMNS, CKA_SEED_STREAM
 
 __all__ = ["CKA_SUMMARY_COLUMNS", "collect_cka", "cka_rois_of_every_subject", "summarise_cka", "group_cka"]
@@ -29,19 +30,10 @@ __all__ = ["CKA_SUMMARY_COLUMNS", "collect_cka", "cka_rois_of_every_subject", "s
 CKA_SUMMARY_COLUMNS = {
     "roi": "Region of interest.", "model": "Model label.", "layer": "Layer name.",
     "kernel": "Kernel of the Gram matrices.", "estimator": "HSIC estimator (unbiased or plain).",
-    "n_subjects": "Subjects with a CKA value.", "mean": "Mean CKA across subjects.",
-    "sem": "Standard error of the mean.", "t": "One-sample t statistic against 0.",
-    "p_ttest": "p-value of the t-test (alternative in the JSON).", "wilcoxon_w": "Wilcoxon signed-rank statistic.",
-    "p_wilcoxon": "p-value of the Wilcoxon test.",
+    "n_subjects": "Subjects with a CKA value.", "mean": "Mean CKA across subjects.", **GROUP_TEST_COLUMNS,
     "ci_low": "Lower participant-bootstrap percentile CI bound of the mean.",
     "ci_high": "Upper participant-bootstrap percentile CI bound of the mean.",
-    "p_group": "p-value of the chosen group test (statistics.group_test).",
-    "p_fdr": "Benjamini-Hochberg adjusted p_group across ROI x layer of this model.",
-    "p_bonferroni": "Bonferroni adjusted p_group across ROI x layer of this model.",
-    "significant": "p after the chosen correction below statistics.alpha.",
-    "best_layer_cv": "True for the ROI's best layer: the layer chosen most often by leave-one-subject-out "
-                     "selection among the layers significant after correction; False for every layer of an ROI "
-                     "without a significant layer.",
+    **GROUP_DECISION_COLUMNS, **BEST_LAYER_COLUMN,
 }
 
 

@@ -50,3 +50,28 @@ SUBJECT_COLUMN = {"subject": "Participant label without the 'sub-' prefix; text 
 def column_sidecar(descriptions: dict[str, str], **extra: object) -> dict[str, object]:
     """A TSV sidecar: ``{column: {"Description": text}}`` for every column, plus ``extra`` fields."""
     return {**{name: {"Description": text} for name, text in descriptions.items()}, **extra}
+
+
+#: a one-sample group test of per-subject scores (the columns after ``mean`` in the group summaries)
+GROUP_TEST_COLUMNS = {
+    "sem": "Standard error of the mean.",
+    "t": "One-sample t statistic against 0.",
+    "p_ttest": "p-value of the t-test (alternative in the JSON).",
+    "wilcoxon_w": "Wilcoxon signed-rank statistic.",
+    "p_wilcoxon": "p-value of the Wilcoxon test.",
+}
+
+#: the chosen group test and its corrections across ROI x layer of one model
+GROUP_DECISION_COLUMNS = {
+    "p_group": "p-value of the chosen group test (statistics.group_test).",
+    "p_fdr": "Benjamini-Hochberg adjusted p_group across ROI x layer of this model.",
+    "p_bonferroni": "Bonferroni adjusted p_group across ROI x layer of this model.",
+    "significant": "p after the chosen correction below statistics.alpha.",
+}
+
+#: the ROI's best layer (:func:`bids_dnn.rsa.inference.best_significant_layer`)
+BEST_LAYER_COLUMN = {
+    "best_layer_cv": "True for the ROI's best layer: the layer chosen most often by leave-one-subject-out "
+                     "selection among the layers significant after correction; False for every layer of an ROI "
+                     "without a significant layer.",
+}
