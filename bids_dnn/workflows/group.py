@@ -18,13 +18,12 @@ from bids_dnn.errors import AnalysisError, InputMissingError, UsageError
 from bids_dnn.io import derivatives as drv
 from bids_dnn.io.input_dataset import describe_record, read_record
 from bids_dnn.io.status import failure_reason, other_dataset
-from bids_dnn.rsa.inference import best_significant_layer
 from bids_dnn.spec import spec_hash
 from bids_dnn.workflows.context import Context, prepare
 from bids_dnn.workflows.options import RunOptions
 from bids_dnn.workflows.provenance import write_provenance
 from bids_dnn.workflows.tables import (BEST_LAYER_COLUMN, GROUP_DECISION_COLUMNS, GROUP_TEST_COLUMNS, RSA_COLUMNS,
-                                      SUBJECT_COLUMN, column_sidecar, read_relmat)
+                                      SUBJECT_COLUMN, add_group_decisions, column_sidecar, read_relmat)
 
 SUMMARY_COLUMNS = {
     "roi": "Region of interest.", "model": "Model label.", "layer": "Layer name.",
@@ -198,7 +197,6 @@ def summarise_model(ctx: Context, table: pd.DataFrame, ceilings: dict[str, tuple
     """
     from bids_dnn.rsa.bootstrap import bootstrap_dual
     from bids_dnn.stats.bootstrap import bootstrap_subjects
-    from bids_dnn.stats.correction import bonferroni, fdr_bh
     from bids_dnn.stats.group_tests import one_sample_tests, paired_tests
 
     stats_spec = ctx.spec.statistics
@@ -234,16 +232,7 @@ def summarise_model(ctx: Context, table: pd.DataFrame, ceilings: dict[str, tuple
                                     **{k: float(np.asarray(v).ravel()[0]) for k, v in paired.items()}})
     summary = pd.DataFrame(rows)
     summary["p_group"] = summary["p_ttest"] if stats_spec.group_test == "ttest" else summary["p_wilcoxon"]
-    summary["p_fdr"] = fdr_bh(summary["p_group"].to_numpy())
-    summary["p_bonferroni"] = bonferroni(summary["p_group"].to_numpy())
-    corrected = {"fdr_bh": "p_fdr", "bonferroni": "p_bonferroni", "none": "p_group"}[stats_spec.correction]
-    summary["significant"] = summary[corrected] < stats_spec.alpha
-    summary["best_layer_cv"] = False
-    for roi, values in scores_by_roi.items():
-        rows_roi = np.flatnonzero((summary["roi"] == roi).to_numpy())
-        best = best_significant_layer(values, summary["significant"].to_numpy()[rows_roi])
-        if best is not None:
-            summary.loc[summary.index[rows_roi[best]], "best_layer_cv"] = True
+    add_group_decisions(summary, scores_by_roi, stats_spec.correction, stats_spec.alpha)
     ordered = [c for c in SUMMARY_COLUMNS if c in summary.columns]
     return summary[ordered], pd.DataFrame(comparisons)
 

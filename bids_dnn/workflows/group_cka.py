@@ -20,9 +20,8 @@ from bids_dnn.console import logger
 from bids_dnn.errors import AnalysisError, InputMissingError
 from bids_dnn.io import derivatives as drv
 from bids_dnn.workflows.context import Context
-from bids_dnn.rsa.inference import best_significant_layer
 from bids_dnn.workflows.tables import (BEST_LAYER_COLUMN, GROUP_DECISION_COLUMNS, GROUP_TEST_COLUMNS,
-                                      SUBJECT_COLUMN, column_sidecar)
+                                      SUBJECT_COLUMN, add_group_decisions, column_sidecar)
 from bids_dnn.workflows.participant_cka import CKA_COLUMNS, CKA_SEED_STREAM
 
 __all__ = ["CKA_SUMMARY_COLUMNS", "collect_cka", "cka_rois_of_every_subject", "summarise_cka", "group_cka"]
@@ -74,7 +73,6 @@ def summarise_cka(ctx: Context, table: pd.DataFrame, rng: np.random.Generator) -
         Draws the participant-bootstrap resamples.
     """
     from bids_dnn.stats.bootstrap import bootstrap_subjects
-    from bids_dnn.stats.correction import bonferroni, fdr_bh
     from bids_dnn.stats.group_tests import GROUP_TESTS, one_sample_tests
 
     stats_spec = ctx.spec.statistics
@@ -98,16 +96,7 @@ def summarise_cka(ctx: Context, table: pd.DataFrame, rng: np.random.Generator) -
                          "p_wilcoxon": tests["p_wilcoxon"][j], "ci_low": low[j], "ci_high": high[j],
                          "p_group": tests[GROUP_TESTS[stats_spec.group_test].p_value][j]})
     summary = pd.DataFrame(rows)
-    summary["p_fdr"] = fdr_bh(summary["p_group"].to_numpy())
-    summary["p_bonferroni"] = bonferroni(summary["p_group"].to_numpy())
-    corrected = {"fdr_bh": "p_fdr", "bonferroni": "p_bonferroni", "none": "p_group"}[stats_spec.correction]
-    summary["significant"] = summary[corrected] < stats_spec.alpha
-    summary["best_layer_cv"] = False
-    for roi, values in scores_by_roi.items():
-        rows_roi = np.flatnonzero((summary["roi"] == roi).to_numpy())
-        best = best_significant_layer(values, summary["significant"].to_numpy()[rows_roi])
-        if best is not None:
-            summary.loc[summary.index[rows_roi[best]], "best_layer_cv"] = True
+    add_group_decisions(summary, scores_by_roi, stats_spec.correction, stats_spec.alpha)
     return summary[list(CKA_SUMMARY_COLUMNS)]
 
 

@@ -75,3 +75,33 @@ BEST_LAYER_COLUMN = {
                      "selection among the layers significant after correction; False for every layer of an ROI "
                      "without a significant layer.",
 }
+
+
+def add_group_decisions(summary: pd.DataFrame, scores_by_roi: dict[str, np.ndarray], correction: str,
+                        alpha: float) -> None:
+    """Add the :data:`GROUP_DECISION_COLUMNS` (after ``p_group``) and :data:`BEST_LAYER_COLUMN` to a summary.
+
+    Parameters
+    ----------
+    summary : pandas.DataFrame
+        One row per ROI x layer of one model, with ``roi`` and ``p_group``; changed in place.
+    scores_by_roi : dict of str to numpy.ndarray, each (n_subjects, n_layers)
+        The per-subject scores of each ROI, columns in the summary's layer order for that ROI.
+    correction : {"fdr_bh", "bonferroni", "none"}
+        Which p-value decides ``significant`` (``statistics.correction``).
+    alpha : float
+        Significance level.
+    """
+    from bids_dnn.rsa.inference import best_significant_layer
+    from bids_dnn.stats.correction import bonferroni, fdr_bh
+
+    summary["p_fdr"] = fdr_bh(summary["p_group"].to_numpy())
+    summary["p_bonferroni"] = bonferroni(summary["p_group"].to_numpy())
+    corrected = {"fdr_bh": "p_fdr", "bonferroni": "p_bonferroni", "none": "p_group"}[correction]
+    summary["significant"] = summary[corrected] < alpha
+    summary["best_layer_cv"] = False
+    for roi, values in scores_by_roi.items():
+        rows_roi = np.flatnonzero((summary["roi"] == roi).to_numpy())
+        best = best_significant_layer(values, summary["significant"].to_numpy()[rows_roi])
+        if best is not None:
+            summary.loc[summary.index[rows_roi[best]], "best_layer_cv"] = True
