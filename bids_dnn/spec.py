@@ -376,10 +376,9 @@ class VariancePartitioningSpec(_Strict):
         return self
 
 
-class EncodingSpec(_Strict):
-    """Cross-validated ridge from layer features to voxel responses (himalaya solvers)."""
+class CrossValidatedRidgeSpec(_Strict):
+    """Settings shared by every cross-validated ridge of the spec (encoding, decoding, probing, drivers)."""
 
-    enabled: bool = False
     alphas: list[float] = Field(
         default_factory=lambda: [10.0**e for e in range(-2, 9)],
         description="Ridge penalties; a list or 'logspace(start, stop, num)'.",
@@ -391,17 +390,10 @@ class EncodingSpec(_Strict):
         "(seeded); 'auto' picks 'leave_one_run_out' when runs hold disjoint stimuli, else 'kfold'.",
     )
     n_folds: int = Field(5, ge=2, le=MAX_FOLDS, description="Outer folds for 'kfold'.")
-    inner_folds: int = Field(5, ge=2, le=MAX_FOLDS, description="Inner folds that choose each voxel's alpha.")
-    pca: int | None = Field(None, gt=0, le=MAX_COMPONENTS, description="PCA components fitted on training stimuli only.")
+    inner_folds: int = Field(5, ge=2, le=MAX_FOLDS, description="Inner folds that choose the ridge penalty.")
     standardize: bool = Field(
-        False, description="z-score each unit with its training mean and SD (else centre only). Off by "
+        False, description="z-score each predictor with its training mean and SD (else centre only). Off by "
         "default: sparse ReLU units with near-zero training SD explode on test stimuli."
-    )
-    region: Literal["brain", "rois"] = Field(
-        "brain", description="Voxels to model: the whole brain mask, or the union of the ROIs."
-    )
-    banded: bool = Field(
-        False, description="Also fit banded ridge over all layers of each model and split R2 per layer."
     )
 
     @field_validator("alphas", mode="before")
@@ -429,6 +421,20 @@ class EncodingSpec(_Strict):
             raise ValueError(f"every alpha must be a finite number in (0, {MAX_ALPHA:g}] (larger alphas "
                              "only shrink every weight to 0)")
         return value
+
+
+class EncodingSpec(CrossValidatedRidgeSpec):
+    """Cross-validated ridge from layer features to voxel responses (himalaya solvers); each
+    voxel's alpha is chosen by inner cross-validation."""
+
+    enabled: bool = False
+    pca: int | None = Field(None, gt=0, le=MAX_COMPONENTS, description="PCA components fitted on training stimuli only.")
+    region: Literal["brain", "rois"] = Field(
+        "brain", description="Voxels to model: the whole brain mask, or the union of the ROIs."
+    )
+    banded: bool = Field(
+        False, description="Also fit banded ridge over all layers of each model and split R2 per layer."
+    )
 
 
 class SearchlightSpec(_Strict):
@@ -486,6 +492,69 @@ class CkaSpec(_Strict):
     )
 
 
+class DecodingSpec(CrossValidatedRidgeSpec):
+    """Decoding and identification (Kay et al. 2008; Horikawa & Kamitani 2017): cross-validated
+    ridge from each ROI's response patterns to every unit of each layer, and identification of
+    the held-out stimuli among all stimuli from the predicted features."""
+
+    enabled: bool = False
+    permutations: int = Field(
+        1000, ge=0, le=MAX_PERMUTATIONS, description="Stimulus-label permutations of the identification (0: none)."
+    )
+
+
+class ProbingSpec(CrossValidatedRidgeSpec):
+    """Cross-validated linear probes from each layer's activations and each ROI's patterns to
+    stimulus annotations: categorical annotations by a ridge classifier (balanced accuracy,
+    chance 1/k), continuous ones by ridge regression (held-out r); one scale for layers and regions."""
+
+    enabled: bool = False
+    annotations: list[str] = Field(
+        default_factory=lambda: ["category"],
+        description="Stimulus annotations to probe: 'category' (the stimulus set's category), a column of "
+        "stimuli.tsv, or an events column with one value per stimulus.",
+        min_length=1,
+    )
+    kinds: dict[str, Literal["categorical", "continuous"]] = Field(
+        default_factory=dict, description="Annotation -> kind where the automatic choice (continuous when every "
+        "value is a number and there are more than 2 distinct values) is not wanted."
+    )
+    permutations: int = Field(1000, ge=0, le=MAX_PERMUTATIONS, description="Label permutations (0: none).")
+    layers: bool = Field(True, description="Probe every model layer (model folders, once per run).")
+    rois: bool = Field(True, description="Probe every ROI's patterns (per participant, with a group summary).")
+
+    @model_validator(mode="after")
+    def _kinds_named(self) -> "ProbingSpec":
+        unknown = sorted(set(self.kinds) - set(self.annotations))
+        if unknown:
+            raise ValueError(f"kinds: {', '.join(unknown)} not in annotations")
+        return self
+
+
+class SaliencySpec(_Strict):
+    """Saliency of the encoding model's predicted ROI response with respect to the input image."""
+
+    enabled: bool = True
+    methods: list[Literal["vanilla", "smoothgrad"]] = Field(
+        default_factory=lambda: ["vanilla", "smoothgrad"], min_length=1,
+        description="'vanilla': the gradient (Simonyan et al. 2014); 'smoothgrad': the gradient averaged over "
+        "noisy copies of the image (Smilkov et al. 2017).")
+    n_stimuli: int = Field(3, ge=1, le=50, description="Top stimuli (by predicted response) to explain per ROI.")
+    n_samples: int = Field(25, ge=1, le=500, description="Noisy copies per image (smoothgrad).")
+    noise_level: float = Field(0.15, ge=0, le=1, description="Noise SD as a fraction of the input's range (smoothgrad).")
+
+
+class DriversSpec(CrossValidatedRidgeSpec):
+    """What drives a region: the stimuli with the highest and lowest measured and predicted ROI
+    response, and saliency maps of the predicted response. The prediction is a ridge model from
+    one layer (the one with the best held-out r of the ROI's mean response) to the ROI's mean response."""
+
+    enabled: bool = False
+    model: str | None = Field(None, description="Model label (default: the first model).")
+    n_top: int = Field(6, ge=1, le=100, description="Stimuli shown at each end of the ranking.")
+    saliency: SaliencySpec = Field(default_factory=SaliencySpec)
+
+
 class AnalysesSpec(_Strict):
     rsa: RsaSpec = Field(default_factory=RsaSpec)
     weighted_rsa: WeightedRsaSpec = Field(default_factory=WeightedRsaSpec)
@@ -493,6 +562,9 @@ class AnalysesSpec(_Strict):
     encoding: EncodingSpec = Field(default_factory=EncodingSpec)
     searchlight: SearchlightSpec = Field(default_factory=SearchlightSpec)
     cka: CkaSpec = Field(default_factory=CkaSpec)
+    decoding: DecodingSpec = Field(default_factory=DecodingSpec)
+    probing: ProbingSpec = Field(default_factory=ProbingSpec)
+    drivers: DriversSpec = Field(default_factory=DriversSpec)
 
 
 class StatisticsSpec(_Strict):
@@ -552,9 +624,13 @@ class AnalysisSpec(_Strict):
                 "or set analyses.rsa.enabled: false)"
             )
         ana = self.analyses
-        if ana.cka.enabled and self.rois is None:
-            raise ValueError("rois: required for analyses.cka (add 'rois: {atlas: ...}' or 'rois: {masks: ...}', "
-                             "or set analyses.cka.enabled: false)")
+        for name in ("cka", "decoding", "drivers"):
+            if getattr(ana, name).enabled and self.rois is None:
+                raise ValueError(f"rois: required for analyses.{name} (add 'rois: {{atlas: ...}}' or "
+                                 f"'rois: {{masks: ...}}', or set analyses.{name}.enabled: false)")
+        if ana.drivers.enabled and ana.drivers.model is not None and ana.drivers.model not in labels:
+            raise ValueError(f"analyses.drivers.model: '{ana.drivers.model}' is not a model label "
+                             f"(labels: {', '.join(labels)})")
         if (ana.weighted_rsa.enabled or ana.variance_partitioning.enabled) and not ana.rsa.enabled:
             raise ValueError("analyses.weighted_rsa and analyses.variance_partitioning build on the ROI RSA; "
                              "set analyses.rsa.enabled: true")

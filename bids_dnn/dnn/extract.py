@@ -44,7 +44,7 @@ from torch import nn
 from bids_dnn.errors import AnalysisError
 from bids_dnn.dnn.models import LoadedModel
 
-__all__ = ["AGGREGATE_TASKS", "TOKEN_POLICIES", "check_aggregate", "extract_features"]
+__all__ = ["AGGREGATE_TASKS", "TOKEN_POLICIES", "check_aggregate", "extract_features", "layer_output_rows"]
 
 #: A stimulus: an image, a list of video frames, or a callable loading either.
 Stimulus = Union[Image.Image, Sequence[Image.Image], Callable[[], Any]]
@@ -87,6 +87,54 @@ def tune_allocator() -> bool:
         return False
 
 
+def _output_rows(output: Any, policy: Callable[[torch.Tensor], torch.Tensor],
+                 layer: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A hooked layer's output -> (the output tensor, its rows (batch, n_units)); see
+    :func:`layer_output_rows`."""
+    if isinstance(output, (tuple, list)) and output:
+        output = output[0]
+    if not isinstance(output, torch.Tensor) or output.ndim < 1:
+        raise AnalysisError(f"layer {layer!r} returns {type(output).__name__}, not a "
+                            "batched tensor; choose another layer")
+    rows = policy(output) if output.ndim == 3 else output
+    return output, rows.reshape(rows.shape[0], -1)
+
+
+def layer_output_rows(output: Any, token_policy: str = "cls", layer: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """What :func:`extract_features` stores of one layer's output, before the float32 cast.
+
+    The first element of a tuple or list output is taken; a 3-D output (batch, tokens, dim) is
+    reduced by the token policy; the result is flattened to (batch, n_units) in its logical
+    order (C, H, W for convolutions, token-major for ``all``). Differentiable: no copy, no cast,
+    no detach, so it also serves gradients with respect to the input
+    (:mod:`bids_dnn.dnn.saliency`).
+
+    Parameters
+    ----------
+    output : tensor or tuple / list of tensors
+        What the layer's forward returned, batch first.
+    token_policy : {"cls", "mean", "all"}
+        See :data:`TOKEN_POLICIES`.
+    layer : str
+        The layer's name, for error messages.
+
+    Returns
+    -------
+    output : torch.Tensor (batch, ...)
+        The tensor output (the first element of a tuple).
+    rows : torch.Tensor (batch, n_units)
+        In ``output``'s dtype; a view of it where the layout allows.
+
+    Raises
+    ------
+    AnalysisError
+        The output is not a batched tensor, or the token policy is unknown.
+    """
+    if token_policy not in TOKEN_POLICIES:
+        raise AnalysisError(f"unknown token policy {token_policy!r}; valid: {', '.join(TOKEN_POLICIES)}")
+    return _output_rows(output, TOKEN_POLICIES[token_policy], layer)
+
+
 class _StopForward(Exception):
     """Raised by the last needed hook to skip the rest of the network."""
 
@@ -121,18 +169,13 @@ class _LayerCapture:
 
     def _hook(self, name: str) -> Callable[..., None]:
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            if isinstance(output, (tuple, list)) and output:
-                output = output[0]
-            if not isinstance(output, torch.Tensor) or output.ndim < 1:
-                raise AnalysisError(f"layer {name!r} returns {type(output).__name__}, not a "
-                                    "batched tensor; choose another layer")
+            output, rows = _output_rows(output, self.policy, name)
             self.shapes[name] = tuple(int(s) for s in output.shape[1:])
-            rows = self.policy(output) if output.ndim == 3 else output
             if self.probe is not None:
                 self.probe[name] = (output, output._version)
             # copy unless known safe: later in-place operations (ReLU(inplace=True)) must not change it
             copy = self.copy_layers is None or name in self.copy_layers
-            self.outputs[name] = rows.reshape(rows.shape[0], -1).to(torch.float32, copy=copy)
+            self.outputs[name] = rows.to(torch.float32, copy=copy)
             self.n_calls += 1
             if self.stop_after is not None and self.n_calls >= self.stop_after:
                 raise _StopForward

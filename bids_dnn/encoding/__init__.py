@@ -3,6 +3,7 @@
 from bids_dnn.encoding._solver import himalaya_backend_for_device
 from bids_dnn.encoding.banded import BandedResult, banded_ridge, variance_partitioning
 from bids_dnn.encoding.folds import check_folds, inner_folds_for, make_folds, stimulus_runs
+from bids_dnn.encoding.readout import LinearReadout, fit_readout
 from bids_dnn.encoding.ridge import EncodingResult, cross_validated_ridge
 from bids_dnn.encoding.samples import modelled_voxels, stimulus_responses
 from bids_dnn.encoding.scores import (
@@ -41,4 +42,6 @@ __all__ = [
     "roi_scores",
     "MIN_CEILING",
     "himalaya_backend_for_device",
+    "LinearReadout",
+    "fit_readout",
 ]

@@ -51,6 +51,13 @@ BIDSIGNORE_LINES = [
     "*_encoding.json",
     "*_cka.tsv",
     "*_cka.json",
+    "*_decoding.tsv",
+    "*_decoding.json",
+    "*_probing.tsv",
+    "*_probing.json",
+    "*_drivers.tsv",
+    "*_drivers.json",
+    "*_saliency.npz",
     "*_summary.tsv",
     "*_summary.json",
     "/task-*_stimuli.tsv",
@@ -343,6 +350,10 @@ class OutputLayout:
             f"task-{self.task}_model-{m}_layer-{lay}_stat-{sanitize_label(measure)}_relmat.tsv"
         )
 
+    def model_probing(self, model: str) -> Path:
+        """Probes of a model's layers for stimulus annotations (``analyses.probing.layers``)."""
+        return self.model_dir(model) / f"task-{self.task}_model-{sanitize_label(model)}_probing.tsv"
+
     def model_cka(self, model: str) -> Path:
         """Layer x layer CKA of a model's layers with every model's layers (``analyses.cka.across_models``)."""
         return self.model_dir(model) / f"task-{self.task}_model-{sanitize_label(model)}_cka.tsv"
@@ -376,6 +387,23 @@ class OutputLayout:
     def cka_table(self, subject: str, model: str) -> Path:
         """ROI x layer CKA of one model (``analyses.cka``)."""
         return self._func(subject) / f"{self._prefix(subject)}_model-{sanitize_label(model)}_cka.tsv"
+
+    def decoding_table(self, subject: str, model: str) -> Path:
+        """ROI x layer decoding and identification of one model (``analyses.decoding``)."""
+        return self._func(subject) / f"{self._prefix(subject)}_model-{sanitize_label(model)}_decoding.tsv"
+
+    def probing_table(self, subject: str) -> Path:
+        """ROI x annotation probes (``analyses.probing.rois``)."""
+        return self._func(subject) / f"{self._prefix(subject)}_probing.tsv"
+
+    def drivers_table(self, subject: str, model: str) -> Path:
+        """Measured and predicted ROI responses of every stimulus (``analyses.drivers``)."""
+        return self._func(subject) / f"{self._prefix(subject)}_model-{sanitize_label(model)}_drivers.tsv"
+
+    def saliency(self, subject: str, model: str, roi: str) -> Path:
+        """Saliency maps of an ROI's predicted response for its top stimuli (``analyses.drivers.saliency``)."""
+        name = _entities(model=sanitize_label(model), label=sanitize_label(roi))
+        return self._func(subject) / f"{self._prefix(subject)}_{name}_saliency.npz"
 
     def searchlight_map(self, subject: str, model: str, layer: str, stat: str) -> Path:
         name = _entities(model=sanitize_label(model), layer=sanitize_label(layer), stat=sanitize_label(stat))
@@ -418,8 +446,8 @@ class OutputLayout:
         name = _entities(task=self.task, space=self.space, model=sanitize_label(model), desc=desc)
         return self.group_dir / f"{name}_{suffix}.tsv"
 
-    def group_roi_table(self, desc: str, suffix: str = "rsa") -> Path:
-        """A group table across models (e.g. variance partitioning)."""
+    def group_roi_table(self, desc: str | None, suffix: str = "rsa") -> Path:
+        """A group table across models (e.g. variance partitioning, ROI probes)."""
         return self.group_dir / f"{_entities(task=self.task, space=self.space, desc=desc)}_{suffix}.tsv"
 
     def group_map(self, analysis: str, model: str, layer: str, stat: str) -> Path:

@@ -24,7 +24,7 @@ SHA-256 (:func:`bids_dnn.hashing.file_sha256`) is part of the stimulus set's ide
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -63,6 +63,10 @@ class StimulusSet:
     events_source : {"stim_file", "stimuli_tsv", "trial_type"}
         How the events name the stimuli (the effective ``stimuli.source``: ``stimuli_tsv``
         also when it was detected automatically); :func:`condition_column` follows it.
+    annotations : dict of str to list
+        Per-stimulus annotations by name, in ``stim_ids`` order (text as written, ``None`` where
+        missing): every annotation column of ``stimuli.tsv`` and every events column with at most
+        one value per stimulus (:func:`stimulus_annotations`). ``category`` is ``categories``.
     """
 
     stim_ids: list[str]
@@ -72,6 +76,7 @@ class StimulusSet:
     sha256: list[str]
     source_dirs: list[str]
     events_source: str = "stim_file"
+    annotations: dict[str, list[str | None]] = field(default_factory=dict)
 
     @property
     def n_stimuli(self) -> int:
@@ -378,6 +383,7 @@ def build_stimulus_set(events_tables: list[pd.DataFrame], bids_dir: Path, *, sou
         search_dirs = [table.folder] + [d for d in search_dirs if d.resolve() != table.folder.resolve()]
     table_columns = set(table.annotations.columns) if table is not None else set()
     categories: dict[str, str] = {}  # stimulus name in the events -> category
+    event_values: dict[str, dict[str, set[str]]] = {}  # events column -> stimulus name -> values
     for events in events_tables:
         names = stimulus_column(events, effective, trial_type_map, ignore_trial_types)
         if category_column and category_column not in events.columns and category_column not in table_columns:
@@ -393,6 +399,10 @@ def build_stimulus_set(events_tables: list[pd.DataFrame], bids_dir: Path, *, sou
                 continue
             category = str(events.at[row, cat_col]) if cat_col else "stimulus"
             categories.setdefault(name.strip(), category)
+            for column in events.columns.difference(NOT_ANNOTATIONS):
+                value = events.at[row, column]
+                if not (isinstance(value, float) and np.isnan(value)) and str(value).strip() not in ("", "n/a"):
+                    event_values.setdefault(column, {}).setdefault(name.strip(), set()).add(str(value).strip())
     if not categories:
         raise BidsValidationError("no event names a stimulus file",
                                   f"fill the {SOURCE_COLUMNS.get(effective, effective)} column of the events")
@@ -439,7 +449,33 @@ def build_stimulus_set(events_tables: list[pd.DataFrame], bids_dir: Path, *, sou
     return StimulusSet(stim_ids=ids, files=files, paths=[resolved[f][0] for f in files],
                        categories=[categories[n] for n in order], sha256=[digests[f] for f in files],
                        source_dirs=[_describe_dir(resolved[f][1], bids_dir) for f in files],
-                       events_source=effective)
+                       events_source=effective, annotations=stimulus_annotations(order, event_values, table))
+
+
+#: events columns that are not stimulus annotations (timing and the stimulus name itself)
+NOT_ANNOTATIONS = ["onset", "duration", "stim_file", "stim_id", "sample", "response_time"]
+
+
+def stimulus_annotations(names: list[str], event_values: dict[str, dict[str, set[str]]],
+                         table: StimuliTable | None) -> dict[str, list[str | None]]:
+    """Per-stimulus annotations, in ``names`` order (text as written; ``None`` where missing).
+
+    Every annotation column of ``stimuli.tsv`` (``table``), then every events column whose
+    non-missing values are one per stimulus (a column whose value changes between presentations
+    of a stimulus, e.g. a response, is no annotation of the stimulus). A ``stimuli.tsv`` column
+    wins over an events column of the same name.
+    """
+    annotations: dict[str, list[str | None]] = {}
+    if table is not None:
+        for column in table.annotations.columns.difference(["stim_id", "stim_file"]):
+            values = table.annotations[column]
+            annotations[column] = [None if not isinstance(v, str) or not v.strip() else v.strip()
+                                   for v in (values.get(n) for n in names)]
+    for column, by_name in event_values.items():
+        if column in annotations or any(len(v) > 1 for v in by_name.values()):
+            continue
+        annotations[column] = [next(iter(by_name[n])) if n in by_name else None for n in names]
+    return annotations
 
 
 def _log_large_images(paths: dict[str, Path]) -> None:

@@ -3,7 +3,9 @@
 Sections: summary, participants (included / excluded and why), ROI RSA (layer profiles across
 models with CIs, noise-ceiling band, corrected significance and the cross-validated best layer),
 pairwise layer comparisons, ROI CKA (only with CKA summaries; :mod:`bids_dnn.report.cka_sections`),
-group maps (only when they exist), methods, provenance.
+weighted RSA, decoding and identification, probing and what drives each region (each when enabled or
+when its outputs exist; :mod:`bids_dnn.report.decoding_sections`, :mod:`bids_dnn.report.probing_sections`,
+:mod:`bids_dnn.report.drivers_sections`), group maps (only when they exist), methods, provenance.
 Everything is read from the output folder.
 """
 
@@ -55,6 +57,9 @@ from bids_dnn.report.inputs import (
     subject_ids,
 )
 from bids_dnn.report.cka_sections import group_cka_section, group_cka_summaries
+from bids_dnn.report.decoding_sections import group_decoding_section, group_decoding_summaries
+from bids_dnn.report.drivers_sections import drivers_model_label, group_drivers_section
+from bids_dnn.report.probing_sections import group_probing_section, has_probing_outputs
 from bids_dnn.report.methods import methods_blocks
 from bids_dnn.spec import AnalysisSpec, sanitize_label, spec_hash
 from bids_dnn.stats.group_tests import GROUP_TESTS
@@ -449,7 +454,12 @@ def _methods(ctx: GroupContext, section: Section) -> None:
              "rois": ctx.rois, "has_searchlight": bool(ctx.maps["searchlight"]),
              "has_encoding": bool(ctx.maps["encoding"]) or any(
                  ctx.layout.group_table(m.output_label, "summary", suffix="encoding").is_file()
-                 for m in ctx.spec.models)}
+                 for m in ctx.spec.models),
+             "has_decoding": bool(group_decoding_summaries(ctx)),
+             "has_probing": has_probing_outputs(ctx.layout, [m.output_label for m in ctx.spec.models],
+                                                ctx.layout.group_roi_table("summary", suffix="probing")),
+             "has_drivers": ctx.layout.group_table(drivers_model_label(ctx.spec), "summary",
+                                                   suffix="drivers").is_file()}
     stim = read_table(ctx.layout.stimuli_table())
     if stim is not None:
         facts["n_stimuli"] = len(stim)
@@ -525,6 +535,18 @@ def build(layout: drv.OutputLayout, spec: AnalysisSpec | None = None, subjects: 
     if _has_combined(ctx):
         sections.append(guarded_section("combined", "Weighted RSA and variance partitioning",
                                         lambda s: _combined(ctx, s)))
+    analyses = ctx.spec.analyses
+    if analyses.decoding.enabled or group_decoding_summaries(ctx):
+        sections.append(guarded_section("decoding", "Decoding and identification across participants",
+                                        lambda s: group_decoding_section(ctx, s)))
+    if analyses.probing.enabled or has_probing_outputs(layout, [m.output_label for m in ctx.spec.models],
+                                                       layout.group_roi_table("summary", suffix="probing")):
+        sections.append(guarded_section("probing", "Probing: layers and regions on one scale",
+                                        lambda s: group_probing_section(ctx, s)))
+    if analyses.drivers.enabled or layout.group_table(drivers_model_label(ctx.spec), "summary",
+                                                      suffix="drivers").is_file():
+        sections.append(guarded_section("drivers", "What drives each region across participants",
+                                        lambda s: group_drivers_section(ctx, s)))
     has_maps = any(ctx.maps.values()) or any(
         layout.group_table(m.output_label, "summary", suffix="encoding").is_file() for m in ctx.spec.models)
     if has_maps:

@@ -45,6 +45,23 @@ REFERENCES = {
                      "maximization. J Mach Learn Res 13:1393-1434",
     "u_centring": "Szekely GJ, Rizzo ML (2014). Partial distance correlation with methods for dissimilarities. "
                   "Ann Stat 42(6):2382-2412. doi:10.1214/14-AOS1255",
+    "kay2008": "Kay KN, Naselaris T, Prenger RJ, Gallant JL (2008). Identifying natural images from human brain "
+               "activity. Nature 452(7185):352-355. doi:10.1038/nature06713",
+    "horikawa2017": "Horikawa T, Kamitani Y (2017). Generic decoding of seen and imagined objects using hierarchical "
+                    "visual features. Nat Commun 8:15037. doi:10.1038/ncomms15037",
+    "alain2016": "Alain G, Bengio Y (2016). Understanding intermediate layers using linear classifier probes. "
+                 "arXiv:1610.01644",
+    "hewitt2019": "Hewitt J, Liang P (2019). Designing and interpreting probes with control tasks. Proceedings of "
+                  "EMNLP-IJCNLP 2019, 2733-2743. doi:10.18653/v1/D19-1275",
+    "balanced_accuracy": "Brodersen KH, Ong CS, Stephan KE, Buhmann JM (2010). The balanced accuracy and its posterior "
+                         "distribution. 20th International Conference on Pattern Recognition (ICPR), 3121-3124. "
+                         "doi:10.1109/ICPR.2010.764",
+    "ojala2010": "Ojala M, Garriga GC (2010). Permutation tests for studying classifier performance. J Mach Learn Res "
+                 "11:1833-1863",
+    "simonyan2014": "Simonyan K, Vedaldi A, Zisserman A (2014). Deep inside convolutional networks: visualising image "
+                    "classification models and saliency maps. ICLR 2014 workshop. arXiv:1312.6034",
+    "smilkov2017": "Smilkov D, Thorat N, Kim B, Viegas F, Wattenberg M (2017). SmoothGrad: removing noise by adding "
+                   "noise. arXiv:1706.03825",
     "nilearn": "Abraham A, Pedregosa F, Eickenberg M, Gervais P, Mueller A, Kossaifi J, Gramfort A, Thirion B, "
                "Varoquaux G (2014). Machine learning for neuroimaging with scikit-learn. Front Neuroinform 8:14. "
                "doi:10.3389/fninf.2014.00014",
@@ -129,18 +146,115 @@ def _cka_text(spec: AnalysisSpec, cite: Citer) -> str:
             f"Participant-level {permutations}; {bootstrap}.{layers}")
 
 
+def _alphas_text(alphas: list[float]) -> str:
+    if len(alphas) == 1:
+        return f"penalty {alphas[0]:.3g}"
+    return f"{len(alphas)} penalties from {min(alphas):.3g} to {max(alphas):.3g}"
+
+
+def _cv_text(section: Any) -> str:
+    """The outer folds of a ``CrossValidatedRidgeSpec`` section."""
+    return {"auto": "leave-one-run-out when runs hold disjoint stimuli, else seeded "
+                    f"{section.n_folds}-fold over stimuli",
+            "leave_one_run_out": "leave-one-run-out",
+            "kfold": f"seeded {section.n_folds}-fold over stimuli"}[section.cv]
+
+
+def _scaling_text(section: Any) -> str:
+    return ("predictors z-scored with the training mean and SD" if section.standardize
+            else "predictors centred on the training mean")
+
+
+def _decoding_text(spec: AnalysisSpec, cite: Citer) -> str:
+    """The methods paragraph of decoding and identification (``analyses.decoding``)."""
+    dec = spec.analyses.decoding
+    permutations = (f"p-values come from {dec.permutations} permutations of the candidates' stimulus labels with the "
+                    "decoder (and so the decoded features) fixed, one-sided: p = (1 + #(null >= observed)) / (1 + n)"
+                    if dec.permutations else "no permutation test was run")
+    return (f"Decoding and identification {cite('kay2008', 'horikawa2017')}: every unit of each layer's activations "
+            f"(stimuli x units) was predicted from each ROI's run-mean response patterns (stimuli x voxels) by ridge "
+            f"regression (himalaya {cite('himalaya')}): {_alphas_text(dec.alphas)}, a penalty per unit chosen by "
+            f"{dec.inner_folds}-fold inner cross-validation on the training stimuli, {_scaling_text(dec)}; outer "
+            f"cross-validation: {_cv_text(dec)}, so that no stimulus is in both a training and a test fold. Each "
+            "held-out stimulus was identified among all stimuli from its decoded feature vector by Pearson correlation "
+            "with every stimulus's actual features, after subtracting each unit's mean over the candidates: pairwise "
+            "accuracy is the share of the other stimuli whose features correlate less with the decoded vector than "
+            f"the stimulus's own (ties count half; chance 0.5) {cite('horikawa2017')}, top-1 accuracy the share of "
+            f"stimuli whose own features correlate best (chance 1 / number of stimuli) {cite('kay2008')}. Participant-"
+            f"level {permutations}. Held-out predictions lean towards the mean of the training stimuli, so without "
+            "stimulus information the pairwise accuracy lies below 0.5 and the test is conservative. The decoding of "
+            "the units is summarised by the held-out Pearson r of each unit (within test folds, averaged over folds).")
+
+
+def _probing_text(spec: AnalysisSpec, cite: Citer) -> str:
+    """The methods paragraph of probing (``analyses.probing``)."""
+    probe = spec.analyses.probing
+    names = ", ".join(f"'{a}'" + (f" ({probe.kinds[a]})" if a in probe.kinds else "") for a in probe.annotations)
+    sources = []
+    if probe.layers:
+        sources.append(f"each layer's activations (seeded {probe.n_folds}-fold cross-validation over the stimuli, once "
+                       "per run)")
+    if probe.rois:
+        sources.append(f"each ROI's run-mean response patterns (per participant; outer folds: {_cv_text(probe)})")
+    probes, balanced = cite("alain2016"), cite("balanced_accuracy")  # numbered in the order of the text
+    permutations = (f"Each probe's p-value comes from {probe.permutations} permutations of the annotation's labels, "
+                    f"each rerunning the whole cross-validation, penalty choice included {cite('ojala2010')}; "
+                    "one-sided, p = (1 + #(null >= observed)) / (1 + n)" if probe.permutations
+                    else "No permutation test was run")
+    plural = "s" if len(probe.annotations) > 1 else ""
+    return (f"Linear probes {probes} read the stimulus annotation{plural} {names} from "
+            f"{' and from '.join(sources) or 'nothing (layers and rois both off)'}. Categorical annotations: a "
+            "one-vs-rest ridge classifier (as scikit-learn's RidgeClassifier), scored by the balanced accuracy of the "
+            f"pooled held-out predictions {balanced} (chance 1 / number of classes); continuous "
+            "annotations: ridge regression, scored by the held-out Pearson r within each test fold, averaged over "
+            f"folds (chance 0). One penalty per outer fold from {_alphas_text(probe.alphas)}, chosen by "
+            f"{probe.inner_folds}-fold inner cross-validation on the training stimuli ({_scaling_text(probe)}). "
+            f"{permutations}. Layers and regions share one scale; a probe measures "
+            f"linearly decodable information, not information the network or region uses {cite('hewitt2019')}.")
+
+
+def _drivers_text(spec: AnalysisSpec, cite: Citer) -> str:
+    """The methods paragraph of "what drives a region" (``analyses.drivers``)."""
+    drivers = spec.analyses.drivers
+    saliency = drivers.saliency
+    model = drivers.model or spec.models[0].output_label
+    text = (f"What drives each region: each ROI's mean response to every stimulus (run-mean estimates averaged over "
+            f"its voxels) was predicted from each layer of {model} by ridge regression "
+            f"({_alphas_text(drivers.alphas)}, penalty by {drivers.inner_folds}-fold inner cross-validation, "
+            f"{_scaling_text(drivers)}; outer cross-validation: {_cv_text(drivers)}). The layer with the highest "
+            "held-out r (within test folds, averaged over folds) was kept, and the stimuli were ranked by their "
+            f"measured and their held-out predicted response; the {drivers.n_top} highest and lowest are shown.")
+    if saliency.enabled:
+        methods = []
+        if "vanilla" in saliency.methods:
+            methods.append(f"the vanilla gradient {cite('simonyan2014')}")
+        if "smoothgrad" in saliency.methods:
+            methods.append(f"SmoothGrad {cite('smilkov2017')} (the gradient averaged over {saliency.n_samples} copies "
+                           f"of the image with Gaussian noise of SD {saliency.noise_level:g} times the image's range, "
+                           f"seed statistics.seed)")
+        text += (f" Saliency maps: a ridge readout of the ROI's mean response from that layer's activations (penalty "
+                 f"by {drivers.inner_folds}-fold cross-validation, fitted on all stimuli) was differentiated through "
+                 f"the network with respect to the input image, for the {saliency.n_stimuli} stimuli with the highest "
+                 f"held-out predicted response: {_join(methods)}; each map is the largest absolute gradient over the "
+                 "colour channels (image stimuli only).")
+    return text
+
+
 def methods_blocks(spec: AnalysisSpec, level: str, facts: dict[str, Any]) -> list[Block]:
     """Paragraphs and the reference list of the methods section.
 
     ``facts`` may hold: task, n_stimuli, n_categories, brain_rdm (resolved measure), n_runs,
     n_subjects, layers ({model: [layer]}), rois ([name]), has_searchlight, has_encoding,
-    has_group_maps (bools: outputs that exist).
+    has_group_maps, has_decoding, has_probing, has_drivers (bools: outputs that exist).
     """
     cite = Citer()
     glm = spec.brain.glm
     analyses = spec.analyses
     searchlight_on = analyses.searchlight.enabled or bool(facts.get("has_searchlight"))
     encoding_on = analyses.encoding.enabled or bool(facts.get("has_encoding"))
+    decoding_on = analyses.decoding.enabled or bool(facts.get("has_decoding"))
+    probing_on = analyses.probing.enabled or bool(facts.get("has_probing"))
+    drivers_on = analyses.drivers.enabled or bool(facts.get("has_drivers"))
     stats = spec.statistics
     paragraphs: list[str] = []
 
@@ -207,6 +321,13 @@ def methods_blocks(spec: AnalysisSpec, level: str, facts: dict[str, Any]) -> lis
     if analyses.cka.enabled:
         paragraphs.append(_cka_text(spec, cite))
 
+    if decoding_on:
+        paragraphs.append(_decoding_text(spec, cite))
+    if probing_on:
+        paragraphs.append(_probing_text(spec, cite))
+    if drivers_on:
+        paragraphs.append(_drivers_text(spec, cite))
+
     if searchlight_on:
         sl = analyses.searchlight
         frac = f" and at least {sl.min_fraction:.0%} of the full sphere" if sl.min_fraction else ""
@@ -261,6 +382,24 @@ def methods_blocks(spec: AnalysisSpec, level: str, facts: dict[str, Any]) -> lis
                 "leave-one-participant-out cross-validation."
                 + (" The plain estimator is biased upwards, so these tests against zero are not meaningful."
                    if analyses.cka.estimator == "plain" else ""))
+        if decoding_on:
+            paragraphs.append(
+                f"Pairwise identification accuracies were summarised across participants in the same way, testing the "
+                f"accuracy minus its chance level 0.5 with a {test} (alternative '{stats.alternative}'; conservative, "
+                f"as the accuracy without information lies below 0.5), {stats.bootstrap} participant-bootstrap "
+                f"resamples for {stats.ci:.0%} percentile intervals, {correction} across ROI x layer within each model "
+                f"at alpha {stats.alpha:g}, and the best layer per ROI chosen among the significant layers by "
+                "leave-one-participant-out cross-validation.")
+        if probing_on and analyses.probing.rois:
+            paragraphs.append(
+                f"ROI probe scores were tested against their chance level (1 / number of classes, or 0) with a {test} "
+                f"of score minus chance across participants (alternative '{stats.alternative}'), {stats.bootstrap} "
+                f"participant-bootstrap resamples for {stats.ci:.0%} percentile intervals and {correction} across "
+                f"ROI x annotation at alpha {stats.alpha:g}.")
+        if drivers_on:
+            paragraphs.append(
+                "For what drives each region across participants, each participant's measured and predicted ROI "
+                "responses were z-scored over the stimuli, averaged across participants per stimulus, and ranked.")
         if searchlight_on or encoding_on:
             tfce = (f" Threshold-free cluster enhancement {cite('tfce')} was computed on the t maps with its own "
                     "max-statistic permutation correction." if stats.map_tfce else "")

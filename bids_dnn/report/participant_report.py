@@ -1,8 +1,10 @@
 """The participant report ``OUT_DIR/sub-XX.html`` (figures under ``sub-XX/figures/``).
 
 Sections: summary, stimuli, data quality, RDMs, ROI RSA, ROI CKA (only with CKA tables;
-:mod:`bids_dnn.report.cka_sections`), whole-brain maps (only when the
-searchlight / encoding outputs exist; :mod:`bids_dnn.report.participant_maps_sections`), methods,
+:mod:`bids_dnn.report.cka_sections`), decoding and identification, probing and what drives each
+region (each when enabled or when its outputs exist; :mod:`bids_dnn.report.decoding_sections`,
+:mod:`bids_dnn.report.probing_sections`, :mod:`bids_dnn.report.drivers_sections`), whole-brain
+maps (only when the searchlight / encoding outputs exist; :mod:`bids_dnn.report.participant_maps_sections`), methods,
 provenance. Everything is read from the output folder; see :mod:`bids_dnn.report.inputs`.
 """
 
@@ -35,6 +37,8 @@ from bids_dnn.report.assemble import (
 )
 from bids_dnn.report.common import provenance_section, versions_text
 from bids_dnn.report.cka_sections import participant_cka_section, participant_cka_tables
+from bids_dnn.report.decoding_sections import participant_decoding_section, participant_decoding_tables
+from bids_dnn.report.drivers_sections import drivers_model_label, participant_drivers_section
 from bids_dnn.report.inputs import (
     MapFile,
     StimulusInfo,
@@ -52,6 +56,7 @@ from bids_dnn.report.inputs import (
 )
 from bids_dnn.report.methods import methods_blocks
 from bids_dnn.report.participant_maps_sections import maps_section
+from bids_dnn.report.probing_sections import has_probing_outputs, participant_probing_section
 from bids_dnn.spec import AnalysisSpec, sanitize_label, spec_hash
 
 #: split-half reliability below this is flagged
@@ -202,6 +207,12 @@ def _summary(ctx: ParticipantContext, section: Section) -> None:
     if spec.analyses.cka.enabled:
         cka = spec.analyses.cka
         analyses.append(f"ROI CKA ({cka.kernel} kernel, {cka.estimator} estimator, {cka.permutations} permutations)")
+    if spec.analyses.decoding.enabled:
+        analyses.append(f"decoding and identification ({spec.analyses.decoding.permutations} permutations)")
+    if spec.analyses.probing.enabled:
+        analyses.append(f"probing ({', '.join(spec.analyses.probing.annotations)})")
+    if spec.analyses.drivers.enabled:
+        analyses.append(f"what drives each region (model {drivers_model_label(spec)})")
     if spec.analyses.searchlight.enabled:
         analyses.append(f"searchlight (radius {spec.analyses.searchlight.radius_mm:g} mm)")
     if spec.analyses.encoding.enabled:
@@ -513,7 +524,12 @@ def _methods(ctx: ParticipantContext, section: Section) -> None:
              "n_categories": len(set(ctx.stimuli.categories)), "brain_rdm": ctx.brain_measure,
              "layers": {m.output_label: ctx.layers(m.output_label) for m in ctx.spec.models},
              "rois": list(ctx.rois), "has_searchlight": bool(ctx.maps["searchlight"]),
-             "has_encoding": bool(ctx.maps["encoding"])}
+             "has_encoding": bool(ctx.maps["encoding"]),
+             "has_decoding": any(ctx.layout.decoding_table(ctx.subject, m.output_label).is_file()
+                                 for m in ctx.spec.models),
+             "has_probing": has_probing_outputs(ctx.layout, [m.output_label for m in ctx.spec.models],
+                                                ctx.layout.probing_table(ctx.subject)),
+             "has_drivers": ctx.layout.drivers_table(ctx.subject, drivers_model_label(ctx.spec)).is_file()}
     for block in methods_blocks(ctx.spec, "participant", facts):
         section.add(block)
 
@@ -574,6 +590,17 @@ def build(layout: drv.OutputLayout, subject: str, stimuli: Any = None, summary: 
     ]
     if ctx.spec.analyses.cka.enabled or participant_cka_tables(ctx):
         sections.append(guarded_section("cka", "ROI CKA", lambda s: participant_cka_section(ctx, s)))
+    analyses = ctx.spec.analyses
+    if analyses.decoding.enabled or participant_decoding_tables(ctx):
+        sections.append(guarded_section("decoding", "Decoding and identification",
+                                        lambda s: participant_decoding_section(ctx, s)))
+    if analyses.probing.enabled or has_probing_outputs(layout, [m.output_label for m in ctx.spec.models],
+                                                       layout.probing_table(subject)):
+        sections.append(guarded_section("probing", "Probing: layers and regions on one scale",
+                                        lambda s: participant_probing_section(ctx, s)))
+    if analyses.drivers.enabled or layout.drivers_table(subject, drivers_model_label(ctx.spec)).is_file():
+        sections.append(guarded_section("drivers", "What drives each region",
+                                        lambda s: participant_drivers_section(ctx, s)))
     has_maps = any(ctx.maps.values()) or any(
         ctx.layout.encoding_table(subject, m.output_label).is_file() for m in ctx.spec.models)
     if has_maps:

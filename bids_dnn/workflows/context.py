@@ -24,7 +24,7 @@ from bids_dnn.spec import AnalysisSpec, check_code_permission, load_spec, spec_h
 from bids_dnn.workflows.options import RunOptions
 from bids_dnn.workflows.resources import Resources, current_resources
 
-__all__ = ["Context", "betas_derivatives_name", "prepare", "subject_seed"]
+__all__ = ["Context", "betas_derivatives_name", "prepare", "stream_seed_entropy", "subject_seed"]
 
 
 @dataclass
@@ -53,6 +53,12 @@ class Context:
 def subject_seed(seed: int, subject: str) -> np.random.SeedSequence:
     """The seed of a participant's random steps: independent of which others are selected."""
     return np.random.SeedSequence([seed, zlib.crc32(subject.encode())])
+
+
+def stream_seed_entropy(seed: int, subject: str, stream: int, index: int) -> list[int]:
+    """The entropy of one participant's generator of one analysis (``stream``, e.g. CKA) for the
+    ``index``-th model of the spec: independent of which other participants and models run."""
+    return [int(seed), zlib.crc32(subject.encode()), int(stream), int(index)]
 
 
 def prepare(options: RunOptions) -> Context:

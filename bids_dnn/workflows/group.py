@@ -20,6 +20,7 @@ from bids_dnn.io.input_dataset import describe_record, read_record
 from bids_dnn.io.status import failure_reason, other_dataset
 from bids_dnn.spec import spec_hash
 from bids_dnn.workflows.context import Context, prepare
+from bids_dnn.workflows.group_scores import rois_of_every_subject
 from bids_dnn.workflows.options import RunOptions
 from bids_dnn.workflows.provenance import write_provenance
 from bids_dnn.workflows.tables import (BEST_LAYER_COLUMN, GROUP_DECISION_COLUMNS, GROUP_TEST_COLUMNS, RSA_COLUMNS,
@@ -145,22 +146,6 @@ def relmat_vector(path: Path) -> np.ndarray:
     from bids_dnn.rsa.rdm import square_to_vector
 
     return square_to_vector(read_relmat(path)[0])
-
-
-def rois_of_every_subject(table: pd.DataFrame) -> pd.DataFrame:
-    """The RSA rows of ROIs that every subject has: an ROI skipped in some participant (too few
-    usable voxels, n/a scores) is left out of the group statistics, with one warning."""
-    skipped = table.loc[table["score"].isna(), ["roi", "subject"]].drop_duplicates()
-    if skipped.empty:
-        return table
-    for roi, rows in skipped.groupby("roi", sort=False):
-        logger.warning("ROI %s left out of the group statistics: skipped (too few usable voxels) in %s", roi,
-                       ", ".join(f"sub-{s}" for s in rows["subject"]))
-    kept = table.loc[~table["roi"].isin(skipped["roi"])]
-    if kept.empty:
-        raise AnalysisError("no ROI is usable in every participant (each was skipped somewhere for too few voxels)",
-                            "lower rois.min_voxels or check the ROIs' space")
-    return kept
 
 
 def brain_rdm_vectors(ctx: Context, subjects: list[str], rois: list[str], measure: str) -> dict[str, np.ndarray]:
@@ -381,7 +366,7 @@ def run_group_level(options: RunOptions) -> None:
         model = model_spec.output_label
         table = collect_rsa(ctx, subjects, model)
         full_table = table
-        table = rois_of_every_subject(table)
+        table = rois_of_every_subject(table, "score")
         rsa_tables[model] = table
         if not brain:
             brain = brain_rdm_vectors(ctx, subjects, list(dict.fromkeys(table["roi"])), str(table["brain_rdm"].iloc[0]))
@@ -437,6 +422,18 @@ def run_group_level(options: RunOptions) -> None:
         from bids_dnn.workflows.group_cka import group_cka
 
         written += group_cka(ctx, subjects)
+    if ctx.spec.analyses.decoding.enabled:
+        from bids_dnn.workflows.group_decoding import group_decoding
+
+        written += group_decoding(ctx, subjects)
+    if ctx.spec.analyses.probing.enabled and ctx.spec.analyses.probing.rois and ctx.spec.rois is not None:
+        from bids_dnn.workflows.group_probing import group_probing
+
+        written += group_probing(ctx, subjects)
+    if ctx.spec.analyses.drivers.enabled:
+        from bids_dnn.workflows.group_drivers import group_drivers
+
+        written += group_drivers(ctx, subjects)
     written += group_whole_brain(ctx, subjects)
     write_provenance(ctx, layout.group_log_dir(ctx.run_id), {"subjects": subjects,
                                                               "outputs": [str(p.relative_to(layout.root)) for p in written]})

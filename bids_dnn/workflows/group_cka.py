@@ -17,11 +17,11 @@ import numpy as np
 import pandas as pd
 
 from bids_dnn.console import logger
-from bids_dnn.errors import AnalysisError, InputMissingError
 from bids_dnn.io import derivatives as drv
 from bids_dnn.workflows.context import Context
+from bids_dnn.workflows.group_scores import collect_subject_tables, rois_of_every_subject, summarise_scores
 from bids_dnn.workflows.tables import (BEST_LAYER_COLUMN, GROUP_DECISION_COLUMNS, GROUP_TEST_COLUMNS,
-                                      SUBJECT_COLUMN, add_group_decisions, column_sidecar)
+                                      SUBJECT_COLUMN, column_sidecar)
 from bids_dnn.workflows.participant_cka import CKA_COLUMNS, CKA_SEED_STREAM
 
 __all__ = ["CKA_SUMMARY_COLUMNS", "collect_cka", "cka_rois_of_every_subject", "summarise_cka", "group_cka"]
@@ -38,28 +38,13 @@ CKA_SUMMARY_COLUMNS = {
 
 def collect_cka(ctx: Context, subjects: list[str], model: str) -> pd.DataFrame:
     """Every participant's CKA table of ``model``, stacked in ``subjects`` order."""
-    tables = []
-    for subject in subjects:
-        path = ctx.layout.cka_table(subject, model)
-        if not path.is_file():
-            raise InputMissingError(f"CKA table missing: {path}", "rerun the participant level")
-        tables.append(drv.read_tsv(path))
-    return pd.concat(tables, ignore_index=True)
+    return collect_subject_tables(subjects, lambda subject: ctx.layout.cka_table(subject, model))
 
 
 def cka_rois_of_every_subject(table: pd.DataFrame) -> pd.DataFrame:
     """The rows of ROIs that every subject has (an ROI skipped somewhere for too few usable
     voxels, n/a CKA, is left out of the group statistics with one warning)."""
-    skipped = table.loc[table["cka"].isna(), ["roi", "subject"]].drop_duplicates()
-    if skipped.empty:
-        return table
-    for roi, rows in skipped.groupby("roi", sort=False):
-        logger.warning("ROI %s left out of the group CKA statistics: no CKA value in %s", roi,
-                       ", ".join(f"sub-{s}" for s in rows["subject"]))
-    kept = table.loc[~table["roi"].isin(skipped["roi"])]
-    if kept.empty:
-        raise AnalysisError("no ROI has a CKA value in every participant", "lower rois.min_voxels or check the ROIs")
-    return kept
+    return rois_of_every_subject(table, "cka", "CKA")
 
 
 def summarise_cka(ctx: Context, table: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
@@ -72,31 +57,8 @@ def summarise_cka(ctx: Context, table: pd.DataFrame, rng: np.random.Generator) -
     rng : numpy.random.Generator
         Draws the participant-bootstrap resamples.
     """
-    from bids_dnn.stats.bootstrap import bootstrap_subjects
-    from bids_dnn.stats.group_tests import GROUP_TESTS, one_sample_tests
-
-    stats_spec = ctx.spec.statistics
-    rows = []
-    scores_by_roi: dict[str, np.ndarray] = {}
-    for roi, roi_table in table.groupby("roi", sort=False):
-        layers = list(dict.fromkeys(roi_table["layer"]))
-        wide = roi_table.pivot(index="subject", columns="layer", values="cka")
-        values = wide.loc[list(dict.fromkeys(roi_table["subject"])), layers].to_numpy(dtype=np.float64)
-        tests = one_sample_tests(values, alternative=stats_spec.alternative)
-        if stats_spec.bootstrap and values.shape[0] >= 2:
-            low, high, _ = bootstrap_subjects(values, stats_spec.bootstrap, rng, ci=stats_spec.ci)
-        else:
-            low = high = np.full(values.shape[1], np.nan)
-        scores_by_roi[roi] = values
-        for j, layer in enumerate(layers):
-            rows.append({"roi": roi, "model": roi_table["model"].iloc[0], "layer": layer,
-                         "kernel": roi_table["kernel"].iloc[0], "estimator": roi_table["estimator"].iloc[0],
-                         "n_subjects": int(tests["n"][j]), "mean": tests["mean"][j], "sem": tests["sem"][j],
-                         "t": tests["t"][j], "p_ttest": tests["p_t"][j], "wilcoxon_w": tests["wilcoxon_w"][j],
-                         "p_wilcoxon": tests["p_wilcoxon"][j], "ci_low": low[j], "ci_high": high[j],
-                         "p_group": tests[GROUP_TESTS[stats_spec.group_test].p_value][j]})
-    summary = pd.DataFrame(rows)
-    add_group_decisions(summary, scores_by_roi, stats_spec.correction, stats_spec.alpha)
+    summary = summarise_scores(table, rows=("roi", "layer"), score="cka", statistics=ctx.spec.statistics, rng=rng,
+                               carry=("model", "kernel", "estimator"))
     return summary[list(CKA_SUMMARY_COLUMNS)]
 
 

@@ -79,8 +79,10 @@ def subject_stage_keys(ctx: Context, subject: str, stimuli: StimulusSet,
 
     ``brain`` (betas, ROI masks, brain RDMs, ROI summary) depends on the subject's input files,
     the stimulus set, ``brain``, ``stimuli``, ``rois`` and ``rdm.brain``; ``rsa:<model>`` on
-    ``brain``, the model's features and ``analyses.rsa``; ``cka:<model>`` on the patterns, the ROIs,
-    the features and ``analyses.cka``; ``searchlight:<model>`` and
+    ``brain``, the model's features and ``analyses.rsa``; ``cka:<model>`` and ``decoding:<model>`` on
+    the patterns, the ROIs, the features and their spec section; ``probing`` on the patterns, the
+    ROIs, the annotations and ``analyses.probing``; ``drivers`` on the patterns, the ROIs, the
+    features of its model and ``analyses.drivers``; ``searchlight:<model>`` and
     ``encoding`` on the patterns, the features and their own spec section; ``report`` on all.
     """
     from bids_dnn.workflows.stages import content_key, files_fingerprint
@@ -105,12 +107,24 @@ def subject_stage_keys(ctx: Context, subject: str, stimuli: StimulusSet,
                                                dump(analyses.rsa), seed)
         if analyses.cka.enabled and spec.rois is not None:
             keys[f"cka:{model}"] = content_key("cka", patterns, rois, features, cka_stage_ingredients(ctx))
+        if analyses.decoding.enabled and spec.rois is not None:
+            keys[f"decoding:{model}"] = content_key("decoding", patterns, rois, features, dump(analyses.decoding),
+                                                    seed)
         if analyses.searchlight.enabled:
             keys[f"searchlight:{model}"] = content_key("searchlight", patterns, features, spec.rdm.model,
                                                        spec.rdm.brain, dump(analyses.searchlight), seed)
     if analyses.encoding.enabled and models:
         keys["encoding"] = content_key("encoding", patterns, rois, {m: ctx.feature_keys[m] for m in models},
                                        dump(analyses.encoding), seed)
+    if analyses.probing.enabled and analyses.probing.rois and spec.rois is not None:
+        from bids_dnn.workflows.probing import probing_stage_ingredients
+
+        keys["probing"] = content_key("probing", patterns, rois, probing_stage_ingredients(ctx, stimuli))
+    if analyses.drivers.enabled and spec.rois is not None and models:
+        from bids_dnn.workflows.drivers import drivers_model
+
+        keys["drivers"] = content_key("drivers", patterns, rois, ctx.feature_keys[drivers_model(ctx)],
+                                      dump(analyses.drivers), seed)
     if spec.outputs.report:
         keys["report"] = content_key("report", keys)
     return keys
@@ -246,6 +260,21 @@ def compute_subject_stages(ctx: Context, subject: str, stimuli: StimulusSet, mod
     if cka_stale:
         for model, path in write_cka_tables(ctx, subject, stimuli, patterns, masks, cka_stale, small_rois).items():
             done(f"cka:{model}", [path])
+    decoding_stale = {m: list(models[m]) for m in models if f"decoding:{m}" in stale}
+    if decoding_stale:
+        from bids_dnn.workflows.participant_decoding import write_decoding_tables
+
+        for model, path in write_decoding_tables(ctx, subject, stimuli, patterns, masks, decoding_stale,
+                                                 small_rois).items():
+            done(f"decoding:{model}", [path])
+    if "probing" in stale:
+        from bids_dnn.workflows.probing import write_roi_probes
+
+        done("probing", [write_roi_probes(ctx, subject, stimuli, patterns, masks, small_rois)])
+    if "drivers" in stale:
+        from bids_dnn.workflows.drivers import drivers_model, write_drivers
+
+        done("drivers", write_drivers(ctx, subject, stimuli, patterns, masks, list(models[drivers_model(ctx)])))
     searchlight_stale = {m: models[m] for m in models if f"searchlight:{m}" in stale}
     if searchlight_stale:
         from bids_dnn.workflows.participant_maps import run_searchlight
@@ -359,6 +388,10 @@ def run_participant_level(options: RunOptions) -> None:
         raise UsageError("--searchlight-part was given but the spec does not enable analyses.searchlight",
                          "set analyses.searchlight.enabled: true or drop --searchlight-part")
     stimuli = resolve_stimuli(ctx)
+    if ctx.spec.analyses.probing.enabled:  # an annotation the stimuli lack stops the run before any work
+        from bids_dnn.workflows.probing import probe_annotations
+
+        probe_annotations(ctx, stimuli)
     if ctx.options.reports_only:
         from bids_dnn.report import rebuild_participant_reports
 
@@ -397,6 +430,10 @@ def run_participant_level(options: RunOptions) -> None:
     models = model_rdms(ctx, stimuli) if ready else {}
     if models and ctx.spec.analyses.cka.enabled and ctx.spec.analyses.cka.across_models:
         write_layer_cka(ctx, {model: list(layers) for model, layers in models.items()})
+    if models and ctx.spec.analyses.probing.enabled and ctx.spec.analyses.probing.layers:
+        from bids_dnn.workflows.probing import write_layer_probes
+
+        write_layer_probes(ctx, stimuli, {model: list(layers) for model, layers in models.items()})
     resources = ctx.resources.for_participants(len(ready))  # --nprocs: participants at once
     if resources.n_workers > 1:
         logger.info("%d participants at a time, %s thread(s) each", resources.n_workers, resources.omp_nthreads)

@@ -9,7 +9,6 @@ of every model (:mod:`bids_dnn.cka`).
 
 from __future__ import annotations
 
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +19,11 @@ from bids_dnn.console import logger
 from bids_dnn.errors import AnalysisError
 from bids_dnn.io import derivatives as drv
 from bids_dnn.io.stimuli import StimulusSet
-from bids_dnn.workflows.context import Context
+from bids_dnn.workflows.context import Context, stream_seed_entropy
 from bids_dnn.workflows.model_features import read_checked_features
-from bids_dnn.workflows.subject_patterns import SubjectPatterns
+from bids_dnn.workflows.subject_patterns import SubjectPatterns, roi_patterns
 
-__all__ = ["CKA_COLUMNS", "LAYER_CKA_COLUMNS", "CKA_SEED_STREAM", "cka_stage_ingredients", "roi_patterns",
+__all__ = ["CKA_COLUMNS", "LAYER_CKA_COLUMNS", "CKA_SEED_STREAM", "cka_stage_ingredients",
            "cka_seed_entropy", "cka_tables", "write_cka_tables", "write_layer_cka"]
 
 CKA_COLUMNS = {
@@ -73,28 +72,10 @@ def cka_stage_ingredients(ctx: Context) -> dict[str, Any]:
             "ci": ctx.spec.statistics.ci, "seed": ctx.spec.statistics.seed}
 
 
-def roi_patterns(patterns: SubjectPatterns, masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Run-mean patterns of every ROI.
-
-    Parameters
-    ----------
-    patterns : SubjectPatterns
-        ``run_betas`` (n_runs, n_stimuli, n_voxels), NaN where a stimulus was not in a run.
-    masks : dict of str to ndarray of bool
-        ROI masks on the BOLD grid.
-
-    Returns
-    -------
-    dict of str to ndarray, each (n_stimuli, n_roi_voxels)
-    """
-    mean = np.nanmean(patterns.run_betas, axis=0)
-    return {roi: mean[:, np.flatnonzero(mask[patterns.brain_mask])] for roi, mask in masks.items()}
-
-
 def cka_seed_entropy(seed: int, subject: str, model_index: int) -> list[int]:
     """The entropy of a participant's CKA generator for the ``model_index``-th model of the spec:
     independent of which other participants and models are computed in the same run."""
-    return [int(seed), zlib.crc32(subject.encode()), CKA_SEED_STREAM, int(model_index)]
+    return stream_seed_entropy(seed, subject, CKA_SEED_STREAM, model_index)
 
 
 def _device(ctx: Context) -> str:

@@ -282,22 +282,10 @@ def run_searchlight(ctx: "Context", subject: str, stimuli: "StimulusSet", patter
 
 def encoding_folds(ctx: "Context", run_betas: np.ndarray) -> tuple[str, list[tuple[np.ndarray, np.ndarray]],
                                                                    np.ndarray | None]:
-    """Outer folds over stimuli, and the inner grouping (run of each stimulus) if any."""
-    from bids_dnn.encoding import make_folds, stimulus_runs
+    """Outer folds over stimuli of ``analyses.encoding``, and the inner grouping (run of each stimulus) if any."""
+    from bids_dnn.workflows.cv import stimulus_folds
 
-    spec = ctx.spec.analyses.encoding
-    groups = stimulus_runs(run_betas)  # None unless the runs show disjoint stimulus sets
-    scheme = spec.cv if spec.cv != "auto" else ("leave_one_run_out" if groups is not None else "kfold")
-    n_stimuli = run_betas.shape[1]
-    if scheme == "leave_one_run_out":
-        if groups is None:
-            raise AnalysisError("analyses.encoding.cv: 'leave_one_run_out' needs runs with disjoint stimulus sets "
-                                "(here runs repeat stimuli, so test stimuli would be trained on)",
-                                "use cv: kfold (or auto)")
-        return scheme, make_folds(n_stimuli, groups=groups), groups
-    if spec.n_folds > n_stimuli:
-        raise AnalysisError(f"analyses.encoding.n_folds ({spec.n_folds}) exceeds the number of stimuli ({n_stimuli})")
-    return scheme, make_folds(n_stimuli, n_folds=spec.n_folds, seed=ctx.spec.statistics.seed), None
+    return stimulus_folds(ctx.spec.analyses.encoding, "analyses.encoding", run_betas, ctx.spec.statistics.seed)
 
 
 def encoding_voxels(ctx: "Context", patterns: "SubjectPatterns", masks: dict[str, np.ndarray]) -> np.ndarray:

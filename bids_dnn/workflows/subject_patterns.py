@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from bids_dnn.brain.glm import GLMOptions
 
 __all__ = ["SubjectPatterns", "brain_rdm_measure", "brain_rdms", "fit_subject_glms", "glm_options",
-           "load_subject_betas", "reliability_summary"]
+           "load_subject_betas", "reliability_summary", "roi_patterns"]
 
 
 @dataclass
@@ -253,3 +253,21 @@ def reliability_summary(patterns: SubjectPatterns, masks: dict[str, np.ndarray])
     """Median over an ROI's voxels of the split-half reliability, to 4 decimals (None with fewer than 2 runs)."""
     medians = roi_reliability(patterns.run_betas, {roi: mask[patterns.brain_mask] for roi, mask in masks.items()})
     return {roi: None if median is None else round(median, 4) for roi, median in medians.items()}
+
+
+def roi_patterns(patterns: SubjectPatterns, masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run-mean patterns of every ROI.
+
+    Parameters
+    ----------
+    patterns : SubjectPatterns
+        ``run_betas`` (n_runs, n_stimuli, n_voxels), NaN where a stimulus was not in a run.
+    masks : dict of str to ndarray of bool
+        ROI masks on the BOLD grid.
+
+    Returns
+    -------
+    dict of str to ndarray, each (n_stimuli, n_roi_voxels)
+    """
+    mean = np.nanmean(patterns.run_betas, axis=0)
+    return {roi: mean[:, np.flatnonzero(mask[patterns.brain_mask])] for roi, mask in masks.items()}
