@@ -609,16 +609,21 @@ recomputes only what changed.
 - `input_dataset.json`: the input dataset this folder was made from (name, path, participants and,
   per task, a fingerprint of the stimulus set); a participant run of another dataset is refused.
 - `model-<model>/`: `*_features.h5` (the activations of every stimulus in every requested layer,
-  with provenance attributes), the model RDMs `*_layer-<layer>_stat-<measure>_relmat.tsv` and,
-  with `analyses.cka`, the layer x layer CKA with every model's layers `*_cka.tsv`.
+  with provenance attributes), the model RDMs `*_layer-<layer>_stat-<measure>_relmat.tsv`,
+  with `analyses.cka` the layer x layer CKA with every model's layers `*_cka.tsv`, and with
+  `analyses.probing` the probes of every layer for the stimulus annotations `*_probing.tsv`.
 - `sub-<label>/func/`: GLM estimates `*_desc-stimuli_stat-effect_statmap.nii.gz` (one volume per
   stimulus), ROI masks `*_label-<roi>_mask.nii.gz`, brain RDMs
   `*_label-<roi>_stat-<measure>_relmat.tsv`, ROI RSA `*_model-<model>_rsa.tsv`, searchlight maps
   `*_model-<model>_layer-<layer>_stat-<comparison>_desc-searchlight_statmap.nii.gz`, encoding maps
   `*_stat-<r|r2|alpha|normr2|noiseceiling>_desc-encoding_statmap.nii.gz`, encoding ROI means
-  `*_model-<model>_encoding.tsv`, ROI x layer CKA `*_model-<model>_cka.tsv` and voxel counts `*_desc-rois_summary.tsv`; `figures/` holds the
-  report's pictures.
-- `group/`: tables across participants (`*_rsa.tsv`, `*_encoding.tsv`, `*_cka.tsv`; `desc-` labels in
+  `*_model-<model>_encoding.tsv`, ROI x layer CKA `*_model-<model>_cka.tsv`, decoding and
+  identification `*_model-<model>_decoding.tsv`, ROI probes `*_probing.tsv`, what drives each ROI
+  `*_model-<model>_drivers.tsv` with saliency maps `*_model-<model>_label-<roi>_saliency.npz`
+  (NumPy arrays: the stimuli, the images as the network saw them, one map per method) and voxel
+  counts `*_desc-rois_summary.tsv`; `figures/` holds the report's pictures.
+- `group/`: tables across participants (`*_rsa.tsv`, `*_encoding.tsv`, `*_cka.tsv`, `*_decoding.tsv`,
+  `*_probing.tsv`, `*_drivers.tsv`; `desc-` labels in
   `descriptions.tsv`) and group maps `*_stat-<t|p|pfwe|pfdr>_desc-<analysis>_statmap.nii.gz`.
 - `sub-<label>.html`, `group.html`: self-contained reports.
 

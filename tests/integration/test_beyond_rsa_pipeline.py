@@ -20,6 +20,7 @@ import pytest
 from scipy.stats import spearmanr
 
 from bids_dnn.cli.main import main
+from bids_dnn.io.derivatives import PYBIDS_ENTITY_NAMES
 from bids_dnn.workflows.demo import CATEGORIES, DEMO_LAYERS, N_PER_CATEGORY, PLANTED, planted_responses
 from tests._specs import SMALL_SPEC
 
@@ -152,3 +153,14 @@ def test_unknown_annotation_is_a_spec_error(demo_dataset: Path, tmp_path: Path, 
     assert code == 65
     assert "no annotation 'animacy'" in err and "available: category, trial_type" in err and "Traceback" not in err
     assert not (tmp_path / "out" / "sub-01").exists()
+
+
+def test_new_outputs_pass_the_bids_validator_and_name_no_entity(outputs):
+    from tests.integration.test_bids_outputs import _errors, _validate
+
+    out = outputs["out"]
+    assert _errors(_validate(out)) == []
+    for sidecar in [*out.glob("sub-01/func/*_decoding.json"), *out.glob("sub-01/func/*_probing.json"),
+                    *out.glob("sub-01/func/*_drivers.json"), *out.glob("model-*/*_probing.json")]:
+        keys = set(json.loads(sidecar.read_text()))
+        assert not keys & PYBIDS_ENTITY_NAMES, sidecar.name
