@@ -31,7 +31,7 @@ RUN --mount=type=secret,id=pip.conf --mount=type=secret,id=ca.crt --mount=type=c
  && /opt/tools/bin/python -m pip install -r requirements/lock-build.txt \
  && python3 -m venv --without-pip /opt/venv
 
-# The dependencies of bids_dnn[video] (pyproject.toml), constrained to the locked versions. torch comes
+# The dependencies of bids_dnn[video,hf] (pyproject.toml), constrained to the locked versions. torch comes
 # from TORCH_INDEX_URL (default: PyTorch's CPU wheels for VARIANT=cpu, PyPI's CUDA wheels for cuda) or
 # from wheel files put into requirements/wheels/. A cpu build that would get a CUDA torch stops:
 # the fallback, PyPI's CUDA wheels (they run on CPUs too, ~6 GB), is VARIANT=cuda.
@@ -47,7 +47,7 @@ RUN --mount=type=secret,id=pip.conf --mount=type=secret,id=ca.crt --mount=type=c
     esac \
  && extra_index="" \
  && if [ "$index" != none ]; then extra_index="--extra-index-url=$index"; fi \
- && /opt/tools/bin/python -c 'import tomllib; project = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(project["dependencies"] + project["optional-dependencies"]["video"]))' \
+ && /opt/tools/bin/python -c 'import tomllib; project = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(project["dependencies"] + project["optional-dependencies"]["video"] + project["optional-dependencies"]["hf"]))' \
     > /tmp/requirements.txt \
  && /opt/tools/bin/python -m pip --python /opt/venv/bin/python install --find-links /src/wheels ${extra_index:+"$extra_index"} \
     -c requirements/lock.txt -r /tmp/requirements.txt \
@@ -74,12 +74,18 @@ FROM build AS weights
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV PATH=/opt/venv/bin:$PATH
 ARG MODELS="alexnet resnet50 vgg16 vit_b_16"
+# Hugging Face hub ids (source: huggingface), e.g. "bert-base-uncased facebook/wav2vec2-base", into HF_HOME=/opt/hf
+ARG HF_MODELS=""
 RUN --mount=type=cache,target=/root/.cache/bids_dnn-weights \
-    mkdir -p /opt/torch/hub/checkpoints \
+    mkdir -p /opt/torch/hub/checkpoints /opt/hf \
  && if [ -n "$(echo "$MODELS" | tr -d '[:space:]')" ]; then \
       cp -a /opt/package/. / \
       && echo "$MODELS" | TORCH_HOME=/root/.cache/bids_dnn-weights xargs bids_dnn models fetch > /tmp/fetched.txt \
       && xargs --no-run-if-empty cp --target-directory=/opt/torch/hub/checkpoints < /tmp/fetched.txt; \
+    fi \
+ && if [ -n "$(echo "$HF_MODELS" | tr -d '[:space:]')" ]; then \
+      cp -a /opt/package/. / \
+      && echo "$HF_MODELS" | HF_HOME=/opt/hf xargs bids_dnn models fetch --source huggingface > /dev/null; \
     fi
 
 # ---------------------------------------------------------------------------------------------------------
@@ -104,6 +110,7 @@ LABEL org.opencontainers.image.title="bids_dnn" \
 COPY --from=build /etc/passwd /etc/group /etc/
 COPY --from=build /opt/venv /opt/venv
 COPY --from=weights /opt/torch /opt/torch
+COPY --from=weights /opt/hf /opt/hf
 COPY --from=build /opt/package/ /
 # Offline model hubs; one thread per library unless told otherwise (-e OMP_NUM_THREADS=N ...; the SLURM
 # scripts of 'bids_dnn slurm' set them to --cpus-per-task), so containers sharing a host do not oversubscribe it.
@@ -114,6 +121,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     MALLOC_MMAP_THRESHOLD_=268435456 \
     MALLOC_TRIM_THRESHOLD_=536870912 \
     TORCH_HOME=/opt/torch \
+    HF_HOME=/opt/hf \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1 \
     OMP_NUM_THREADS=1 \

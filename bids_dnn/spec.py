@@ -98,6 +98,15 @@ class VideoOptions(_Strict):
     )
 
 
+class AudioOptions(_Strict):
+    """How sound stimuli (wav, flac, ogg, mp3) are turned into model input: decoded, mixed down
+    to mono (the mean of the channels), resampled to the model's sampling rate (polyphase
+    filtering), and cropped to ``max_seconds`` from the start. Shorter sounds in a batch are
+    padded with an attention mask: padding never changes a stimulus's features."""
+
+    max_seconds: float = Field(30.0, gt=0, le=600, description="Longer sounds are cropped to their first max_seconds.")
+
+
 class StimuliSpec(_Strict):
     """Where the ordered stimulus set comes from."""
 
@@ -121,6 +130,12 @@ class StimuliSpec(_Strict):
         default_factory=list, description="trial_type values that are not stimuli (e.g. fixation)."
     )
     video: VideoOptions = Field(default_factory=VideoOptions)
+    audio: AudioOptions = Field(default_factory=AudioOptions)
+    context_column: str | None = Field(
+        None, description="Text stimuli: a stimuli.tsv or events column holding each stimulus's preceding context "
+        "(e.g. the story so far), fed to the model before the stimulus (see models[].context_tokens); the "
+        "features pool the stimulus's own tokens only."
+    )
 
     @model_validator(mode="after")
     def _map_needed(self) -> "StimuliSpec":
@@ -182,7 +197,10 @@ class ModelSpec(_Strict):
     """One network whose activations are extracted."""
 
     name: str = Field(..., min_length=1, description="Model name, e.g. 'alexnet', 'resnet50'.")
-    source: Literal["torchvision", "timm", "open_clip", "torchscript", "custom"] = "torchvision"
+    source: Literal["torchvision", "timm", "open_clip", "torchscript", "custom", "huggingface"] = Field(
+        "torchvision", description="'huggingface': transformers AutoModel with its tokenizer / feature extractor / "
+        "image processor, by hub name or local folder (text, speech and audio, vision models); every block's hidden "
+        "state is a layer ('hidden_states.0' = embeddings, 'hidden_states.<k>' = block k).")
     label: str | None = Field(
         None,
         description="Label used in output names (model-<label>); default: the name, sanitised.",
@@ -211,6 +229,17 @@ class ModelSpec(_Strict):
         "cls",
         description="Transformer layers (batch, tokens, dim): 'cls' first token, "
         "'mean' average over tokens, 'all' every token flattened.",
+    )
+    pooling: Literal["auto", "mean", "first", "last", "max", "word"] = Field(
+        "auto", description="huggingface: how a layer's tokens (text) or frames (audio) become one vector per "
+        "stimulus: 'mean' / 'max' over the stimulus's own tokens (special, context and padding tokens left out), "
+        "'first' (CLS), 'last' (the last token: decoders such as GPT-2), 'word' (each word's sub-word tokens "
+        "averaged, then the words); 'auto': 'last' for decoder-only text models, 'mean' for other text and audio "
+        "models, 'first' for vision models."
+    )
+    context_tokens: int = Field(
+        0, ge=0, le=100_000, description="huggingface text models: at most this many tokens of the stimulus's "
+        "preceding context (stimuli.context_column), the most recent ones, are fed before it (0: none)."
     )
     dtype: Literal["float32", "float16"] = Field("float32", description="Stored feature dtype.")
     batch_size: int = Field(16, gt=0, le=MAX_BATCH_SIZE)
@@ -702,7 +731,10 @@ TEXT_LIST_FIELDS = (("rois", "labels"),)
 
 
 def _files_next_to_spec(data: Any, folder: Path) -> Any:
-    """Custom models' ``entry_point`` files made absolute, relative to the spec's ``folder``."""
+    """Paths in the models made absolute, relative to the spec's ``folder``: custom models'
+    ``entry_point`` files, and Hugging Face models named by a local folder next to the spec
+    (``name: models/textnet``; a name that is no such folder is a hub id). A local folder's
+    label defaults to the folder's name."""
     if not isinstance(data, dict) or not isinstance(data.get("models"), list):
         return data
     models = []
@@ -710,6 +742,10 @@ def _files_next_to_spec(data: Any, folder: Path) -> Any:
         match = ENTRY_POINT.fullmatch(model.get("entry_point") or "") if isinstance(model, dict) else None
         if match and not Path(match["file"]).is_absolute():
             model = {**model, "entry_point": f"{folder / match['file']}:{match['callable']}"}
+        name = model.get("name") if isinstance(model, dict) else None
+        if (isinstance(model, dict) and model.get("source") == "huggingface" and isinstance(name, str) and name
+                and not Path(name).is_absolute() and (folder / name).is_dir()):
+            model = {**model, "name": str(folder / name), "label": model.get("label") or Path(name).name}
         models.append(model)
     return {**data, "models": models}
 

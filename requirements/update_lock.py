@@ -2,7 +2,7 @@
 
 The pins are the versions installed in the Python environment that runs this script (the
 tested one: ``source scripts/bootstrap.sh && "$BIDS_DNN_PY" requirements/update_lock.py``),
-restricted to what ``bids_dnn[video]`` needs at run time (its requirements and theirs,
+restricted to what ``bids_dnn[video,hf]`` needs at run time (its requirements and theirs,
 markers evaluated for this interpreter) and, separately, to what the ``test`` extra adds.
 The container image installs with ``-c requirements/lock.txt``; torch and torchvision are
 pinned without a local version label, so the same lock takes PyPI's CUDA build or a CPU
@@ -25,7 +25,7 @@ from packaging.utils import canonicalize_name
 HERE = Path(__file__).resolve().parent
 PYPROJECT = HERE.parent / "pyproject.toml"
 #: the extras installed in the image (next to the core requirements)
-RUNTIME_EXTRAS = ("video",)
+RUNTIME_EXTRAS = ("video", "hf")
 #: what builds the wheel of bids_dnn in the image's build stage
 BUILD_TOOLS = ("pip", "setuptools", "wheel")
 HEADER = """\

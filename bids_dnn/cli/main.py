@@ -83,6 +83,7 @@ def _cmd_spec(argv: Sequence[str]) -> int:
 
 def _cmd_demo(argv: Sequence[str]) -> int:
     from bids_dnn.workflows.demo import DEMO_SUBJECTS, make_demo_dataset
+    from bids_dnn.workflows.demo_kinds import DEMO_KINDS
 
     parser = Parser(prog="bids_dnn demo",
                      description="Write the synthetic demo BIDS dataset with planted ground truth.")
@@ -93,31 +94,39 @@ def _cmd_demo(argv: Sequence[str]) -> int:
     parser.add_argument("--runs", type=positive_int, default=3)
     parser.add_argument("--seed", type=seed_value, default=0)
     parser.add_argument("--force", action="store_true", help="overwrite an existing demo dataset")
+    parser.add_argument("--kind", choices=list(DEMO_KINDS), default="images",
+                        help="stimuli: drawn images and a random-init AlexNet (default), sentences and a tiny "
+                             "BERT-style model, or sounds and a tiny wav2vec 2.0-style model (text and audio need "
+                             "the hf extra)")
     args = parser.parse_args(list(argv))
     from bids_dnn.console import logger, setup_logging
 
     setup_logging(0, show_progress=False)
     path = make_demo_dataset(args.directory, n_subjects=args.subjects, n_runs=args.runs,
-                             seed=args.seed, overwrite=args.force)
+                             seed=args.seed, overwrite=args.force, kind=DEMO_KINDS[args.kind])
     logger.info("demo dataset written to %s (spec: %s)", path, path / "code" / "spec.yaml")
     return EXIT_OK
 
 
 def _cmd_models(argv: Sequence[str]) -> int:
+    from bids_dnn.dnn import models
+
     parser = Parser(prog="bids_dnn models", description="List models and pre-fetch weights.")
     sub = parser.add_subparsers(dest="action", required=True)
     sub.add_parser("list", help="models and whether their default weights are cached")
-    fetch = sub.add_parser("fetch", help="download weights into TORCH_HOME (for container images)")
+    fetch = sub.add_parser("fetch", help="download weights into TORCH_HOME, or Hugging Face models into the "
+                                          "Hugging Face cache (HF_HOME) (for container images)")
     fetch.add_argument("names", nargs="+")
-    fetch.add_argument("--weights", default="DEFAULT")
+    fetch.add_argument("--weights", default="DEFAULT",
+                       help="torchvision: DEFAULT or a weights name; huggingface: DEFAULT or a hub revision")
+    fetch.add_argument("--source", default="torchvision", choices=list(models.WEIGHT_FETCHERS),
+                       help="where the names come from (default torchvision; huggingface: hub ids)")
     args = parser.parse_args(list(argv))
-    from bids_dnn.dnn import models
-
     if args.action == "list":
         for row in models.model_catalog():
             sys.stdout.write(f"{row['name']}\t{row['default_weights']}\t{'cached' if row['cached'] else 'not cached'}\n")
         return EXIT_OK
-    for path in models.fetch_weights(args.names, weights=args.weights):
+    for path in models.fetch_weights(args.names, weights=args.weights, source=args.source):
         sys.stdout.write(f"{path}\n")
     return EXIT_OK
 

@@ -8,17 +8,21 @@ missing file is an :class:`~bids_dnn.errors.InputMissingError` telling the user 
 downloads, and only the ``models fetch`` command calls it.
 
 The input transform is chosen by :mod:`bids_dnn.dnn.transforms`; layers are named and chosen by
-:mod:`bids_dnn.dnn.layers`.
+:mod:`bids_dnn.dnn.layers`. ``source: huggingface`` models (text, audio, image and CLIP-like
+text-image models) are loaded, and their hidden states named, by :mod:`bids_dnn.dnn.huggingface`
+(imported only for that source), and extracted by :mod:`bids_dnn.dnn.hf_extract`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 import importlib.util
 import inspect
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -30,13 +34,14 @@ from torch import nn
 from bids_dnn.dnn.transforms import INTERPOLATIONS, ImageTransform, torchvision_weights_transform, transform_for
 from bids_dnn.dnn.weights import (cached_checkpoint_path, check_weights_folder_writable, hf_offline,
                                   injected_state_dict, load_checkpoint, state_dict_sha256, torch_home)
-from bids_dnn.errors import AnalysisError, InputMissingError, SpecError
+from bids_dnn.errors import AnalysisError, InputMissingError, SpecError, UsageError
 from bids_dnn.hashing import file_sha256
 from bids_dnn.spec import ENTRY_POINT, ModelSpec
 
 __all__ = [
     "LoadedModel",
     "MODEL_SOURCES",
+    "WEIGHT_FETCHERS",
     "fetch_weights",
     "load_model",
     "model_catalog",
@@ -65,12 +70,26 @@ class LoadedModel:
         and buffer tensors (random weights, custom entry points).
     init_seed : int or None
         Seed of the random initialisation (``weights: random``), else None.
-    task : {"image", "video"}
-        "video": the network takes clips of shape (batch, 3, T, H, W).
+    task : {"image", "video", "text", "audio", "text_image"}
+        "video": the network takes clips of shape (batch, 3, T, H, W). ``source: huggingface``
+        models: "text", "audio", "image", or "text_image" (CLIP-like dual encoders); see
+        :mod:`bids_dnn.dnn.huggingface`.
+    tokenizer : transformers tokenizer or None
+        ``source: huggingface`` text and text-image models: the (fast) tokenizer.
+    processor : transformers feature extractor / image processor or None
+        ``source: huggingface`` audio models: the feature extractor; image and text-image
+        models: the image processor.
+    model_kind : {"encoder", "decoder"} or None
+        ``source: huggingface``: "decoder" when the text model's self-attention is causal
+        (GPT-2, CLIP's text tower), else "encoder"; None for other sources.
+    sample_rate : int or None
+        ``source: huggingface`` audio models: the sampling rate (Hz) the model takes.
+
+    ``transform`` is None for ``source: huggingface`` text and audio models.
     """
 
     module: nn.Module
-    transform: Callable[[Image.Image], torch.Tensor]
+    transform: Callable[[Image.Image], torch.Tensor] | None
     preprocessing: dict[str, Any]
     name: str
     source: str
@@ -78,6 +97,10 @@ class LoadedModel:
     weights_sha256: str | None
     init_seed: int | None = None
     task: str = "image"
+    tokenizer: Any = None
+    processor: Any = None
+    model_kind: str | None = None
+    sample_rate: int | None = None
 
     def identity(self) -> dict[str, Any]:
         """What determines the network's outputs (part of the feature content key)."""
@@ -310,6 +333,13 @@ def _load_custom(spec: ModelSpec, field_path: str) -> LoadedModel:
                        state_dict_sha256(module), spec.init_seed)
 
 
+def _load_huggingface(spec: ModelSpec, field_path: str) -> LoadedModel:
+    """``transformers`` models (imported only for this source): :mod:`bids_dnn.dnn.huggingface`."""
+    from bids_dnn.dnn.huggingface import load_huggingface_fields
+
+    return LoadedModel(**load_huggingface_fields(spec, field_path))
+
+
 #: source name -> loader(spec, field_path) -> LoadedModel
 MODEL_SOURCES: dict[str, Callable[[ModelSpec, str], LoadedModel]] = {
     "torchvision": _load_torchvision,
@@ -317,6 +347,7 @@ MODEL_SOURCES: dict[str, Callable[[ModelSpec, str], LoadedModel]] = {
     "open_clip": _load_open_clip,
     "torchscript": _load_torchscript,
     "custom": _load_custom,
+    "huggingface": _load_huggingface,
 }
 
 
@@ -355,23 +386,41 @@ def load_model(spec: ModelSpec, *, field_path: str = "models[0]") -> LoadedModel
 # ---------------------------------------------------------------------------------------
 
 
-def fetch_weights(names: list[str], weights: str = "DEFAULT", *, progress: bool = False) -> list[Path]:
-    """Download torchvision weights into the torch hub cache (``bids_dnn models fetch``).
+def fetch_weights(names: list[str], weights: str = "DEFAULT", *, progress: bool = False,
+                  source: str = "torchvision") -> list[Path]:
+    """Download weights into the local cache (``bids_dnn models fetch``).
 
     Parameters
     ----------
     names : list of str
-        torchvision model names.
+        Model names of ``source``: torchvision model names, or Hugging Face hub ids.
     weights : str
-        ``DEFAULT`` or a weights enum member name.
+        torchvision: ``DEFAULT`` or a weights enum member name. huggingface: ``DEFAULT`` (the
+        default branch) or a hub revision (branch, tag, commit).
     progress : bool
-        Show torch hub's download bar.
+        Show the download bars.
+    source : {"torchvision", "huggingface"}
+        Where the names come from (a key of :data:`WEIGHT_FETCHERS`).
 
     Returns
     -------
     list of Path
-        The cached checkpoint files, one per name.
+        torchvision: the cached checkpoint files; huggingface: the snapshot folders in the
+        Hugging Face hub cache (``HF_HUB_CACHE``); one per name.
+
+    Raises
+    ------
+    UsageError
+        An unknown source; a hub download that fails (no network, unknown repository).
+    SpecError
+        An unknown torchvision model or weights name.
     """
+    if source not in WEIGHT_FETCHERS:
+        raise UsageError(f"models fetch: unknown source {source!r}; valid: {', '.join(WEIGHT_FETCHERS)}")
+    return WEIGHT_FETCHERS[source](names, weights, progress)
+
+
+def _fetch_torchvision(names: list[str], weights: str, progress: bool) -> list[Path]:
     paths = []
     for i, name in enumerate(names):
         _check_torchvision_name(name, f"names[{i}]")
@@ -382,6 +431,63 @@ def fetch_weights(names: list[str], weights: str = "DEFAULT", *, progress: bool 
                                            map_location="cpu", weights_only=True)
         paths.append(cached_checkpoint_path(entry))
     return paths
+
+
+#: weight files ``models fetch --source huggingface`` leaves out: other frameworks' formats
+_HF_IGNORE = ["*.h5", "*.msgpack", "*.onnx", "*.onnx_data", "*.ot", "*.tflite", "*.mlmodel", "*.gguf",
+              "tf_model*", "flax_model*", "rust_model*", "onnx/*", "openvino/*", "coreml/*"]
+#: PyTorch pickles, also left out when the repository has safetensors
+_HF_PICKLES = ["*.bin", "*.pt", "*.pth", "*.ckpt"]
+
+
+def _fetch_huggingface(names: list[str], weights: str, progress: bool) -> list[Path]:
+    """``huggingface_hub.snapshot_download`` of each repository: config, preprocessor and PyTorch
+    weights (safetensors when there are any, else ``*.bin``), into the hub cache."""
+    try:
+        hub = importlib.import_module("huggingface_hub")
+    except ImportError:
+        raise AnalysisError("fetching huggingface models needs the optional package 'huggingface_hub'",
+                            hint="pip install 'bids_dnn[hf]'") from None
+    revision = None if weights in ("DEFAULT", "random") else weights
+    paths = []
+    for name in names:
+        try:
+            files = hub.list_repo_files(name, revision=revision)
+            ignore = _HF_IGNORE + (_HF_PICKLES if any(f.endswith(".safetensors") for f in files) else [])
+            with _hub_progress(progress):
+                folder = hub.snapshot_download(name, revision=revision, ignore_patterns=ignore)
+        except Exception as exc:  # noqa: BLE001 - network, authentication, unknown repository
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise UsageError(f"cannot download {name}{f' (revision {revision})' if revision else ''} from the "
+                             f"Hugging Face hub: {exc.__class__.__name__}: {first}",
+                             "check the name and the network; gated models need `hf auth login` first") from None
+        paths.append(Path(folder))
+    return paths
+
+
+@contextlib.contextmanager
+def _hub_progress(show: bool) -> Iterator[None]:
+    """huggingface_hub's download bars on or off for the duration (restored after)."""
+    utils = importlib.import_module("huggingface_hub.utils")
+    was_disabled = utils.are_progress_bars_disabled()
+    if show:
+        utils.enable_progress_bars()
+    else:
+        utils.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_disabled:
+            utils.disable_progress_bars()
+        else:
+            utils.enable_progress_bars()
+
+
+#: source -> fetcher(names, weights, progress) -> cached paths (the only code that downloads)
+WEIGHT_FETCHERS: dict[str, Callable[[list[str], str, bool], list[Path]]] = {
+    "torchvision": _fetch_torchvision,
+    "huggingface": _fetch_huggingface,
+}
 
 
 def model_catalog() -> list[dict[str, Any]]:

@@ -13,12 +13,16 @@ Events name their stimuli in one of three ways (``stimuli.source``):
     a ``stim_id`` that BEP044-style ``stimuli/stimuli.tsv`` maps to a file (columns ``stim_id``,
     ``stim_file`` relative to the folder of the table, optional annotations such as
     ``category``); the stimulus id is the table's ``stim_id``. Chosen automatically when the
-    events have ``stim_id`` but no ``stim_file`` and a ``stimuli.tsv`` exists.
+    events have ``stim_id`` but no ``stim_file`` and a ``stimuli.tsv`` exists. A row with an
+    empty ``stim_file`` and a non-empty ``text`` column is a *text stimulus given in the table*:
+    its content is that text (see :class:`StimulusSet` for how it is stored).
 ``trial_type``
     a ``trial_type`` mapped to a file by the spec's ``trial_type_map``.
 
-Every stimulus file is checked (and later loaded) by :mod:`bids_dnn.io.stimulus_loading`; its
-SHA-256 (:func:`bids_dnn.hashing.file_sha256`) is part of the stimulus set's identity.
+Every stimulus file (image, video, text or sound: :func:`~bids_dnn.io.stimulus_loading.stimulus_kind`)
+is checked (and later loaded) by :mod:`bids_dnn.io.stimulus_loading`; its SHA-256
+(:func:`bids_dnn.hashing.file_sha256`; for a text given in ``stimuli.tsv``, the SHA-256 of its
+UTF-8 text) is part of the stimulus set's identity.
 """
 
 from __future__ import annotations
@@ -33,12 +37,22 @@ import pandas as pd
 
 from bids_dnn.errors import BidsValidationError, InputMissingError
 from bids_dnn.hashing import file_sha256, text_sha256
-from bids_dnn.io.stimulus_loading import CHECK_SHORTER_SIDE, check_stimulus_file, is_video
+from bids_dnn.io.stimulus_loading import CHECK_SHORTER_SIDE, check_stimulus_file, is_video, stimulus_kind
+from bids_dnn.io.text import load_text, normalize_text
+
+__all__ = ["EXAMPLES_PER_KIND", "MAX_LISTED_DUPLICATES", "MAX_LISTED_PROBLEMS", "MIN_STIMULI", "NOT_ANNOTATIONS",
+           "PROBLEM_HINTS", "REQUIRED_EVENT_COLUMNS", "SOURCE_COLUMNS", "STIMULI_TABLE", "TEXT_COLUMN", "StimuliTable",
+           "StimulusSet", "build_stimulus_set", "condition_column", "find_stimuli_table", "is_safe_relative",
+           "normalize_stimulus_path", "read_events", "read_stimuli_table", "resolve_stimulus", "stim_id_for",
+           "stimulus_annotations", "stimulus_column", "stimulus_input_identity", "stimulus_problems_error",
+           "stimulus_text"]
 
 REQUIRED_EVENT_COLUMNS = ("onset", "duration")
 MIN_STIMULI = 3
 #: the BEP044 stimulus table, looked for in each stimulus folder (the first one found wins)
 STIMULI_TABLE = "stimuli.tsv"
+#: the ``stimuli.tsv`` column whose text is the stimulus itself in a row without ``stim_file``
+TEXT_COLUMN = "text"
 #: events column holding the stimulus name, per (effective) source
 SOURCE_COLUMNS = {"stim_file": "stim_file", "stimuli_tsv": "stim_id", "trial_type": "trial_type"}
 
@@ -53,13 +67,16 @@ class StimulusSet:
         Identifiers (the file path under ``stimuli/`` without extension, or the ``stim_id`` of
         ``stimuli.tsv``).
     files : list of str
-        Paths relative to the stimulus folder, as written in the events (or ``stimuli.tsv``).
+        Paths relative to the stimulus folder, as written in the events (or ``stimuli.tsv``);
+        ``""`` for a text given in ``stimuli.tsv`` (see ``texts``).
     paths : list of Path
-        Resolved absolute paths.
+        Resolved absolute paths; for a text given in ``stimuli.tsv``, the path of that table.
     categories : list of str
     sha256 : list of str
+        SHA-256 of each file's content; for a text given in ``stimuli.tsv``, of its UTF-8 text
+        (:func:`bids_dnn.hashing.text_sha256`, after :func:`bids_dnn.io.text.normalize_text`).
     source_dirs : list of str
-        The folder each file came from.
+        The folder each file (or ``stimuli.tsv``) came from.
     events_source : {"stim_file", "stimuli_tsv", "trial_type"}
         How the events name the stimuli (the effective ``stimuli.source``: ``stimuli_tsv``
         also when it was detected automatically); :func:`condition_column` follows it.
@@ -67,6 +84,10 @@ class StimulusSet:
         Per-stimulus annotations by name, in ``stim_ids`` order (text as written, ``None`` where
         missing): every annotation column of ``stimuli.tsv`` and every events column with at most
         one value per stimulus (:func:`stimulus_annotations`). ``category`` is ``categories``.
+    texts : list of (str or None)
+        Length n_stimuli, or empty (the default) when no stimulus is a text given in
+        ``stimuli.tsv``: the text of each such stimulus (normalised, :func:`bids_dnn.io.text.normalize_text`),
+        None for the stimuli that are files. Read any stimulus's text with :func:`stimulus_text`.
     """
 
     stim_ids: list[str]
@@ -77,15 +98,34 @@ class StimulusSet:
     source_dirs: list[str]
     events_source: str = "stim_file"
     annotations: dict[str, list[str | None]] = field(default_factory=dict)
+    texts: list[str | None] = field(default_factory=list)
 
     @property
     def n_stimuli(self) -> int:
         return len(self.stim_ids)
 
     @property
+    def kinds(self) -> list[str | None]:
+        """The kind of each stimulus, in ``stim_ids`` order: ``"image"``, ``"video"``, ``"text"``
+        (a ``.txt`` file or a text given in ``stimuli.tsv``) or ``"audio"``
+        (:func:`bids_dnn.io.stimulus_loading.stimulus_kind`)."""
+        return ["text" if self.texts and self.texts[i] is not None else stimulus_kind(path)
+                for i, path in enumerate(self.paths)]
+
+    @property
     def has_video(self) -> bool:
         """Whether any stimulus is a video file."""
         return any(is_video(path) for path in self.paths)
+
+    @property
+    def has_text(self) -> bool:
+        """Whether any stimulus is a text (a ``.txt`` file or a text given in ``stimuli.tsv``)."""
+        return "text" in self.kinds
+
+    @property
+    def has_audio(self) -> bool:
+        """Whether any stimulus is a sound file (wav, flac, ogg, mp3)."""
+        return "audio" in self.kinds
 
     def to_table(self) -> pd.DataFrame:
         return pd.DataFrame({"stim_id": self.stim_ids, "stim_file": self.files,
@@ -239,16 +279,59 @@ def resolve_stimulus(file: str, search_dirs: list[Path], dataset_root: Path) -> 
     return None, None, f"{file}: not found in {', '.join(str(d) for d in search_dirs)}"
 
 
-def stimulus_input_identity(stimuli: StimulusSet, video: Any) -> dict[str, Any]:
-    """What besides the files determines the model input: the video sampling, for video sets.
+def stimulus_input_identity(stimuli: StimulusSet, video: Any, audio: Any = None) -> dict[str, Any]:
+    """What besides the files determines the model input: the video sampling and sound cropping.
 
-    Empty for image-only sets (so their feature keys do not change); ``{"video": {fps,
-    n_frames, aggregate}}`` when any stimulus is a video. Merge into the model identity of the
-    feature content key.
+    Merge into the model identity of the feature content key.
+
+    Parameters
+    ----------
+    stimuli : StimulusSet
+    video : bids_dnn.spec.VideoOptions or None
+    audio : bids_dnn.spec.AudioOptions, optional
+
+    Returns
+    -------
+    dict
+        Empty for image-only sets (so their feature keys do not change); ``"video": {fps,
+        n_frames, aggregate}`` when any stimulus is a video (and ``video`` is given);
+        ``"audio": {max_seconds}`` when any stimulus is a sound (and ``audio`` is given). The
+        sampling rate of sounds is the model's, part of its own identity.
     """
-    if video is None or not stimuli.has_video:
-        return {}
-    return {"video": {"fps": float(video.fps), "n_frames": video.n_frames, "aggregate": video.aggregate}}
+    identity: dict[str, Any] = {}
+    if video is not None and stimuli.has_video:
+        identity["video"] = {"fps": float(video.fps), "n_frames": video.n_frames, "aggregate": video.aggregate}
+    if audio is not None and stimuli.has_audio:
+        identity["audio"] = {"max_seconds": float(audio.max_seconds)}
+    return identity
+
+
+def stimulus_text(stimuli: StimulusSet, i: int) -> str:
+    """The text of stimulus ``i``, whether given in ``stimuli.tsv`` or as a ``.txt`` file.
+
+    Parameters
+    ----------
+    stimuli : StimulusSet
+    i : int
+        Position in ``stimuli.stim_ids``.
+
+    Returns
+    -------
+    str
+        Normalised (:func:`bids_dnn.io.text.normalize_text`), not empty.
+
+    Raises
+    ------
+    ValueError
+        Stimulus ``i`` is not a text.
+    InputMissingError
+        Its file became unreadable since the set was built.
+    """
+    if stimuli.texts and stimuli.texts[i] is not None:
+        return stimuli.texts[i]
+    if stimulus_kind(stimuli.paths[i]) != "text":
+        raise ValueError(f"stimulus {stimuli.stim_ids[i]!r} ({stimuli.files[i]}) is not a text")
+    return load_text(stimuli.paths[i])
 
 
 def stim_id_for(file: str) -> str:
@@ -269,11 +352,15 @@ class StimuliTable:
         ``stim_id`` -> ``stim_file`` (``""`` where the row names no file).
     annotations : DataFrame
         All columns as strings (missing values as NaN), indexed by ``stim_id``.
+    texts : dict of str to str
+        ``stim_id`` -> text (normalised, :func:`bids_dnn.io.text.normalize_text`) of the rows
+        without ``stim_file`` whose ``text`` column is not empty: text stimuli.
     """
 
     path: Path
     files: dict[str, str]
     annotations: pd.DataFrame
+    texts: dict[str, str] = field(default_factory=dict)
 
     @property
     def folder(self) -> Path:
@@ -292,11 +379,14 @@ def find_stimuli_table(search_dirs: Iterable[Path]) -> Path | None:
 def read_stimuli_table(path: Path) -> StimuliTable:
     """Read and check a ``stimuli.tsv`` (columns ``stim_id``, ``stim_file``, any annotations).
 
+    A row with an empty ``stim_file`` and a non-empty ``text`` column is a text stimulus
+    (``texts``); the ``stim_file`` column may then be left out altogether.
+
     Raises
     ------
     BidsValidationError
-        Unreadable TSV, missing ``stim_id`` / ``stim_file`` column, empty or duplicate ids
-        (every problem listed at once).
+        Unreadable TSV, missing ``stim_id`` / ``stim_file`` column (``stim_file`` may be missing
+        when there is a ``text`` column), empty or duplicate ids (every problem listed at once).
     """
     path = Path(path)
     try:
@@ -304,7 +394,8 @@ def read_stimuli_table(path: Path) -> StimuliTable:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
         raise BidsValidationError(f"{path.name}: not a readable TSV ({exc.__class__.__name__})",
                                   "stimuli.tsv needs tab-separated stim_id and stim_file columns") from None
-    missing = [c for c in ("stim_id", "stim_file") if c not in table.columns]
+    missing = [c for c in ("stim_id", "stim_file") if c not in table.columns
+               and not (c == "stim_file" and TEXT_COLUMN in table.columns)]
     if missing:
         raise BidsValidationError(f"{path}: missing column(s) {', '.join(missing)}",
                                   "stimuli.tsv needs a stim_id and a stim_file column (path relative to its folder)")
@@ -316,8 +407,15 @@ def read_stimuli_table(path: Path) -> StimuliTable:
         raise BidsValidationError(f"{path}: {len(problems)} problem(s):\n  " + "\n  ".join(problems),
                                   "every row of stimuli.tsv needs its own stim_id")
     table = table.assign(stim_id=ids).set_index("stim_id", drop=False)
-    files = dict(zip(ids, table["stim_file"].fillna("").map(normalize_stimulus_path)))
-    return StimuliTable(path=path, files=files, annotations=table)
+    named = table["stim_file"] if "stim_file" in table.columns else pd.Series("", index=table.index)
+    files = dict(zip(ids, named.fillna("").map(normalize_stimulus_path)))
+    texts: dict[str, str] = {}
+    if TEXT_COLUMN in table.columns:
+        for sid, value in zip(ids, table[TEXT_COLUMN]):
+            text = normalize_text(value) if isinstance(value, str) else ""
+            if text and not files[sid]:
+                texts[sid] = text
+    return StimuliTable(path=path, files=files, annotations=table, texts=texts)
 
 
 def _stimuli_table_for(events_tables: list[pd.DataFrame], source: str, given: StimuliTable | Path | None,
@@ -410,10 +508,11 @@ def build_stimulus_set(events_tables: list[pd.DataFrame], bids_dir: Path, *, sou
         file_of, categories = _map_through_table(table, categories, category_column)
     else:
         file_of = {name: name for name in categories}
+    text_of = {name: table.texts[name] for name, file in file_of.items() if not file} if table is not None else {}
     problems: list[tuple[str, str]] = []  # (file as named, what is wrong with it)
     unsafe: list[str] = []
     resolved: dict[str, tuple[Path, Path]] = {}
-    for file in sorted(set(file_of.values())):
+    for file in sorted(set(file_of.values()) - {""}):
         path, folder, problem = resolve_stimulus(file, search_dirs, bids_dir)
         detail = problem[len(file):] if problem and problem.startswith(file) else (problem or "")
         if problem and ("must be relative" in detail or "symlink leaves" in detail):
@@ -443,13 +542,19 @@ def build_stimulus_set(events_tables: list[pd.DataFrame], bids_dir: Path, *, sou
         ids = [stim_id_for(f) for f in order]
         if len(set(ids)) != len(ids):
             ids = list(order)
-    digests = {f: file_sha256(resolved[f][0]) for f in set(files)}
-    _warn_identical_content(digests)
-    _log_large_images({f: resolved[f][0] for f in set(files)})
+    digests = {f: file_sha256(resolved[f][0]) for f in set(files) - {""}}
+    text_digests = {name: text_sha256(text) for name, text in text_of.items()}
+    _warn_identical_content({**digests, **{f"{name} ({STIMULI_TABLE} text)": digest
+                                           for name, digest in text_digests.items()}})
+    _log_large_images({f: resolved[f][0] for f in set(files) - {""}})
+    if text_of:  # texts given in stimuli.tsv: no file; the table stands for it (see StimulusSet)
+        resolved[""] = (table.path, table.folder)
     return StimulusSet(stim_ids=ids, files=files, paths=[resolved[f][0] for f in files],
-                       categories=[categories[n] for n in order], sha256=[digests[f] for f in files],
+                       categories=[categories[n] for n in order],
+                       sha256=[text_digests[n] if n in text_of else digests[file_of[n]] for n in order],
                        source_dirs=[_describe_dir(resolved[f][1], bids_dir) for f in files],
-                       events_source=effective, annotations=stimulus_annotations(order, event_values, table))
+                       events_source=effective, annotations=stimulus_annotations(order, event_values, table),
+                       texts=[text_of.get(n) for n in order] if text_of else [])
 
 
 #: events columns that are not stimulus annotations (timing and the stimulus name itself)
@@ -483,7 +588,8 @@ def _log_large_images(paths: dict[str, Path]) -> None:
     from bids_dnn.io.media import DECODE_HEADROOM, image_size
 
     sizes = {file: size for file, path in sorted(paths.items())
-             if not is_video(path) and (size := image_size(path)) is not None and min(size) >= 2 * CHECK_SHORTER_SIDE}
+             if stimulus_kind(path) == "image" and (size := image_size(path)) is not None
+             and min(size) >= 2 * CHECK_SHORTER_SIDE}
     if not sizes:
         return
     from bids_dnn.console import logger
@@ -524,12 +630,14 @@ def _map_through_table(table: StimuliTable, categories: dict[str, str],
                        category_column: str | None) -> tuple[dict[str, str], dict[str, str]]:
     """stim_id -> file and stim_id -> category (the table's column first, else the events')."""
     unknown = sorted(sid for sid in categories if sid not in table.files)
-    no_file = sorted(sid for sid in categories if table.files.get(sid) == "")
+    no_file = sorted(sid for sid in categories if table.files.get(sid) == "" and sid not in table.texts)
     if unknown or no_file:
         lines = ([f"{len(unknown)} stim_id(s) not in the table: {_listing(unknown)}"] if unknown else []) + \
-                ([f"{len(no_file)} stim_id(s) without a stim_file: {_listing(no_file)}"] if no_file else [])
+                ([f"{len(no_file)} stim_id(s) without a stim_file: {_listing(no_file)}"
+                  + (f" (nor a {TEXT_COLUMN})" if TEXT_COLUMN in table.annotations.columns else "")] if no_file else [])
         raise BidsValidationError(f"the events name stimuli that {table.path} cannot resolve:\n  " + "\n  ".join(lines),
-                                  "add a row (stim_id, stim_file) for each, or fix the events' stim_id")
+                                  "add a row (stim_id, stim_file) for each (or stim_id and text for a text stimulus), "
+                                  "or fix the events' stim_id")
     column = category_column or "category"
     if column in table.annotations.columns:
         values = table.annotations[column]
@@ -550,8 +658,12 @@ PROBLEM_HINTS = {
                  "that folder",
     "not a readable": "re-export or re-copy the damaged files",
     "unreadable": "check the files' permissions and links",
-    "unsupported file type": "convert them to a supported image or video format",
+    "unsupported file type": "convert them to a supported image, video, text or sound format",
     "not a valid file name": "fix the stim_file values of the events",
+    "not UTF-8 text": "save the text files as UTF-8",
+    "empty text": "give every text stimulus at least one visible character",
+    "empty sound": "the sound files hold no samples: re-export them",
+    "silent sound": "a silent sound gives every network the same input: replace it or leave it out of the events",
 }
 
 

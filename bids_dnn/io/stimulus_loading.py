@@ -1,23 +1,39 @@
-"""Stimulus files: which are images or videos, whether they decode, and loading them as model input.
+"""Stimulus files: their kind (image, video, text, sound), whether they decode, and loading them as model input.
 
+The kind of a file is decided by its extension (:data:`STIMULUS_KINDS`, :func:`stimulus_kind`).
 Images are loaded with Pillow (:mod:`bids_dnn.io.media` turns every mode into the 8-bit RGB
 picture a network sees); videos (mp4, avi, webm, mov, mkv) with PyAV (the optional extra
 ``bids_dnn[video]``, imported only when a video is met) as a list of frames sampled at fixed
-times (see :func:`video_sample_times`).
+times (see :func:`video_sample_times`); texts (txt) as UTF-8 strings (:mod:`bids_dnn.io.text`);
+sounds (wav, flac, ogg, mp3) with PyAV as mono waveforms (:mod:`bids_dnn.io.audio`).
+:func:`check_stimulus_file` checks any of them before extraction, with one checker per kind.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from bids_dnn.errors import InputMissingError
+from bids_dnn.io.audio import audio_problem, load_audio
+from bids_dnn.io.text import load_text, text_problem
+
+__all__ = ["AUDIO_EXTENSIONS", "CHECK_SHORTER_SIDE", "DEFAULT_MAX_SECONDS", "IMAGE_EXTENSIONS", "STIMULUS_KINDS",
+           "TEXT_EXTENSIONS", "TIE_TOLERANCE_S", "VIDEO_EXTENSIONS", "VIDEO_EXTRA_HINT", "check_stimulus_file",
+           "is_video", "load_image", "load_stimulus", "load_video", "stimulus_kind", "video_sample_times"]
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".webm", ".mov", ".mkv"}
+TEXT_EXTENSIONS = {".txt"}
+AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".mp3"}
+#: the kinds of stimulus file, by extension (lower case, with the dot); every extension has one kind
+STIMULUS_KINDS: dict[str, set[str]] = {"image": IMAGE_EXTENSIONS, "video": VIDEO_EXTENSIONS,
+                                       "text": TEXT_EXTENSIONS, "audio": AUDIO_EXTENSIONS}
+#: sound stimuli are cropped to this many seconds when no options are given (``AudioOptions``' default)
+DEFAULT_MAX_SECONDS = 30.0
 #: sample-to-frame distances closer than this (s) count as a tie (time bases round 0.75 - 0.7 vs 0.8 - 0.75)
 TIE_TOLERANCE_S = 1e-6
 VIDEO_EXTRA_HINT = "install the video extra: pip install 'bids_dnn[video]'"
@@ -25,6 +41,22 @@ VIDEO_EXTRA_HINT = "install the video extra: pip install 'bids_dnn[video]'"
 #: resize target (256), enough to decode every block of the file (the model's own size is used
 #: for extraction, :data:`bids_dnn.io.media.DECODE_HEADROOM` times its resize target)
 CHECK_SHORTER_SIDE = 4 * 256
+
+
+def stimulus_kind(path: Path | str) -> str | None:
+    """The kind of a stimulus file, from its extension (any case).
+
+    Parameters
+    ----------
+    path : Path or str
+
+    Returns
+    -------
+    {"image", "video", "text", "audio"} or None
+        None for an extension of no kind (:func:`check_stimulus_file` reports such files).
+    """
+    suffix = Path(path).suffix.lower()
+    return next((kind for kind, extensions in STIMULUS_KINDS.items() if suffix in extensions), None)
 
 
 def is_video(path: Path | str) -> bool:
@@ -49,30 +81,34 @@ def _short(exc: BaseException, path: Path) -> str:
 
 
 def check_stimulus_file(path: Path) -> str | None:
-    """A reason why ``path`` is not a usable stimulus, or None.
+    """A reason why ``path`` is not a usable stimulus (``"<name>: <reason>"``), or None.
 
     Images must open and decode with Pillow. Videos must open with PyAV, hold a video stream
     whose packets can all be read (no decoding), decode a first frame, and (for files with one
     stream whose declared duration is known) not end before it: a cut-off Matroska / WebM file
-    otherwise reads as a shorter clip.
+    otherwise reads as a shorter clip. Texts must be UTF-8 and hold more than white space
+    (:func:`bids_dnn.io.text.text_problem`). Sounds must decode with PyAV to at least one sample,
+    not all 0; the whole file is decoded (:func:`bids_dnn.io.audio.audio_problem`).
 
     Raises
     ------
     InputMissingError
-        A video is met and PyAV is not installed.
+        A video or sound is met and PyAV is not installed.
     """
-    suffix = path.suffix.lower()
-    if suffix not in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS:
-        return (f"{path.name}: unsupported file type '{suffix}' (images: {', '.join(sorted(IMAGE_EXTENSIONS))}; "
-                f"videos: {', '.join(sorted(VIDEO_EXTENSIONS))})")
+    kind = stimulus_kind(path)
+    if kind is None:
+        known = "; ".join(f"{name}: {', '.join(sorted(extensions))}" for name, extensions in STIMULUS_KINDS.items())
+        return f"{path.name}: unsupported file type '{path.suffix.lower()}' ({known})"
     try:
         size = path.stat().st_size
     except OSError as exc:
         return f"{path.name}: unreadable ({exc.strerror})"
     if size == 0:
         return f"{path.name}: empty file (0 bytes)"
-    if suffix in VIDEO_EXTENSIONS:
-        return _check_video(path)
+    return _CHECKS[kind](path)
+
+
+def _check_image(path: Path) -> str | None:
     try:  # decoded and converted as for extraction (a mode it refuses is listed here), at a reduced size
         load_image(path, CHECK_SHORTER_SIDE)
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for corrupt images
@@ -98,6 +134,11 @@ def _check_video(path: Path) -> str | None:
     except Exception as exc:  # noqa: BLE001 - FFmpeg errors come in many types
         return f"{path.name}: not a readable video ({_short(exc, path)})"
     return None
+
+
+#: the check of each kind of stimulus file (after the extension and size checks of :func:`check_stimulus_file`)
+_CHECKS: dict[str, Callable[[Path], str | None]] = {"image": _check_image, "video": _check_video,
+                                                     "text": text_problem, "audio": audio_problem}
 
 
 def load_image(path: Path, shorter_side: int | None = None, fit: Any = None) -> Any:
@@ -227,8 +268,9 @@ def load_video(path: Path, fps: float = 2.0, n_frames: int | None = None) -> lis
                                 "re-encode or replace the video") from None
 
 
-def load_stimulus(path: Path, video: Any = None, shorter_side: int | None = None, fit: Any = None):
-    """Load one stimulus as model input: an RGB image, or a video's sampled RGB frames.
+def load_stimulus(path: Path, video: Any = None, shorter_side: int | None = None, fit: Any = None,
+                  audio: Any = None, sample_rate: int | None = None):
+    """Load one stimulus file as model input, by its kind (:func:`stimulus_kind`).
 
     Parameters
     ----------
@@ -241,13 +283,37 @@ def load_stimulus(path: Path, video: Any = None, shorter_side: int | None = None
     fit : callable, optional
         Images: the model's resize, applied to large ones while decoding (see
         :func:`bids_dnn.io.media.load_image`).
+    audio : bids_dnn.spec.AudioOptions, optional
+        Sounds: ``max_seconds`` (default :data:`DEFAULT_MAX_SECONDS`, 30 s).
+    sample_rate : int, optional
+        Sounds: the model's sampling rate (None: the file's).
 
     Returns
     -------
-    PIL.Image.Image or list of PIL.Image.Image
-        A list (see :func:`load_video`) for mp4 / avi / webm / mov / mkv files.
+    PIL.Image.Image, list of PIL.Image.Image, str or bids_dnn.io.audio.AudioClip
+        An RGB image; a video's sampled frames (see :func:`load_video`) for mp4 / avi / webm /
+        mov / mkv files; the text of a txt file (:func:`bids_dnn.io.text.load_text`); the mono
+        waveform of a wav / flac / ogg / mp3 file (:func:`bids_dnn.io.audio.load_audio`).
+        A file of no known kind is loaded as an image (Pillow reports what it cannot open).
     """
-    if is_video(path):
-        fps = getattr(video, "fps", 2.0)
-        return load_video(Path(path), fps=fps, n_frames=getattr(video, "n_frames", None))
-    return load_image(path, shorter_side, fit)
+    options = _LoadOptions(video, shorter_side, fit, audio, sample_rate)
+    return _LOADERS[stimulus_kind(path) or "image"](Path(path), options)
+
+
+@dataclass(frozen=True)
+class _LoadOptions:
+    video: Any
+    shorter_side: int | None
+    fit: Any
+    audio: Any
+    sample_rate: int | None
+
+
+#: how each kind of stimulus file is loaded (see :func:`load_stimulus`)
+_LOADERS: dict[str, Callable[[Path, _LoadOptions], Any]] = {
+    "image": lambda path, o: load_image(path, o.shorter_side, o.fit),
+    "video": lambda path, o: load_video(path, fps=getattr(o.video, "fps", 2.0),
+                                        n_frames=getattr(o.video, "n_frames", None)),
+    "text": lambda path, o: load_text(path),
+    "audio": lambda path, o: load_audio(path, o.sample_rate, getattr(o.audio, "max_seconds", DEFAULT_MAX_SECONDS)),
+}

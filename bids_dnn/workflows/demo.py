@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -289,9 +291,55 @@ statistics:
 """
 
 
+@dataclass(frozen=True)
+class DemoKind:
+    """What a demo dataset's stimuli are and what its responses follow (the BOLD simulation,
+    ROIs, runs and fMRIPrep-style files are shared by every kind).
+
+    Attributes
+    ----------
+    name : str
+        ``bids_dnn demo --kind`` value.
+    task : str
+        Task label.
+    description : str
+        ``Name`` of the dataset description.
+    planted : dict of str to str or None
+        ROI -> the layer its responses follow (None: noise only).
+    write_stimuli : callable
+        ``(folder, rng) -> [(file under stimuli/, category), ...]``: writes the stimuli, in order.
+    planted_features : callable
+        ``(dataset, stimulus paths, layers) -> {layer: (n_stimuli, n_units)}``: the planted
+        layers' features, extracted with the pipeline's own code.
+    spec : str
+        ``code/spec.yaml``.
+    readme : callable
+        ``(n_subjects, n_runs, seed, rois) -> str``: the dataset's README.
+    prepare : callable
+        ``(dataset) -> None``: writes what the stimuli and the spec need first (e.g. model folders).
+    stimulus_description : str
+        The events' ``stim_file`` description.
+    """
+
+    name: str
+    task: str
+    description: str
+    planted: dict[str, str | None]
+    write_stimuli: Callable[[Path, np.random.Generator], list[tuple[str, str]]]
+    planted_features: Callable[[Path, list[Path], list[str]], dict[str, np.ndarray]]
+    spec: str
+    readme: Callable[[int, int, int, dict[str, np.ndarray]], str]
+    prepare: Callable[[Path], None] = field(default=lambda directory: None)
+    stimulus_description: str = "image shown, relative to stimuli/"
+
+
+def _image_features(directory: Path, paths: list[Path], layers: list[str]) -> dict[str, np.ndarray]:
+    return planted_layer_features(paths, layers)
+
+
 def make_demo_dataset(directory: Path, n_subjects: int = DEMO_SUBJECTS, n_runs: int = 3, seed: int = 0,
-                      overwrite: bool = False) -> Path:
-    """Write the demo BIDS dataset (raw + fMRIPrep-style derivatives + ROI atlas + spec).
+                      overwrite: bool = False, kind: DemoKind | None = None) -> Path:
+    """Write a demo BIDS dataset (raw + fMRIPrep-style derivatives + ROI atlas + spec).
 
     Parameters
     ----------
@@ -301,6 +349,8 @@ def make_demo_dataset(directory: Path, n_subjects: int = DEMO_SUBJECTS, n_runs: 
         Participants and runs per participant.
     seed : int
         Seed of every random choice (stimuli, projections, noise).
+    kind : DemoKind, optional
+        The stimuli and planted layers (default: :data:`IMAGE_DEMO`, images and AlexNet).
 
     Returns
     -------
@@ -309,6 +359,8 @@ def make_demo_dataset(directory: Path, n_subjects: int = DEMO_SUBJECTS, n_runs: 
     """
     import nibabel as nib
 
+    kind = IMAGE_DEMO if kind is None else kind
+    task = kind.task
     directory = Path(directory)
     if directory.exists() and any(directory.iterdir()):
         if not overwrite:
@@ -320,19 +372,20 @@ def make_demo_dataset(directory: Path, n_subjects: int = DEMO_SUBJECTS, n_runs: 
         raise UsageError("the demo needs at least 2 subjects and 1 run")
     rng = np.random.default_rng(seed)
     directory.mkdir(parents=True, exist_ok=True)
-    stimuli = write_stimuli(directory / "stimuli", rng)
+    kind.prepare(directory)
+    stimuli = kind.write_stimuli(directory / "stimuli", rng)
     stim_index = {file: i for i, (file, _) in enumerate(stimuli)}
-    features = planted_layer_features([directory / "stimuli" / f for f, _ in stimuli],
-                                      [layer for layer in PLANTED.values() if layer])
+    features = kind.planted_features(directory, [directory / "stimuli" / f for f, _ in stimuli],
+                                     [layer for layer in kind.planted.values() if layer])
 
     _write_json(directory / "dataset_description.json", {
-        "Name": "bids_dnn demo: planted DNN-layer responses", "BIDSVersion": "1.10.0",
+        "Name": kind.description, "BIDSVersion": "1.10.0",
         "DatasetType": "raw", "License": "CC0", "Authors": ["bids_dnn (simulated)"],
         "GeneratedBy": [{"Name": "bids_dnn demo", "Description": f"seed {seed}"}]})
-    _write_json(directory / f"task-{TASK}_bold.json", {"TaskName": TASK, "RepetitionTime": T_R})
-    _write_json(directory / "task-shapes_events.json", {
+    _write_json(directory / f"task-{task}_bold.json", {"TaskName": task, "RepetitionTime": T_R})
+    _write_json(directory / f"task-{task}_events.json", {
         "trial_type": {"Description": "stimulus category, or 'response' for a button press"},
-        "stim_file": {"Description": "image shown, relative to stimuli/"}})
+        "stim_file": {"Description": kind.stimulus_description}})
     subjects = [f"{i + 1:02d}" for i in range(n_subjects)]
     _write_tsv(directory / "participants.tsv", pd.DataFrame({"participant_id": [f"sub-{s}" for s in subjects]}))
     fmriprep = directory / "derivatives" / "fmriprep"
@@ -347,12 +400,12 @@ def make_demo_dataset(directory: Path, n_subjects: int = DEMO_SUBJECTS, n_runs: 
     brain_index = np.flatnonzero(brain.ravel())
     for subject in subjects:
         sub_rng = np.random.default_rng([seed, int(subject)])
-        responses = _subject_responses(features, brain, rois, sub_rng)
+        responses = _subject_responses(features, brain, rois, sub_rng, kind.planted)
         for run in range(1, n_runs + 1):
             events = _events_for_run(stimuli, sub_rng)
             n_vols = int(np.ceil((events["onset"].max() + 20) / T_R))
             bold, confounds = _simulate_run(events, stim_index, responses, n_vols, sub_rng)
-            stem = f"sub-{subject}_task-{TASK}_run-{run}"
+            stem = f"sub-{subject}_task-{task}_run-{run}"
             _write_tsv(directory / f"sub-{subject}" / "func" / f"{stem}_events.tsv", events)
             volume = np.zeros(SHAPE + (n_vols,), dtype=np.float32)
             volume.reshape(-1, n_vols)[brain_index] = bold.T
@@ -367,24 +420,23 @@ def make_demo_dataset(directory: Path, n_subjects: int = DEMO_SUBJECTS, n_runs: 
             preproc.header.set_xyzt_units("mm", "sec")
             nib.save(preproc, func / f"{stem}_space-{SPACE}_desc-preproc_bold.nii.gz")
             _write_json(func / f"{stem}_space-{SPACE}_desc-preproc_bold.json",
-                        {"RepetitionTime": T_R, "SkullStripped": True, "TaskName": TASK})
+                        {"RepetitionTime": T_R, "SkullStripped": True, "TaskName": task})
             nib.save(nib.Nifti1Image(brain.astype(np.uint8), affine), func / f"{stem}_space-{SPACE}_desc-brain_mask.nii.gz")
             _write_tsv(func / f"{stem}_desc-confounds_timeseries.tsv", confounds)
     (directory / "code").mkdir(exist_ok=True)
-    (directory / "code" / "spec.yaml").write_text(
-        DEMO_SPEC.format(layers=", ".join(DEMO_LAYERS), space=SPACE))
-    (directory / "README.md").write_text(_readme(n_subjects, n_runs, seed, rois))
+    (directory / "code" / "spec.yaml").write_text(kind.spec)
+    (directory / "README.md").write_text(kind.readme(n_subjects, n_runs, seed, rois))
     (directory / ".bidsignore").write_text("code/\n")
     return directory
 
 
 def _subject_responses(features: dict[str, np.ndarray], brain: np.ndarray, rois: dict[str, np.ndarray],
-                       sub_rng: np.random.Generator) -> np.ndarray:
+                       sub_rng: np.random.Generator, planted: dict[str, str | None] | None = None) -> np.ndarray:
     """Planted responses (n_stimuli, n_brain_voxels) of one subject; draws from ``sub_rng`` first."""
     brain_index = np.flatnonzero(brain.ravel())
     n_stimuli = next(iter(features.values())).shape[0]
     responses = np.zeros((n_stimuli, brain_index.size))
-    for roi, layer in PLANTED.items():
+    for roi, layer in (PLANTED if planted is None else planted).items():
         if layer is None:
             continue
         columns = np.searchsorted(brain_index, np.flatnonzero(rois[roi].ravel()))
@@ -503,3 +555,9 @@ units could not be learnt from 20 training stimuli).
 - `derivatives/rois/space-{SPACE}_atlas-planted_dseg.nii.gz` (+ `.tsv`): the ROI atlas at 2 mm
 - `code/spec.yaml`: the analysis spec to run on it
 """
+
+
+#: the default demo: 24 drawn images, responses following a random-init AlexNet
+IMAGE_DEMO = DemoKind(name="images", task=TASK, description="bids_dnn demo: planted DNN-layer responses",
+                      planted=PLANTED, write_stimuli=write_stimuli, planted_features=_image_features,
+                      spec=DEMO_SPEC.format(layers=", ".join(DEMO_LAYERS), space=SPACE), readme=_readme)

@@ -138,7 +138,7 @@ def test_stages_pinned_base_and_a_runtime_without_build_tools(stages: list[list[
     assert not instruction_args(runtime, "RUN")
     copies = instruction_args(runtime, "COPY")
     assert copies and all(rest.startswith("--from=") for rest in copies), copies
-    assert {rest.split()[1] for rest in copies} == {"/etc/passwd", "/opt/venv", "/opt/torch", "/opt/package/"}
+    assert {rest.split()[1] for rest in copies} == {"/etc/passwd", "/opt/venv", "/opt/torch", "/opt/hf", "/opt/package/"}
     # non-root by default, numeric so that runtimes can check it (runAsNonRoot), and a named user
     user = instruction_args(runtime, "USER")
     assert len(user) == 1 and re.fullmatch(r"[1-9]\d*:[1-9]\d*", user[0]), user
@@ -154,6 +154,7 @@ def test_install_is_locked_and_not_editable(stages: list[list[tuple[str, str]]])
     assert len(installs) == 2, runs
     dependencies, package = installs
     assert "-c requirements/lock.txt" in dependencies and '["optional-dependencies"]["video"]' in dependencies
+    assert '["optional-dependencies"]["hf"]' in dependencies  # text, speech and sound models (issue 20)
     assert "--no-deps --root /opt/package" in package and "bids_dnn-*.whl" in package
     assert not any(" -e " in r or "--editable" in r or "[test]" in r or "bootstrap.sh" in r for r in runs)
     assert "venv --without-pip /opt/venv" in " ".join(runs)  # no pip in the runtime venv
