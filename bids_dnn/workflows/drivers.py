@@ -139,8 +139,8 @@ def _write_saliency(ctx: Context, subject: str, stimuli: StimulusSet, model_spec
     spec = ctx.spec.analyses.drivers
     saliency = spec.saliency
     seed = ctx.spec.statistics.seed
-    if stimuli.has_video:
-        logger.info("sub-%s: saliency maps are made for image stimuli only; skipped for this video stimulus set",
+    if any(kind != "image" for kind in stimuli.kinds) or model_spec.source == "huggingface":
+        logger.info("sub-%s: saliency maps are made for image stimuli of image networks only; skipped here",
                     subject)
         return []
     index = [m.output_label for m in ctx.spec.models].index(model_spec.output_label)
