@@ -1,7 +1,8 @@
 """The "what drives a region" sections of the participant and group reports (``analyses.drivers``).
 
 Participant, per ROI: a montage of the stimuli with the highest and the lowest measured and
-predicted ROI response (thumbnails of the stimulus files labelled with stim_id and value), the
+predicted ROI response (thumbnails labelled with stim_id and value, by kind of stimulus:
+:mod:`bids_dnn.report.thumbnails`; the texts of text stimuli also in full in a table), the
 held-out predicted vs measured response with the held-out r of every layer (the chosen one
 highlighted), and the saliency maps of the predicted response for the top stimuli (the image as
 the network saw it with the map as a semi-transparent heat map, one row per method). Group, per
@@ -22,6 +23,7 @@ from bids_dnn.io import derivatives as drv
 from bids_dnn.report import figures as figs
 from bids_dnn.report.assemble import Block, Col, Section, fmt_int, fmt_sig, fmt_text, table_block
 from bids_dnn.report.inputs import read_json, read_stimuli, read_table
+from bids_dnn.report.thumbnails import ThumbnailCache, render_thumbnail
 from bids_dnn.spec import AnalysisSpec
 
 if TYPE_CHECKING:
@@ -50,8 +52,9 @@ def drivers_model_label(spec: AnalysisSpec) -> str:
 
 
 def stimulus_thumbnail(path: Path | str | None, size: int = 144) -> Any:
-    """A thumbnail (PIL image, longer side at most ``size`` pixels) of an image file or of a video's
-    first frame; None when the file is missing or cannot be read.
+    """The picture of a stimulus's thumbnail (PIL image, longer side at most ``size`` pixels): an
+    image, a video's first frame, a sound's waveform and spectrogram or a text tile
+    (:func:`bids_dnn.report.thumbnails.render_thumbnail`); None when the file is missing or cannot be read.
 
     Parameters
     ----------
@@ -59,21 +62,8 @@ def stimulus_thumbnail(path: Path | str | None, size: int = 144) -> Any:
     size : int
         Longest side in pixels (a large image is reduced while it is decoded).
     """
-    from bids_dnn.io.stimulus_loading import VIDEO_EXTENSIONS, load_image, load_video
-
-    if path is None or not Path(path).is_file():
-        return None
-    path = Path(path)
-    try:
-        if path.suffix.lower() in VIDEO_EXTENSIONS:
-            image = load_video(path, n_frames=1)[0]
-        else:
-            image = load_image(path, shorter_side=2 * size)
-        image = image.convert("RGB") if getattr(image, "mode", "RGB") != "RGB" else image
-        image.thumbnail((size, size))
-        return image
-    except Exception:  # noqa: BLE001 - an unreadable file becomes a placeholder
-        return None
+    thumbnail = render_thumbnail(path, size)
+    return thumbnail.image if thumbnail is not None else None
 
 
 def extreme_stimuli(table: pd.DataFrame, column: str, n: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -285,23 +275,7 @@ def _montage(figures: Any, name: str, groups: list[tuple[str, list[tuple[str, An
                           (max(4.5, 1.4 * per_row + 2.0), 1.45 * rows + 0.3), alt, caption)
 
 
-class _Thumbnails:
-    """Thumbnails by stim_id, each file read once."""
-
-    def __init__(self, paths: dict[str, Path | None]) -> None:
-        self.paths = paths
-        self.cache: dict[str, Any] = {}
-        self.missing: set[str] = set()
-
-    def __call__(self, stim_id: str) -> Any:
-        if stim_id not in self.cache:
-            self.cache[stim_id] = stimulus_thumbnail(self.paths.get(stim_id), 2 * THUMBNAIL)
-            if self.cache[stim_id] is None:
-                self.missing.add(stim_id)
-        return self.cache[stim_id]
-
-
-def _tiles(rows: pd.DataFrame, column: str, thumbnails: _Thumbnails) -> list[tuple[str, Any]]:
+def _tiles(rows: pd.DataFrame, column: str, thumbnails: ThumbnailCache) -> list[tuple[str, Any]]:
     return [(f"{row['stim_id']} ({fmt_sig(3)(row[column])})", thumbnails(str(row["stim_id"])))
             for _, row in rows.iterrows()]
 
@@ -313,14 +287,16 @@ def _extremes_table(table: pd.DataFrame, columns: list[Col], by: str, n: int, id
         table_block(shown, [Col("end", "end"), *columns], id=id, caption=caption)])
 
 
-def _stimulus_paths(stimuli: Any) -> dict[str, Path | None]:
-    return dict(zip(stimuli.stim_ids, stimuli.paths)) if stimuli is not None else {}
-
-
-def _missing_note(section: Section, thumbnails: _Thumbnails) -> None:
+def _missing_note(section: Section, thumbnails: ThumbnailCache, id: str) -> None:
+    """The note on stimuli without a thumbnail, and every text shown in the montages in full."""
     if thumbnails.missing:
         section.note(f"{len(thumbnails.missing)} stimulus file(s) could not be found or read from this output folder "
                      "(grey tiles); the input dataset is located through dataset_description.json (DatasetLinks.raw).")
+    shown = [(stim_id, tile.text) for stim_id, tile in thumbnails.cache.items() if tile is not None and tile.text]
+    if shown:
+        table = pd.DataFrame(sorted(shown), columns=["stim_id", "text"])
+        section.add(Block("details", text=f"Table: the text of every stimulus in the montages ({len(table)})",
+                          children=[table_block(table, [Col("stim_id", "stimulus"), Col("text", "text")], id=id)]))
 
 
 def _ordered_scores(scores: dict[str, Any], order: Sequence[str]) -> dict[str, float]:
@@ -350,7 +326,7 @@ def participant_drivers_section(ctx: ParticipantContext, section: Section) -> No
     except FileNotFoundError:
         stimuli = None
         section.note("The stimulus table is not available; the stimuli are shown as grey tiles.")
-    thumbnails = _Thumbnails(_stimulus_paths(stimuli))
+    thumbnails = ThumbnailCache(stimuli, 2 * THUMBNAIL)
     cv = f"{sidecar.get('CrossValidation', 'n/a')}, {sidecar.get('NumberOfFolds', 'n/a')} folds"
     section.paragraph(
         f"Each ROI's mean response to every stimulus (run-mean estimates averaged over its voxels) was predicted from "
@@ -397,7 +373,7 @@ def participant_drivers_section(ctx: ParticipantContext, section: Section) -> No
             Col("rank_measured", "rank (measured)", fmt_int), Col("predicted", "predicted", fmt_sig(4)),
             Col("rank_predicted", "rank (predicted)", fmt_int)], "measured", n_top, f"drivers-{roi}-table",
             path.name))
-    _missing_note(section, thumbnails)
+    _missing_note(section, thumbnails, "drivers-texts")
 
 
 def _saliency_blocks(ctx: ParticipantContext, section: Section, model: str, roi: str) -> None:
@@ -444,7 +420,7 @@ def group_drivers_section(ctx: GroupContext, section: Section) -> None:
     except FileNotFoundError:
         stimuli = None
         section.note("The stimulus table is not available; the stimuli are shown as grey tiles.")
-    thumbnails = _Thumbnails(_stimulus_paths(stimuli))
+    thumbnails = ThumbnailCache(stimuli, 2 * THUMBNAIL)
     section.paragraph(
         f"Per ROI and stimulus the mean across participants of the measured and of the held-out predicted mean "
         f"response (model {model}), each z-scored over the stimuli within every participant so that participants "
@@ -482,4 +458,4 @@ def group_drivers_section(ctx: GroupContext, section: Section) -> None:
             Col("mean_z_predicted", "mean z predicted", fmt_sig(3)),
             Col("rank_predicted", "rank (predicted)", fmt_int), Col("layers", "layers", fmt_text)],
             "mean_z_measured", n_top, f"group-drivers-{roi}-table", path.name))
-    _missing_note(section, thumbnails)
+    _missing_note(section, thumbnails, "group-drivers-texts")

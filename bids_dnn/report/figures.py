@@ -14,6 +14,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from bids_dnn.report.thumbnails import TEXT_TILE_COLOUR, TEXT_TILE_USABLE, Thumbnail, text_in_tile
+
 #: categorical colours (matplotlib tab10, then tab20 for more categories)
 TAB10 = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
          "#bcbd22", "#17becf"]
@@ -42,41 +44,79 @@ def draw_montage(fig: Any, groups: Sequence[tuple[str, Sequence[tuple[str, Any]]
                  per_row: int = 12) -> None:
     """Thumbnails grouped by category: one strip per category (wrapped every ``per_row``).
 
-    ``groups``: (category, [(stim_id, PIL image or None), ...]); None draws a grey placeholder.
+    ``groups``: (category, [(label, tile), ...]); a tile is a PIL image, a
+    :class:`bids_dnn.report.thumbnails.Thumbnail` or None (a grey "missing" placeholder). Pictures
+    are shrunk to fit ``thumb`` pixels; a text thumbnail's text is written into its tile, wrapped
+    and ellipsised to fit (:func:`bids_dnn.report.thumbnails.text_in_tile`), in one font size for
+    all; a thumbnail's caption (a sound's duration and sampling rate) is a second label line.
     """
     from PIL import Image
 
-    pad, label = 6, 14
+    pad = 6
+    tiles = [tile for _, items in groups for _, tile in items]
+    label = 24 if any(isinstance(tile, Thumbnail) and tile.caption for tile in tiles) else 14
     per_row = max(1, min(per_row, max((len(items) for _, items in groups), default=1)))
     rows = [max(1, math.ceil(len(items) / per_row)) for _, items in groups]
     grid = fig.add_gridspec(len(groups), 1, height_ratios=rows, hspace=0.25)
     colors = colors_for([c for c, _ in groups])
+    text_tiles = []
     for g, ((category, items), n_rows) in enumerate(zip(groups, rows)):
         width = per_row * (thumb + pad) + pad
         height = n_rows * (thumb + pad + label) + pad
         canvas = Image.new("RGB", (width, height), (255, 255, 255))
-        positions = []
-        for k, (stim_id, image) in enumerate(items):
+        positions, texts = [], []
+        for k, (stim_id, tile) in enumerate(items):
             r, c = divmod(k, per_row)
             x0, y0 = pad + c * (thumb + pad), pad + r * (thumb + pad + label)
-            if image is None:
-                tile = Image.new("RGB", (thumb, thumb), (205, 205, 205))
+            thumbnail = tile if isinstance(tile, Thumbnail) else None
+            picture = thumbnail.image if thumbnail is not None else tile
+            if picture is None:
+                piece = Image.new("RGB", (thumb, thumb), (205, 205, 205))
+            elif thumbnail is not None and thumbnail.text is not None:
+                piece = Image.new("RGB", (thumb, thumb), TEXT_TILE_COLOUR)
+                texts.append((x0, y0, thumbnail.text))
             else:
-                tile = image.copy()
-                tile.thumbnail((thumb, thumb))
-            canvas.paste(tile, (x0 + (thumb - tile.width) // 2, y0 + (thumb - tile.height) // 2))
-            positions.append((x0 + thumb / 2, y0 + thumb + label * 0.55, stim_id, image is None))
+                piece = picture.copy()
+                piece.thumbnail((thumb, thumb))
+            canvas.paste(piece, (x0 + (thumb - piece.width) // 2, y0 + (thumb - piece.height) // 2))
+            caption = thumbnail.caption if thumbnail is not None else ""
+            positions.append((x0 + thumb / 2, y0 + thumb + label * 0.55, stim_id, picture is None, caption))
         ax = fig.add_subplot(grid[g])
         ax.imshow(np.asarray(canvas), interpolation="lanczos")
-        for x, y, stim_id, missing in positions:
-            ax.text(x, y, stim_id + (" (missing)" if missing else ""), ha="center", va="center", fontsize=6,
-                    color="0.25")
+        for x, y, stim_id, missing, caption in positions:
+            spacing = {"linespacing": 1.1} if caption else {}
+            ax.text(x, y, stim_id + (" (missing)" if missing else "") + (f"\n{caption}" if caption else ""),
+                    ha="center", va="center", fontsize=6, color="0.25", **spacing)
+        if texts:
+            text_tiles.append((ax, thumb * _points_per_pixel(fig, ax, canvas.width, canvas.height), texts))
         ax.set_xticks([])
         ax.set_yticks([])
         for spine in ax.spines.values():
             spine.set_visible(False)
         ax.set_ylabel(f"{category}\n(n={len(items)})", rotation=0, ha="right", va="center", fontsize=10,
                       color=colors[category], fontweight="bold")
+    _write_text_tiles(text_tiles, thumb)
+
+
+def _write_text_tiles(text_tiles: list[tuple[Any, float, list[tuple[int, int, str]]]], thumb: int) -> None:
+    """Write each text into its tile, in one font size: the largest at which every text fits, else the
+    smallest (the texts that do not fit end with an ellipsis)."""
+    if not text_tiles:
+        return
+    size = min(text_in_tile(text, points)[1] for _, points, texts in text_tiles for _, _, text in texts)
+    inset = (1 - TEXT_TILE_USABLE) / 2 * thumb
+    for ax, points, texts in text_tiles:
+        for x0, y0, text in texts:
+            lines, _ = text_in_tile(text, points, size)
+            ax.text(x0 + inset, y0 + inset, "\n".join(lines), ha="left", va="top", fontsize=size, color="0.1",
+                    linespacing=1.15, clip_on=True)
+
+
+def _points_per_pixel(fig: Any, ax: Any, width: int, height: int) -> float:
+    """Points per canvas pixel of an ``imshow`` of a ``width`` x ``height`` canvas (equal aspect)."""
+    ax.apply_aspect()
+    box = ax.get_position()
+    return min(box.width * fig.get_figwidth() * 72.0 / width, box.height * fig.get_figheight() * 72.0 / height)
 
 
 # ---------------------------------------------------------------------------------------

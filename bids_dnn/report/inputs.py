@@ -97,14 +97,34 @@ def container_tag(layout: drv.OutputLayout, provenance: dict[str, Any]) -> str |
 
 @dataclass
 class StimulusInfo:
+    """The task's stimuli as a report sees them (paths None where a file cannot be found).
+
+    ``texts``: empty, or one entry per stimulus: the text of a text given in the input's
+    ``stimuli.tsv`` (no file), None for the others.
+    """
+
     stim_ids: list[str]
     categories: list[str]
     files: list[str]
     paths: list[Path | None]
+    texts: list[str | None] = field(default_factory=list)
 
     @property
     def n_stimuli(self) -> int:
         return len(self.stim_ids)
+
+    def text_of(self, i: int) -> str | None:
+        """The text of stimulus ``i`` when it was given in ``stimuli.tsv`` (None for a file)."""
+        return self.texts[i] if self.texts else None
+
+    @property
+    def kinds(self) -> list[str | None]:
+        """The kind of each stimulus (``"text"`` for a text given in ``stimuli.tsv``, else by the
+        file's extension: :func:`bids_dnn.io.stimulus_loading.stimulus_kind`)."""
+        from bids_dnn.io.stimulus_loading import stimulus_kind
+
+        return ["text" if self.text_of(i) is not None else stimulus_kind(file) if file else None
+                for i, file in enumerate(self.files)]
 
     def category_order(self) -> np.ndarray:
         """Row order grouping stimuli by category (stable: keeps the table order inside)."""
@@ -125,16 +145,43 @@ def read_stimuli(layout: drv.OutputLayout, stimuli: Any = None) -> StimulusInfo:
         sources = ["stimuli"] * len(ids)
     else:
         raise FileNotFoundError(f"stimulus table not found: {path}")
+    files = ["" if file in ("", "nan") else file for file in files]
     paths: list[Path | None] = [None] * len(ids)
+    texts: list[str | None] = []
     if stimuli is not None and list(stimuli.stim_ids) == ids:
         paths = [Path(p) for p in stimuli.paths]
+        texts = list(getattr(stimuli, "texts", None) or [])
     else:
         raw = raw_dataset_dir(layout)
         for i, (file, source) in enumerate(zip(files, sources)):
             base = Path(source) if Path(source).is_absolute() else (raw / source if raw else None)
-            if base is not None and (base / file).is_file():
+            if base is not None and file and (base / file).is_file():
                 paths[i] = base / file
-    return StimulusInfo(ids, categories, files, paths)
+        if not all(files):
+            texts = _table_texts(ids, files, sources, raw)
+    return StimulusInfo(ids, categories, files, paths, texts)
+
+
+def _table_texts(ids: list[str], files: list[str], sources: list[str], raw: Path | None) -> list[str | None]:
+    """The texts given in the input's ``stimuli.tsv`` (its folder is the ``source`` of a row without a
+    file); None where a row has a file or the table cannot be read."""
+    from bids_dnn.io.stimuli import STIMULI_TABLE, read_stimuli_table
+
+    tables: dict[Path, dict[str, str]] = {}
+    texts: list[str | None] = []
+    for stim_id, file, source in zip(ids, files, sources):
+        base = Path(source) if Path(source).is_absolute() else (raw / source if raw else None)
+        if file or base is None:
+            texts.append(None)
+            continue
+        if base not in tables:
+            try:
+                tables[base] = read_stimuli_table(base / STIMULI_TABLE).texts
+            except Exception as exc:  # noqa: BLE001 - the montage shows a grey tile instead
+                logger.debug("report: cannot read the texts of %s (%s)", base / STIMULI_TABLE, exc)
+                tables[base] = {}
+        texts.append(tables[base].get(stim_id))
+    return texts if any(text is not None for text in texts) else []
 
 
 # ---------------------------------------------------------------------------------------

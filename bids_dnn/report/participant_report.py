@@ -57,6 +57,7 @@ from bids_dnn.report.inputs import (
 from bids_dnn.report.methods import methods_blocks
 from bids_dnn.report.participant_maps_sections import maps_section
 from bids_dnn.report.probing_sections import has_probing_outputs, participant_probing_section
+from bids_dnn.report.thumbnails import render_thumbnail
 from bids_dnn.spec import AnalysisSpec, sanitize_label, spec_hash
 
 #: split-half reliability below this is flagged
@@ -291,14 +292,13 @@ def best_scoring_layer(model: str, roi: str, table: pd.DataFrame, alpha: float) 
             "p_permutation": best.get("p_permutation", np.nan)}
 
 
+#: pixels of the thumbnails read for the stimulus montage (drawn at 96)
+MONTAGE_THUMBNAIL = 144
+#: inches per montage row (1.3 for images): larger tiles for texts, room for the second label line of sounds
+MONTAGE_ROW_HEIGHT = {"text": 1.7, "audio": 1.5}
+
+
 def _stimuli(ctx: ParticipantContext, section: Section) -> None:
-    from bids_dnn.io.stimulus_loading import VIDEO_EXTENSIONS, load_image, load_video
-
-    def first_frame(path: Path) -> Any:  # a video is shown by its first frame
-        if path.suffix.lower() in VIDEO_EXTENSIONS:
-            return load_video(path, n_frames=1)[0]
-        return load_image(path, shorter_side=2 * 144)  # a 144-pixel thumbnail: never a full-size decode
-
     stim = ctx.stimuli
     order = stim.category_order()
     groups: dict[str, list[tuple[str, Any]]] = {}
@@ -308,17 +308,11 @@ def _stimuli(ctx: ParticipantContext, section: Section) -> None:
         items = groups.setdefault(stim.categories[i], [])
         if len(items) >= per_category:
             continue
-        path = stim.paths[i]
-        image = None
-        if path is not None and Path(path).is_file():
-            try:
-                image = first_frame(Path(path))
-                image.thumbnail((144, 144))
-            except Exception:  # noqa: BLE001 - an unreadable file becomes a placeholder
-                image = None
-        total_missing += image is None
-        items.append((stim.stim_ids[i], image))
+        thumbnail = render_thumbnail(stim.paths[i], MONTAGE_THUMBNAIL, text=stim.text_of(i))
+        total_missing += thumbnail is None
+        items.append((stim.stim_ids[i], thumbnail))
         shown += 1
+    kinds = set(stim.kinds)
     name = f"sub-{ctx.subject}_desc-stimuli_montage"
     existing = ctx.figures.folder / f"{name}.png"
     if total_missing == shown and existing.is_file():
@@ -328,15 +322,55 @@ def _stimuli(ctx: ParticipantContext, section: Section) -> None:
     else:
         per_row = min(12, max(len(v) for v in groups.values()))
         rows = sum(max(1, -(-len(v) // per_row)) for v in groups.values())
+        row_height = max([1.3] + [MONTAGE_ROW_HEIGHT[kind] for kind in kinds if kind in MONTAGE_ROW_HEIGHT])
         section.add(ctx.figures.figure(
             name, lambda fig: figs.draw_montage(fig, list(groups.items()), thumb=96, per_row=per_row),
-            (max(4.0, 1.15 * per_row + 1.5), 1.3 * rows + 0.3),
+            (max(4.0, 1.15 * per_row + 1.5), row_height * rows + 0.3),
             "stimulus montage",
             f"{stim.n_stimuli} stimuli grouped by category, in the row order of every RDM (task-"
-            f"{ctx.layout.task}_stimuli.tsv)." + (f" Grey tiles: {total_missing} files not found." if total_missing
-                                                 else "")))
+            f"{ctx.layout.task}_stimuli.tsv)." + _kinds_caption(kinds)
+            + (f" Grey tiles: {total_missing} files not found." if total_missing else "")))
     if shown < stim.n_stimuli:
         section.note(f"Showing the first {per_category} stimuli of each category ({shown} of {stim.n_stimuli}).")
+    if "text" in kinds:
+        section.add(_texts_table(stim, order))
+
+
+#: what the montage shows of a text or sound stimulus (its caption; images and videos need none)
+KIND_CAPTIONS = {
+    "text": "Texts are written into their tiles; one that does not fit ends with '\u2026' (every text in full: "
+            "the table below).",
+    "audio": "Sounds are shown as their waveform (top, scaled to its peak) over a spectrogram (bottom: magnitude of "
+             "the short-time Fourier transform in dB, 0 Hz to half the sampling rate from bottom to top, time from "
+             "left to right), labelled with their duration and sampling rate.",
+}
+
+
+def _kinds_caption(kinds: set[str | None]) -> str:
+    return "".join(f" {KIND_CAPTIONS[kind]}" for kind in KIND_CAPTIONS if kind in kinds)
+
+
+def _texts_table(stim: StimulusInfo, order: np.ndarray) -> Block:
+    """Every text stimulus in full (stim_id, category, text), in the montage's order."""
+    from bids_dnn.io.text import load_text
+
+    rows = []
+    kinds = stim.kinds
+    for i in order:
+        if kinds[i] != "text":
+            continue
+        text = stim.text_of(i)
+        if text is None and stim.paths[i] is not None:
+            try:
+                text = load_text(Path(stim.paths[i]))
+            except Exception:  # noqa: BLE001 - a missing file is named in the table
+                text = None
+        rows.append({"stim_id": stim.stim_ids[i], "category": stim.categories[i],
+                     "text": text if text is not None else "(file not found or not readable)"})
+    table = pd.DataFrame(rows, columns=["stim_id", "category", "text"])
+    return Block("details", text=f"Table: the text of every text stimulus ({len(table)})", children=[
+        table_block(table, [Col("stim_id", "stim_id"), Col("category", "category"), Col("text", "text")],
+                    id="stimulus-texts")])
 
 
 def _warnings(ctx: ParticipantContext) -> list[str]:
