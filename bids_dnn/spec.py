@@ -584,6 +584,46 @@ class DriversSpec(CrossValidatedRidgeSpec):
     saliency: SaliencySpec = Field(default_factory=SaliencySpec)
 
 
+class NaturalisticSpec(_Strict):
+    """Voxelwise encoding of the BOLD time series of continuous designs (films, stories; ``design:
+    naturalistic``): features on the stimulus timeline (video frames at ``stimuli.video.fps``, or
+    one sample per word), resampled to the acquisition times by Lanczos interpolation, z-scored
+    per run, delayed (FIR) or convolved with the HRF, and fitted to every voxel by ridge with
+    leave-one-run-out cross-validation (penalty per voxel by inner cross-validation over runs)."""
+
+    word_column: str | None = Field(
+        None, description="Stories: an events column with one word per row (onset = the word's onset); the words "
+        "are fed to a text model with the run's preceding words as context (models[].context_tokens). Without it, "
+        "the events' stim_file names the film (or sound) each run presents, from its onset."
+    )
+    delays: list[int] = Field(
+        default_factory=lambda: [1, 2, 3, 4], min_length=1,
+        description="FIR delays in TRs (each feature is repeated at these lags; 0 = no lag)."
+    )
+    hrf: bool = Field(False, description="Convolve the features with the SPM HRF instead of FIR delays.")
+    lanczos_window: int = Field(3, ge=1, le=10, description="Lobes of the Lanczos kernel (cutoff: the TR's Nyquist).")
+    alphas: list[float] = Field(
+        default_factory=lambda: [10.0**e for e in range(-2, 9)], description="Ridge penalties; a list or "
+        "'logspace(start, stop, num)'.")
+    inner_folds: int = Field(5, ge=2, le=MAX_FOLDS, description="Inner folds (grouped by run) choosing each voxel's "
+                             "penalty.")
+    pca: int | None = Field(None, gt=0, le=MAX_COMPONENTS,
+                            description="PCA components of each feature space, fitted on the training runs only.")
+    banded: bool = Field(False, description="Also fit banded ridge over all layers of each model and split R2 per "
+                         "layer (feature space).")
+    region: Literal["brain", "rois"] = Field("brain", description="Voxels to model: the brain mask, or the ROIs.")
+
+    _parse_logspace = field_validator("alphas", mode="before")(CrossValidatedRidgeSpec._parse_logspace.__func__)
+    _positive = field_validator("alphas")(CrossValidatedRidgeSpec._positive.__func__)
+
+    @field_validator("delays")
+    @classmethod
+    def _distinct_delays(cls, value: list[int]) -> list[int]:
+        if any(d < 0 or d > 20 for d in value) or len(set(value)) != len(value):
+            raise ValueError("delays must be distinct whole numbers of TRs from 0 to 20")
+        return value
+
+
 class AnalysesSpec(_Strict):
     rsa: RsaSpec = Field(default_factory=RsaSpec)
     weighted_rsa: WeightedRsaSpec = Field(default_factory=WeightedRsaSpec)
@@ -594,6 +634,7 @@ class AnalysesSpec(_Strict):
     decoding: DecodingSpec = Field(default_factory=DecodingSpec)
     probing: ProbingSpec = Field(default_factory=ProbingSpec)
     drivers: DriversSpec = Field(default_factory=DriversSpec)
+    naturalistic: NaturalisticSpec = Field(default_factory=NaturalisticSpec)
 
 
 class StatisticsSpec(_Strict):
@@ -625,6 +666,11 @@ class AnalysisSpec(_Strict):
     """The whole analysis. Every field has a default except what the data cannot imply."""
 
     schema_version: Literal[1] = SCHEMA_VERSION
+    design: Literal["events", "naturalistic"] = Field(
+        "events", description="'events': one response estimate per stimulus (GLM), then RSA, encoding, CKA, ...; "
+        "'naturalistic': continuous stimuli (films, stories), voxelwise encoding of the BOLD time series "
+        "(analyses.naturalistic); the event-related analyses are not run."
+    )
     stimuli: StimuliSpec = Field(default_factory=StimuliSpec)
     models: list[ModelSpec] = Field(
         default_factory=lambda: [ModelSpec(name="alexnet")], min_length=1
@@ -645,6 +691,16 @@ class AnalysisSpec(_Strict):
                 f"models: labels must be unique (duplicate: {', '.join(duplicates)}); "
                 "give each model a distinct 'label'"
             )
+        if self.design == "naturalistic":
+            event_related = [name for name in ("weighted_rsa", "variance_partitioning", "encoding", "searchlight",
+                                               "cka", "decoding", "probing", "drivers")
+                             if getattr(self.analyses, name).enabled]
+            if event_related:
+                raise ValueError(f"design: naturalistic runs analyses.naturalistic only; disable analyses."
+                                 f"{', analyses.'.join(event_related)} (they need one response per stimulus)")
+            if self.analyses.naturalistic.region == "rois" and self.rois is None:
+                raise ValueError("analyses.naturalistic.region: 'rois' needs rois")
+            return self
         needs_rois = (self.analyses.rsa.enabled or self.analyses.weighted_rsa.enabled
                       or self.analyses.variance_partitioning.enabled)
         if needs_rois and self.rois is None:

@@ -82,7 +82,7 @@ def _cmd_spec(argv: Sequence[str]) -> int:
 
 
 def _cmd_demo(argv: Sequence[str]) -> int:
-    from bids_dnn.workflows.demo import DEMO_SUBJECTS, make_demo_dataset
+    from bids_dnn.workflows.demo import DEMO_SUBJECTS
     from bids_dnn.workflows.demo_kinds import DEMO_KINDS
 
     parser = Parser(prog="bids_dnn demo",
@@ -102,8 +102,8 @@ def _cmd_demo(argv: Sequence[str]) -> int:
     from bids_dnn.console import logger, setup_logging
 
     setup_logging(0, show_progress=False)
-    path = make_demo_dataset(args.directory, n_subjects=args.subjects, n_runs=args.runs,
-                             seed=args.seed, overwrite=args.force, kind=DEMO_KINDS[args.kind])
+    path = DEMO_KINDS[args.kind](args.directory, n_subjects=args.subjects, n_runs=args.runs, seed=args.seed,
+                                 overwrite=args.force)
     logger.info("demo dataset written to %s (spec: %s)", path, path / "code" / "spec.yaml")
     return EXIT_OK
 

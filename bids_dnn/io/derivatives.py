@@ -58,6 +58,8 @@ BIDSIGNORE_LINES = [
     "*_drivers.tsv",
     "*_drivers.json",
     "*_saliency.npz",
+    "*_naturalistic.tsv",
+    "*_naturalistic.json",
     "*_summary.tsv",
     "*_summary.json",
     "/task-*_stimuli.tsv",
@@ -87,6 +89,8 @@ DESCRIPTIONS = {
     "variancepartitionsummary": "Variance partitioning across subjects.",
     "searchlight": "Searchlight RSA: comparison of sphere RDMs with a model RDM at each centre.",
     "encoding": "Cross-validated ridge encoding from layer features to voxel responses.",
+    "naturalistic": "Voxelwise encoding of the BOLD time series of a naturalistic design (leave-one-run-out ridge).",
+    "topvoxel": "Measured and held-out predicted BOLD time series of the best-predicted voxel.",
 }
 
 #: entity names of pybids' ``bids`` and ``derivatives`` configurations and of
@@ -354,6 +358,11 @@ class OutputLayout:
         """Probes of a model's layers for stimulus annotations (``analyses.probing.layers``)."""
         return self.model_dir(model) / f"task-{self.task}_model-{sanitize_label(model)}_probing.tsv"
 
+    def timeline_features(self, model: str, key: str) -> Path:
+        """Features of one film or story of a naturalistic design (``key``: their content key)."""
+        m = sanitize_label(model)
+        return self.model_dir(model) / f"task-{self.task}_model-{m}_timeline-{key[:12]}_features.h5"
+
     def model_cka(self, model: str) -> Path:
         """Layer x layer CKA of a model's layers with every model's layers (``analyses.cka.across_models``)."""
         return self.model_dir(model) / f"task-{self.task}_model-{sanitize_label(model)}_cka.tsv"
@@ -420,6 +429,21 @@ class OutputLayout:
 
     def encoding_table(self, subject: str, model: str) -> Path:
         return self._func(subject) / f"{self._prefix(subject)}_model-{sanitize_label(model)}_encoding.tsv"
+
+    def naturalistic_map(self, subject: str, model: str | None, layer: str | None, stat: str) -> Path:
+        """A map of the time-series encoding of a naturalistic design (``design: naturalistic``)."""
+        name = _entities(model=sanitize_label(model) if model else None,
+                         layer=sanitize_label(layer) if layer else None, stat=sanitize_label(stat))
+        return self._func(subject) / f"{self._prefix(subject)}_{name}_desc-naturalistic_statmap.nii.gz"
+
+    def naturalistic_timeseries(self, subject: str, model: str) -> Path:
+        """Measured and predicted BOLD of the best-predicted voxel (``design: naturalistic``)."""
+        return self._func(subject) / (f"{self._prefix(subject)}_model-{sanitize_label(model)}_desc-topvoxel_"
+                                      "timeseries.tsv")
+
+    def naturalistic_table(self, subject: str, model: str) -> Path:
+        """ROI x layer summary of the time-series encoding."""
+        return self._func(subject) / f"{self._prefix(subject)}_model-{sanitize_label(model)}_naturalistic.tsv"
 
     def roi_summary(self, subject: str) -> Path:
         return self._func(subject) / f"{self._prefix(subject)}_desc-rois_summary.tsv"

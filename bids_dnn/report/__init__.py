@@ -10,7 +10,8 @@ visible note in its section; the other sections and the results files are unaffe
 Modules: :mod:`.inputs` (reading outputs), :mod:`.figures` (drawing), :mod:`.assemble`
 (blocks, figure embedding, tables, rendering), :mod:`.methods` (methods text and references),
 :mod:`.participant_report` (with its whole-brain maps section in :mod:`.participant_maps_sections`),
-:mod:`.group_report`.
+:mod:`.naturalistic_report` (the participant report of ``design: naturalistic``; its sections, and the
+group report's, in :mod:`.naturalistic_sections`), :mod:`.group_report`.
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ from bids_dnn.console import logger
 from bids_dnn.report.methods import REFERENCES as CITATIONS
 from bids_dnn.spec import AnalysisSpec
 
-__all__ = ["CITATIONS", "build_participant_report", "rebuild_participant_reports", "build_group_report"]
+__all__ = ["CITATIONS", "build_participant_report", "build_naturalistic_participant_report",
+           "rebuild_participant_reports", "build_group_report"]
 
 
 def build_participant_report(layout: drv.OutputLayout, subject: str, stimuli: Any = None,
                              summary: dict[str, Any] | None = None, spec: AnalysisSpec | None = None,
                              run_id: str | None = None) -> Path:
-    """Write ``OUT_DIR/sub-<subject>.html``.
+    """Write ``OUT_DIR/sub-<subject>.html`` (of a naturalistic design when the run's spec says
+    ``design: naturalistic``: :func:`build_naturalistic_participant_report`).
 
     Parameters
     ----------
@@ -52,6 +55,38 @@ def build_participant_report(layout: drv.OutputLayout, subject: str, stimuli: An
     from bids_dnn.report.participant_report import build
 
     return build(layout, subject, stimuli, summary, spec, run_id)
+
+
+def build_naturalistic_participant_report(layout: drv.OutputLayout, subject: str, spec: AnalysisSpec | None = None,
+                                          run_id: str | None = None) -> Path:
+    """Write ``OUT_DIR/sub-<subject>.html`` of a naturalistic design (``design: naturalistic``).
+
+    Sections: summary, noise ceiling (or the note that no run repeats a stimulus), per model the
+    best-layer map, the held-out r map of every layer, the banded R² split maps (when written), the
+    ROI profile and table and the measured and predicted time series of the best-predicted voxel;
+    methods and provenance. Everything is read from the output folder
+    (:mod:`bids_dnn.report.naturalistic_report`).
+
+    Parameters
+    ----------
+    layout : OutputLayout
+        The output folder.
+    subject : str
+        Participant label (with or without ``sub-``).
+    spec : AnalysisSpec, optional
+        Used when the run's ``log/<run_id>/spec.json`` is missing.
+    run_id : str, optional
+        The run whose log to show; default the status file's, else the latest.
+
+    Returns
+    -------
+    Path
+        The report written.
+    """
+    from bids_dnn.report.naturalistic_report import build_naturalistic
+    from bids_dnn.report.participant_report import participant_context
+
+    return build_naturalistic(participant_context(layout, subject, None, None, spec, run_id))
 
 
 def rebuild_participant_reports(layout: drv.OutputLayout, subjects: list[str] | None = None, stimuli: Any = None,

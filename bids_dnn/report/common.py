@@ -44,10 +44,12 @@ def seeds_rows(spec: AnalysisSpec, provenance: dict[str, Any]) -> list[tuple[str
     for model in spec.models:
         if model.weights == "random":
             rows.append((f"{model.output_label} init_seed (random weights)", model.init_seed))
-    if spec.analyses.searchlight.enabled or spec.analyses.encoding.enabled:
+    naturalistic = spec.design == "naturalistic"
+    if spec.analyses.searchlight.enabled or spec.analyses.encoding.enabled or naturalistic:
         rows.append(("group map permutations", f"{stats.map_permutations} sign flips, seed statistics.seed + map index"))
-    if spec.analyses.rsa.enabled:
+    if spec.analyses.rsa.enabled and not naturalistic:  # the event-related analyses are not run
         rows.append(("RSA permutations", spec.analyses.rsa.permutations))
+    if spec.analyses.rsa.enabled or naturalistic:
         rows.append(("bootstrap resamples", stats.bootstrap))
     return rows
 

@@ -6,6 +6,8 @@ pairwise layer comparisons, ROI CKA (only with CKA summaries; :mod:`bids_dnn.rep
 weighted RSA, decoding and identification, probing and what drives each region (each when enabled or
 when its outputs exist; :mod:`bids_dnn.report.decoding_sections`, :mod:`bids_dnn.report.probing_sections`,
 :mod:`bids_dnn.report.drivers_sections`), group maps (only when they exist), methods, provenance.
+A naturalistic design (``design: naturalistic``) gets its own sections instead
+(:mod:`bids_dnn.report.naturalistic_sections`) and the group maps of the time-series encoding.
 Everything is read from the output folder.
 """
 
@@ -59,6 +61,14 @@ from bids_dnn.report.inputs import (
 from bids_dnn.report.cka_sections import group_cka_section, group_cka_summaries
 from bids_dnn.report.decoding_sections import group_decoding_section, group_decoding_summaries
 from bids_dnn.report.drivers_sections import drivers_model_label, group_drivers_section
+from bids_dnn.report.naturalistic_sections import (
+    NATURALISTIC_ANALYSIS,
+    group_layer_order,
+    group_naturalistic_methods,
+    group_naturalistic_section,
+    group_naturalistic_summaries,
+    group_naturalistic_summary,
+)
 from bids_dnn.report.probing_sections import group_probing_section, has_probing_outputs
 from bids_dnn.report.methods import methods_blocks
 from bids_dnn.spec import AnalysisSpec, sanitize_label, spec_hash
@@ -66,6 +76,10 @@ from bids_dnn.stats.group_tests import GROUP_TESTS
 
 #: corrected p-value maps in order of preference for thresholding the t maps
 THRESHOLD_STATS = (("pfwe", "p_FWE (max-T)"), ("pfwetfce", "p_FWE (TFCE)"), ("pfdr", "p_FDR"))
+#: the whole-brain analyses with group maps (``desc-`` labels) of each design
+MAP_ANALYSES = {"events": ("searchlight", "encoding"), "naturalistic": (NATURALISTIC_ANALYSIS,)}
+#: how the headings name an analysis's group maps (else by its label)
+MAP_TITLES = {NATURALISTIC_ANALYSIS: "time-series encoding"}
 
 
 @dataclass
@@ -100,7 +114,7 @@ class GroupContext:
 
     @cached_property
     def maps(self) -> dict[str, list[MapFile]]:
-        return {a: find_maps(self.layout.group_dir, a) for a in ("searchlight", "encoding")}
+        return {a: find_maps(self.layout.group_dir, a) for a in MAP_ANALYSES[self.spec.design]}
 
     @cached_property
     def background(self) -> tuple[Any, str]:
@@ -291,7 +305,12 @@ def _layer_rank(ctx: GroupContext, model: str, layer_label: str) -> tuple[int, s
     """Network order of a layer label: the RSA summary's order, else the model RDMs' sidecars'."""
     from bids_dnn.report.inputs import ordered_layers
 
-    layers = ordered_layers(ctx.summaries.get(model), ctx.layout.model_dir(model), ctx.spec.rdm.model)
+    if ctx.spec.design == "naturalistic":
+        labels = {sanitize_label(m.output_label): m.output_label for m in ctx.spec.models}
+        summary = group_naturalistic_summaries(ctx).get(labels.get(model, model))
+        layers = group_layer_order(ctx, labels.get(model, model), summary)
+    else:
+        layers = ordered_layers(ctx.summaries.get(model), ctx.layout.model_dir(model), ctx.spec.rdm.model)
     order = {sanitize_label(layer): i for i, layer in enumerate(layers)}
     return order.get(layer_label, len(order)), layer_label
 
@@ -326,7 +345,7 @@ def _group_maps(ctx: GroupContext, section: Section) -> None:
     for analysis, items in ctx.maps.items():
         if not items:
             continue
-        section.heading(f"Group {analysis} maps", id=f"group-{analysis}")
+        section.heading(f"Group {MAP_TITLES.get(analysis, analysis)} maps", id=f"group-{analysis}")
         for model in dict.fromkeys(m.model for m in items if m.model):
             by_layer: dict[str, dict[str, MapFile]] = {}
             for item in items:
@@ -524,6 +543,8 @@ def build(layout: drv.OutputLayout, spec: AnalysisSpec | None = None, subjects: 
     if spec is not None and spec_source == "log" and spec_hash(spec) != spec_hash(used_spec):
         ctx.notes.append(f"The group outputs were made with spec {spec_hash(used_spec)} (shown here), not with the spec "
                          f"given now ({spec_hash(spec)}).")
+    if ctx.spec.design == "naturalistic":
+        return _build_naturalistic(ctx)
     sections = [
         guarded_section("summary", "Summary", lambda s: _summary(ctx, s)),
         guarded_section("participants", "Participants", lambda s: _participants(ctx, s)),
@@ -556,9 +577,34 @@ def build(layout: drv.OutputLayout, spec: AnalysisSpec | None = None, subjects: 
         guarded_section("provenance", "Provenance", lambda s: provenance_section(
             s, layout, log_dir, provenance, ctx.spec, spec_source)),
     ]
-    subtitle = [f"task {layout.task} · space {layout.space} · {len(subjects)} participants · run {ctx.run_id} · "
-                f"spec {spec_hash(ctx.spec)}"]
+    return _render(ctx, sections)
+
+
+def _render(ctx: GroupContext, sections: list[Section]) -> Path:
+    layout = ctx.layout
+    design = " · naturalistic design" if ctx.spec.design == "naturalistic" else ""
+    subtitle = [f"task {layout.task} · space {layout.space} · {len(ctx.subjects)} participants{design} · "
+                f"run {ctx.run_id} · spec {spec_hash(ctx.spec)}"]
     if ctx.figures.failures:
         subtitle.append(f"{len(ctx.figures.failures)} figure(s) could not be drawn; see the notes in their sections.")
     return render_page(layout.group_report, "bids_dnn group report", subtitle, sections, ctx.run_id,
                        str(layout.group_figures_dir().relative_to(layout.root)))
+
+
+def _build_naturalistic(ctx: GroupContext) -> Path:
+    """The group report of a naturalistic design: only its own sections (the event-related analyses
+    write no outputs there), with the group maps drawn like those of the encoding."""
+    sections = [
+        guarded_section("summary", "Summary", lambda s: group_naturalistic_summary(ctx, s)),
+        guarded_section("participants", "Participants", lambda s: _participants(ctx, s)),
+        guarded_section("naturalistic", "Time-series encoding across participants",
+                        lambda s: group_naturalistic_section(ctx, s)),
+    ]
+    if any(ctx.maps.values()):
+        sections.append(guarded_section("maps", "Whole-brain group maps", lambda s: _group_maps(ctx, s)))
+    sections += [
+        guarded_section("methods", "Methods", lambda s: group_naturalistic_methods(ctx, s)),
+        guarded_section("provenance", "Provenance", lambda s: provenance_section(
+            s, ctx.layout, ctx.log_dir, ctx.provenance, ctx.spec, ctx.spec_source)),
+    ]
+    return _render(ctx, sections)

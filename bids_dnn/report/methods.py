@@ -16,6 +16,7 @@ from bids_dnn.rsa.measures import COMPARISON_MEASURE_REGISTRY, RDM_MEASURE_REGIS
 from bids_dnn.spec import AnalysisSpec
 from bids_dnn.stats.correction import CORRECTIONS
 from bids_dnn.stats.group_tests import GROUP_TESTS
+from bids_dnn.timeseries.ceiling import REPEAT_CEILINGS
 
 REFERENCES = {
     "rsa": "Kriegeskorte N, Mur M, Bandettini P (2008). Representational similarity analysis - connecting the "
@@ -65,7 +66,31 @@ REFERENCES = {
     "nilearn": "Abraham A, Pedregosa F, Eickenberg M, Gervais P, Mueller A, Kossaifi J, Gramfort A, Thirion B, "
                "Varoquaux G (2014). Machine learning for neuroimaging with scikit-learn. Front Neuroinform 8:14. "
                "doi:10.3389/fninf.2014.00014",
+    "huth2016": "Huth AG, de Heer WA, Griffiths TL, Theunissen FE, Gallant JL (2016). Natural speech reveals the "
+                "semantic maps that tile human cerebral cortex. Nature 532(7600):453-458. doi:10.1038/nature17637",
+    "nunez2019": "Nunez-Elizalde AO, Huth AG, Gallant JL (2019). Voxelwise encoding models with non-spherical "
+                 "multivariate normal priors. NeuroImage 197:482-492. doi:10.1016/j.neuroimage.2019.04.012",
+    "sahani2003": "Sahani M, Linden JF (2003). How linear are auditory cortical responses? Advances in Neural "
+                  "Information Processing Systems 15 (NIPS 2002), 125-132",
+    "schoppe2016": "Schoppe O, Harper NS, Willmore BDB, King AJ, Schnupp JWH (2016). Measuring the performance of "
+                   "neural models. Front Comput Neurosci 10:10. doi:10.3389/fncom.2016.00010",
 }
+
+#: noise ceiling of a naturalistic design (a key of bids_dnn.timeseries.REPEAT_CEILINGS) -> what it is, and the
+#: references of its formula
+REPEAT_CEILING_TEXT = {
+    "explainable_variance": (
+        "the explainable variance of each voxel, i.e. the signal power of the repeated presentations (the variance "
+        "of the stimulus-locked response, estimated without bias from the repeats, each z-scored) divided by the "
+        "mean variance of one presentation: the R2 a perfect model of the stimulus could reach on a single "
+        "presentation (unbiased: about 0, and negative about half of the time, in voxels without a stimulus-locked "
+        "signal)", ("sahani2003",)),
+    "cc_max": (
+        "CC_max of each voxel, i.e. the square root of the signal power of the repeated presentations (each "
+        "z-scored) over the variance of their mean: the largest Pearson r any model can reach against the mean of "
+        "the repeats", ("schoppe2016",)),
+}
+assert set(REPEAT_CEILING_TEXT) == set(REPEAT_CEILINGS)
 
 #: HSIC estimator -> the references of its formula (the labels come from bids_dnn.cka.registry)
 HSIC_CITATIONS = {"unbiased": ("hsic_unbiased", "u_centring"), "plain": ("hsic",)}
@@ -240,13 +265,141 @@ def _drivers_text(spec: AnalysisSpec, cite: Citer) -> str:
     return text
 
 
+def _timeline_model_text(spec: AnalysisSpec, layers: dict[str, list[str]], words: bool) -> str:
+    """The models of a naturalistic design: name, source, weights, layers (and, for stories, the
+    pooling of a word's tokens and the context read before it)."""
+    parts = []
+    for model in spec.models:
+        weights = f"random weights (initialisation seed {model.init_seed})" if model.weights == "random" \
+            else f"{model.weights} weights"
+        names = layers.get(model.output_label) or ([model.layers] if isinstance(model.layers, str) else model.layers)
+        reading = (f"; '{model.pooling}' pooling of each word's tokens, at most {model.context_tokens} tokens of the "
+                   "run's preceding words as context" if words else "")
+        parts.append(f"{model.name} ({model.source}, {weights}{reading}; layers {', '.join(names)}; "
+                     f"stored as {model.dtype})")
+    return "; ".join(parts)
+
+
+def naturalistic_methods_blocks(spec: AnalysisSpec, level: str, facts: dict[str, Any]) -> list[Block]:
+    """Paragraphs and the reference list of the methods section of a naturalistic design
+    (``design: naturalistic``: voxelwise encoding of the BOLD time series of films and stories).
+
+    Parameters
+    ----------
+    spec : AnalysisSpec
+    level : {"participant", "group"}
+    facts : dict
+        May hold: task, layers ({model: [layer]}), rois ([name]), n_runs, t_r (s), n_subjects,
+        noise_ceiling (bool: some run repeats a stimulus; None: not known), ceiling_kind (a key of
+        :data:`REPEAT_CEILING_TEXT`, default ``"explainable_variance"``), has_banded and
+        has_group_maps (bools: outputs that exist).
+
+    Returns
+    -------
+    list of Block
+        Paragraphs, then the "References" heading and the numbered references.
+    """
+    cite = Citer()
+    nat = spec.analyses.naturalistic
+    glm = spec.brain.glm
+    stats = spec.statistics
+    words = nat.word_column is not None
+    paragraphs: list[str] = []
+    runs = f"{facts['n_runs']} runs" if facts.get("n_runs") else "Every run"
+    if words:
+        timeline = (f"one sample per word of the events column '{nat.word_column}' at the word's onset, each word "
+                    "read by the text model after the run's preceding words")
+        resampling = ("each word an impulse at its onset (the kernel sum, not normalised: the word rate is part of "
+                      "the signal)")
+    else:
+        timeline = (f"the film that each stim_file row of the events presents from its onset, its frames sampled at "
+                    f"{spec.stimuli.video.fps:g} frames per second (stimuli.video.fps)")
+        resampling = "the frames a regularly sampled signal (a weighted average: the kernel sum normalised to 1)"
+    paragraphs.append(
+        f"Naturalistic design, task '{facts.get('task', '?')}': {runs} of continuous stimulation were modelled as "
+        f"time series {cite('huth2016')}. The stimulus timeline of each run was {timeline}. DNN activations were "
+        f"extracted once per film or story with {_timeline_model_text(spec, facts.get('layers', {}), words)}.")
+    t_r = facts.get("t_r")
+    delays = (f"convolved with the SPM canonical HRF within each run" if nat.hrf else
+              f"repeated at FIR delays of {', '.join(str(d) for d in nat.delays)} TR"
+              f"{'s' if nat.delays != [1] else ''} within each run (nothing crosses a run boundary)")
+    paragraphs.append(
+        f"Each layer's features were resampled to the acquisition times (TR x k{f', TR {t_r:g} s' if t_r else ''}) "
+        f"by Lanczos interpolation with {nat.lanczos_window} lobes and the TR's Nyquist frequency as cutoff "
+        f"{cite('huth2016')}, {resampling}; then z-scored per run and {delays}.")
+    confounds = ", ".join(glm.confounds) if glm.confounds else "none"
+    drift = (f"cosine drifts below {glm.high_pass_hz:g} Hz" if glm.drift_model == "cosine" and glm.high_pass_hz > 0
+             else "no high-pass filter")
+    region = "in the brain mask" if nat.region == "brain" else "in the union of the ROIs"
+    paragraphs.append(
+        f"The BOLD {region} (fMRIPrep, {spec.brain.space}) was cleaned per run of the confounds ({confounds}), a "
+        f"linear trend and {drift} (nilearn signal.clean {cite('nilearn')}) and z-scored per run.")
+    pca = f"; PCA to {nat.pca} components of each feature space, fitted on the training runs only" if nat.pca else ""
+    paragraphs.append(
+        f"Every voxel was fitted by ridge regression (himalaya {cite('himalaya')}) with leave-one-run-out "
+        "cross-validation: runs presenting the same stimulus were kept in one fold, never split between training "
+        f"and test. The penalty was chosen per voxel from {_alphas_text(nat.alphas)} by {nat.inner_folds}-fold inner "
+        f"cross-validation over the training runs (whole runs held out){pca}. Scores: the held-out Pearson r (mean "
+        "over the held-out runs of the r within each run) and the R2 of the out-of-fold predictions pooled over "
+        "runs, per layer; a voxel's best layer is the one with the highest held-out r. The figure of the "
+        "best-predicted voxel shows its prediction from the runs left out, refitted alone with the same folds.")
+    if nat.banded or facts.get("has_banded"):
+        paragraphs.append(
+            f"Banded ridge regression {cite('nunez2019', 'himalaya')} fitted all layers of a model together, one "
+            "penalty per layer (feature space) and voxel (random search over the kernel weights, inner "
+            "cross-validation as above), and split each voxel's held-out R2 among the layers.")
+    kind = str(facts.get("ceiling_kind") or "explainable_variance")
+    ceiling_text, ceiling_refs = REPEAT_CEILING_TEXT.get(kind, REPEAT_CEILING_TEXT["explainable_variance"])
+    if facts.get("noise_ceiling") is False:
+        paragraphs.append("No run repeats a stimulus, so no noise ceiling was computed.")
+    else:
+        paragraphs.append(
+            f"Noise ceiling (from the runs that repeat a stimulus: the same films, or words at the same onsets): "
+            f"{ceiling_text} {cite(*ceiling_refs)}; averaged over the sets of repeated runs.")
+    if level == "group":
+        n_sub = facts.get("n_subjects")
+        test = GROUP_TESTS[stats.group_test].label
+        correction = CORRECTION_TEXT[stats.correction] + " correction"
+        if stats.correction == "fdr_bh":
+            correction += f" {cite('fdr')}"
+        paragraphs.append(
+            f"At the group level{f' ({n_sub} participants)' if n_sub else ''}, each participant's ROI-mean held-out r "
+            f"was tested against 0 with a {test} across participants (alternative '{stats.alternative}'); "
+            f"{stats.bootstrap} participant-bootstrap resamples gave {stats.ci:.0%} percentile confidence intervals of "
+            f"the mean. p-values were adjusted across ROI x layer within each model with {correction} at alpha "
+            f"{stats.alpha:g}. The best layer per ROI was chosen among the layers significant after correction by "
+            "leave-one-participant-out cross-validation; an ROI without a significant layer has no best layer.")
+        if facts.get("has_group_maps", True):
+            fwe = (f"family-wise error was controlled by {stats.map_permutations} sign-flip permutations with the "
+                   f"maximum statistic (max-T) {cite('permutation')}" if stats.map_permutations
+                   else "no permutation correction was run (map_permutations: 0)")
+            tfce = (f" Threshold-free cluster enhancement {cite('tfce')} was computed on the t maps with its own "
+                    "max-statistic permutation correction." if stats.map_tfce else "")
+            paragraphs.append(
+                "Group maps: the participants' held-out r maps were Fisher-z transformed and tested voxelwise with a "
+                f"one-sample t-test (alternative '{stats.alternative}') in the voxels with a value in every "
+                f"participant; {fwe}; Benjamini-Hochberg FDR {cite('fdr')} is given as well.{tfce} Maps are shown "
+                f"thresholded at corrected p <= {stats.alpha:g}.")
+    else:
+        paragraphs.append("Group-level statistics (tests across participants, corrections, group maps) are described "
+                          "in the group report.")
+    paragraphs.append(f"Every random step is seeded: statistics.seed {stats.seed}.")
+    blocks = [Block("paragraph", text=p) for p in paragraphs]
+    blocks.append(Block("heading", text="References"))
+    blocks.append(Block("references", items=cite.references()))
+    return blocks
+
+
 def methods_blocks(spec: AnalysisSpec, level: str, facts: dict[str, Any]) -> list[Block]:
     """Paragraphs and the reference list of the methods section.
 
     ``facts`` may hold: task, n_stimuli, n_categories, brain_rdm (resolved measure), n_runs,
     n_subjects, layers ({model: [layer]}), rois ([name]), has_searchlight, has_encoding,
-    has_group_maps, has_decoding, has_probing, has_drivers (bools: outputs that exist).
+    has_group_maps, has_decoding, has_probing, has_drivers (bools: outputs that exist). A
+    naturalistic design (``spec.design``) gets :func:`naturalistic_methods_blocks`.
     """
+    if spec.design == "naturalistic":
+        return naturalistic_methods_blocks(spec, level, facts)
     cite = Citer()
     glm = spec.brain.glm
     analyses = spec.analyses

@@ -610,10 +610,23 @@ def _context(layout: drv.OutputLayout, subject: str, stimuli: Any = None, summar
     return ctx
 
 
+def participant_context(layout: drv.OutputLayout, subject: str, stimuli: Any = None,
+                        summary: dict[str, Any] | None = None, spec: AnalysisSpec | None = None,
+                        run_id: str | None = None) -> ParticipantContext:
+    """What the report of ``subject`` is built from: status file, log folder, the spec of the run
+    (its ``spec.json``, else ``spec``); the arguments as in :func:`build`."""
+    return _context(layout, subject, stimuli, summary, spec, run_id)
+
+
 def build(layout: drv.OutputLayout, subject: str, stimuli: Any = None, summary: dict[str, Any] | None = None,
           spec: AnalysisSpec | None = None, run_id: str | None = None) -> Path:
-    """Write ``sub-<subject>.html`` from the participant's outputs; returns its path."""
+    """Write ``sub-<subject>.html`` from the participant's outputs; returns its path (a naturalistic
+    design's report: :mod:`bids_dnn.report.naturalistic_report`)."""
     ctx = _context(layout, subject, stimuli, summary, spec, run_id)
+    if ctx.spec.design == "naturalistic":
+        from bids_dnn.report.naturalistic_report import build_naturalistic
+
+        return build_naturalistic(ctx)
     subject = ctx.subject
     sections = [
         guarded_section("summary", "Summary", lambda s: _summary(ctx, s)),

@@ -233,6 +233,14 @@ def _simulate_run(events: pd.DataFrame, stim_index: dict[str, int], patterns: np
             continue
         regressor, _ = compute_regressor(np.array([[event["onset"]], [event["duration"]], [1.0]]), "spm", frame_times)
         signal += regressor[:, :1] * patterns[stim_index[event["stim_file"]]][None, :]
+    return _bold_and_confounds(SIGNAL_PSC * signal, rng)
+
+
+def _bold_and_confounds(signal_percent: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, pd.DataFrame]:
+    """BOLD (n_vols, n_voxels) = baseline x (1 + (signal + motion + drift + AR(1) noise) / 100) and its
+    fMRIPrep-style confounds table, from the signal in percent signal change (n_vols, n_voxels)."""
+    n_vols, n_voxels = signal_percent.shape
+    frame_times = np.arange(n_vols) * T_R
     motion = np.cumsum(rng.normal(0, 0.03, size=(n_vols, 6)), axis=0)
     motion -= motion[0]
     drift = np.cos(np.pi * np.outer(frame_times, [1, 2]) / frame_times[-1])
@@ -243,7 +251,7 @@ def _simulate_run(events: pd.DataFrame, stim_index: dict[str, int], patterns: np
         noise[t] = AR1_RHO * noise[t - 1] + innovations[t]
     motion_loadings = rng.normal(0, 0.6, size=(6, n_voxels))
     drift_loadings = rng.normal(0, 0.8, size=(2, n_voxels))
-    percent = SIGNAL_PSC * signal + motion @ motion_loadings + drift @ drift_loadings + NOISE_SD_PSC * noise
+    percent = signal_percent + motion @ motion_loadings + drift @ drift_loadings + NOISE_SD_PSC * noise
     bold = BASELINE * (1 + percent / 100)
     names = ["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]
     confounds = pd.DataFrame(motion, columns=names)
@@ -357,10 +365,38 @@ def make_demo_dataset(directory: Path, n_subjects: int = DEMO_SUBJECTS, n_runs: 
     Path
         The dataset folder.
     """
-    import nibabel as nib
-
     kind = IMAGE_DEMO if kind is None else kind
     task = kind.task
+    directory = _start_dataset(directory, n_subjects, n_runs, overwrite)
+    rng = np.random.default_rng(seed)
+    kind.prepare(directory)
+    stimuli = kind.write_stimuli(directory / "stimuli", rng)
+    stim_index = {file: i for i, (file, _) in enumerate(stimuli)}
+    features = kind.planted_features(directory, [directory / "stimuli" / f for f, _ in stimuli],
+                                     [layer for layer in kind.planted.values() if layer])
+    subjects = _write_dataset_files(directory, kind.description, task, seed, n_subjects, {
+        "trial_type": {"Description": "stimulus category, or 'response' for a button press"},
+        "stim_file": {"Description": kind.stimulus_description}})
+    brain = _brain_mask()
+    rois = _roi_masks(brain)
+    _write_atlas(directory / "derivatives" / "rois", rois, _affine())
+    for subject in subjects:
+        sub_rng = np.random.default_rng([seed, int(subject)])
+        responses = _subject_responses(features, brain, rois, sub_rng, kind.planted)
+        for run in range(1, n_runs + 1):
+            events = _events_for_run(stimuli, sub_rng)
+            n_vols = int(np.ceil((events["onset"].max() + 20) / T_R))
+            bold, confounds = _simulate_run(events, stim_index, responses, n_vols, sub_rng)
+            _write_run(directory, subject, task, run, events, bold, confounds, brain)
+    (directory / "code").mkdir(exist_ok=True)
+    (directory / "code" / "spec.yaml").write_text(kind.spec)
+    (directory / "README.md").write_text(kind.readme(n_subjects, n_runs, seed, rois))
+    (directory / ".bidsignore").write_text("code/\n")
+    return directory
+
+
+def _start_dataset(directory: Path, n_subjects: int, n_runs: int, overwrite: bool) -> Path:
+    """The demo's (empty) target folder: checked, cleared when ``overwrite`` and a demo dataset, created."""
     directory = Path(directory)
     if directory.exists() and any(directory.iterdir()):
         if not overwrite:
@@ -370,64 +406,55 @@ def make_demo_dataset(directory: Path, n_subjects: int = DEMO_SUBJECTS, n_runs: 
         shutil.rmtree(directory)
     if n_subjects < 2 or n_runs < 1:
         raise UsageError("the demo needs at least 2 subjects and 1 run")
-    rng = np.random.default_rng(seed)
     directory.mkdir(parents=True, exist_ok=True)
-    kind.prepare(directory)
-    stimuli = kind.write_stimuli(directory / "stimuli", rng)
-    stim_index = {file: i for i, (file, _) in enumerate(stimuli)}
-    features = kind.planted_features(directory, [directory / "stimuli" / f for f, _ in stimuli],
-                                     [layer for layer in kind.planted.values() if layer])
+    return directory
 
+
+def _write_dataset_files(directory: Path, description: str, task: str, seed: int, n_subjects: int,
+                         events_sidecar: dict) -> list[str]:
+    """The dataset and fMRIPrep descriptions, the task's sidecars and participants.tsv; returns the
+    subject labels (``01``, ``02``, ...)."""
     _write_json(directory / "dataset_description.json", {
-        "Name": kind.description, "BIDSVersion": "1.10.0",
+        "Name": description, "BIDSVersion": "1.10.0",
         "DatasetType": "raw", "License": "CC0", "Authors": ["bids_dnn (simulated)"],
         "GeneratedBy": [{"Name": "bids_dnn demo", "Description": f"seed {seed}"}]})
     _write_json(directory / f"task-{task}_bold.json", {"TaskName": task, "RepetitionTime": T_R})
-    _write_json(directory / f"task-{task}_events.json", {
-        "trial_type": {"Description": "stimulus category, or 'response' for a button press"},
-        "stim_file": {"Description": kind.stimulus_description}})
+    _write_json(directory / f"task-{task}_events.json", events_sidecar)
     subjects = [f"{i + 1:02d}" for i in range(n_subjects)]
     _write_tsv(directory / "participants.tsv", pd.DataFrame({"participant_id": [f"sub-{s}" for s in subjects]}))
-    fmriprep = directory / "derivatives" / "fmriprep"
-    _write_json(fmriprep / "dataset_description.json", {
+    _write_json(directory / "derivatives" / "fmriprep" / "dataset_description.json", {
         "Name": "fMRIPrep-style outputs (simulated)", "BIDSVersion": "1.10.0", "DatasetType": "derivative",
         "GeneratedBy": [{"Name": "fMRIPrep", "Version": "simulated"}]})
+    return subjects
+
+
+def _write_run(directory: Path, subject: str, task: str, run: int, events: pd.DataFrame, bold: np.ndarray,
+               confounds: pd.DataFrame, brain: np.ndarray) -> None:
+    """One run's events, raw BOLD (int16) and fMRIPrep-style preprocessed BOLD, mask and confounds;
+    ``bold`` is (n_vols, n_brain_voxels)."""
+    import nibabel as nib
 
     affine = _affine()
-    brain = _brain_mask()
-    rois = _roi_masks(brain)
-    _write_atlas(directory / "derivatives" / "rois", rois, affine)
+    n_vols = bold.shape[0]
     brain_index = np.flatnonzero(brain.ravel())
-    for subject in subjects:
-        sub_rng = np.random.default_rng([seed, int(subject)])
-        responses = _subject_responses(features, brain, rois, sub_rng, kind.planted)
-        for run in range(1, n_runs + 1):
-            events = _events_for_run(stimuli, sub_rng)
-            n_vols = int(np.ceil((events["onset"].max() + 20) / T_R))
-            bold, confounds = _simulate_run(events, stim_index, responses, n_vols, sub_rng)
-            stem = f"sub-{subject}_task-{task}_run-{run}"
-            _write_tsv(directory / f"sub-{subject}" / "func" / f"{stem}_events.tsv", events)
-            volume = np.zeros(SHAPE + (n_vols,), dtype=np.float32)
-            volume.reshape(-1, n_vols)[brain_index] = bold.T
-            func = fmriprep / f"sub-{subject}" / "func"
-            func.mkdir(parents=True, exist_ok=True)
-            raw = nib.Nifti1Image(np.round(volume).astype(np.int16), affine)
-            raw.header.set_zooms((VOXEL_MM,) * 3 + (T_R,))
-            raw.header.set_xyzt_units("mm", "sec")
-            nib.save(raw, directory / f"sub-{subject}" / "func" / f"{stem}_bold.nii.gz")
-            preproc = nib.Nifti1Image(volume, affine)
-            preproc.header.set_zooms((VOXEL_MM,) * 3 + (T_R,))
-            preproc.header.set_xyzt_units("mm", "sec")
-            nib.save(preproc, func / f"{stem}_space-{SPACE}_desc-preproc_bold.nii.gz")
-            _write_json(func / f"{stem}_space-{SPACE}_desc-preproc_bold.json",
-                        {"RepetitionTime": T_R, "SkullStripped": True, "TaskName": task})
-            nib.save(nib.Nifti1Image(brain.astype(np.uint8), affine), func / f"{stem}_space-{SPACE}_desc-brain_mask.nii.gz")
-            _write_tsv(func / f"{stem}_desc-confounds_timeseries.tsv", confounds)
-    (directory / "code").mkdir(exist_ok=True)
-    (directory / "code" / "spec.yaml").write_text(kind.spec)
-    (directory / "README.md").write_text(kind.readme(n_subjects, n_runs, seed, rois))
-    (directory / ".bidsignore").write_text("code/\n")
-    return directory
+    stem = f"sub-{subject}_task-{task}_run-{run}"
+    _write_tsv(directory / f"sub-{subject}" / "func" / f"{stem}_events.tsv", events)
+    volume = np.zeros(SHAPE + (n_vols,), dtype=np.float32)
+    volume.reshape(-1, n_vols)[brain_index] = bold.T
+    func = directory / "derivatives" / "fmriprep" / f"sub-{subject}" / "func"
+    func.mkdir(parents=True, exist_ok=True)
+    raw = nib.Nifti1Image(np.round(volume).astype(np.int16), affine)
+    raw.header.set_zooms((VOXEL_MM,) * 3 + (T_R,))
+    raw.header.set_xyzt_units("mm", "sec")
+    nib.save(raw, directory / f"sub-{subject}" / "func" / f"{stem}_bold.nii.gz")
+    preproc = nib.Nifti1Image(volume, affine)
+    preproc.header.set_zooms((VOXEL_MM,) * 3 + (T_R,))
+    preproc.header.set_xyzt_units("mm", "sec")
+    nib.save(preproc, func / f"{stem}_space-{SPACE}_desc-preproc_bold.nii.gz")
+    _write_json(func / f"{stem}_space-{SPACE}_desc-preproc_bold.json",
+                {"RepetitionTime": T_R, "SkullStripped": True, "TaskName": task})
+    nib.save(nib.Nifti1Image(brain.astype(np.uint8), affine), func / f"{stem}_space-{SPACE}_desc-brain_mask.nii.gz")
+    _write_tsv(func / f"{stem}_desc-confounds_timeseries.tsv", confounds)
 
 
 def _subject_responses(features: dict[str, np.ndarray], brain: np.ndarray, rois: dict[str, np.ndarray],

@@ -360,6 +360,11 @@ def run_group_level(options: RunOptions) -> None:
     rng = np.random.default_rng(np.random.SeedSequence([stats_spec.seed, 0x6770]))
     layout = ctx.layout
     written: list[Path] = []
+    if ctx.spec.design == "naturalistic":
+        from bids_dnn.workflows.group_naturalistic import group_naturalistic
+
+        _finish_group_level(ctx, subjects, group_naturalistic(ctx, subjects))
+        return
     rsa_tables: dict[str, pd.DataFrame] = {}
     brain: dict[str, np.ndarray] = {}  # roi -> (n_subjects, n_pairs): the same for every model, read once
     for model_spec in ctx.spec.models if ctx.spec.analyses.rsa.enabled else []:
@@ -435,6 +440,12 @@ def run_group_level(options: RunOptions) -> None:
 
         written += group_drivers(ctx, subjects)
     written += group_whole_brain(ctx, subjects)
+    _finish_group_level(ctx, subjects, written)
+
+
+def _finish_group_level(ctx: Context, subjects: list[str], written: list[Path]) -> None:
+    """Provenance and the group report."""
+    layout = ctx.layout
     write_provenance(ctx, layout.group_log_dir(ctx.run_id), {"subjects": subjects,
                                                               "outputs": [str(p.relative_to(layout.root)) for p in written]})
     if ctx.spec.outputs.report:

@@ -145,17 +145,30 @@ def _model_layers(ctx: "Context") -> list[tuple[str, str]]:
     return pairs
 
 
+def _naturalistic_layers(ctx: "Context", subjects: list[str]) -> list[tuple[str, str]]:
+    """(model label, layer) pairs of a naturalistic design, from the first participant's tables."""
+    pairs = []
+    for model_spec in ctx.spec.models:
+        path = ctx.layout.naturalistic_table(subjects[0], model_spec.output_label)
+        if not path.is_file():
+            raise InputMissingError(f"time-series encoding table missing: {path}", "rerun the participant level")
+        pairs += [(model_spec.output_label, layer) for layer in dict.fromkeys(drv.read_tsv(path)["layer"])]
+    return pairs
+
+
 def run_group_maps(ctx: "Context", subjects: list[str]) -> list[Path]:
     """Group maps for the searchlight and encoding analyses the spec enables."""
     analyses = ctx.spec.analyses
     jobs: list[tuple[str, str, str, str, bool]] = []
-    layers = _model_layers(ctx)
+    layers = _model_layers(ctx) if ctx.spec.design == "events" else []
     if analyses.searchlight.enabled:
         stat = analyses.searchlight.comparison
         jobs += [("searchlight", m, lay, stat, stat in ("spearman", "pearson", "rho_a", "corr_cov"))
                  for m, lay in layers]
     if analyses.encoding.enabled:
         jobs += [("encoding", m, lay, ENCODING_STAT, True) for m, lay in layers]
+    if ctx.spec.design == "naturalistic":
+        jobs = [("naturalistic", m, lay, ENCODING_STAT, True) for m, lay in _naturalistic_layers(ctx, subjects)]
     written: list[Path] = []
     if jobs and len(subjects) < 2:
         logger.warning("group maps: skipped; a one-sample test across participants needs at least 2 (found %d)",
@@ -173,7 +186,8 @@ def run_group_maps(ctx: "Context", subjects: list[str]) -> list[Path]:
     skipped = 0
     with progress("group maps", len(jobs)) as advance:
         for offset, (analysis, model, layer, stat, correlation) in enumerate(jobs):
-            builder = ctx.layout.searchlight_map if analysis == "searchlight" else ctx.layout.encoding_map
+            builder = {"searchlight": ctx.layout.searchlight_map, "encoding": ctx.layout.encoding_map,
+                       "naturalistic": ctx.layout.naturalistic_map}[analysis]
             paths = [builder(s, model, layer, stat) for s in subjects]
             missing = [p for p in paths if not p.is_file()]
             if missing:

@@ -384,6 +384,11 @@ def rsa_table(ctx: Context, subject: str, stimuli: StimulusSet, brain_measure: s
 def run_participant_level(options: RunOptions) -> None:
     """Entry point of ``bids_dnn BIDS_DIR OUT_DIR participant``."""
     ctx = prepare(options)
+    if ctx.spec.design == "naturalistic":
+        from bids_dnn.workflows.naturalistic import run_naturalistic_participants
+
+        run_naturalistic_participants(ctx)
+        return
     if ctx.options.searchlight_part is not None and not ctx.spec.analyses.searchlight.enabled:
         raise UsageError("--searchlight-part was given but the spec does not enable analyses.searchlight",
                          "set analyses.searchlight.enabled: true or drop --searchlight-part")

@@ -27,7 +27,7 @@ API_DOC = REPO_ROOT / "docs" / "python_api.md"
 README = REPO_ROOT / "README.md"
 README_SECTION = "Python API"
 
-LIBRARY_PACKAGES = ("rsa", "searchlight", "encoding", "stats", "brain", "cka", "decoding", "probing")
+LIBRARY_PACKAGES = ("rsa", "searchlight", "encoding", "stats", "brain", "cka", "decoding", "probing", "timeseries")
 FORBIDDEN_IN_LIBRARY = (
     "bids",  # pybids
     "rich",
@@ -43,7 +43,8 @@ FORBIDDEN_IN_LIBRARY = (
 )
 """Top-level modules / packages that ``from bids_dnn import <library packages>`` must not import."""
 
-TORCH_FREE_PACKAGES = ("bids_dnn.stats", "bids_dnn.encoding", "bids_dnn.decoding", "bids_dnn.probing")
+TORCH_FREE_PACKAGES = ("bids_dnn.stats", "bids_dnn.encoding", "bids_dnn.decoding", "bids_dnn.probing",
+                       "bids_dnn.timeseries")
 
 _PYTHON_BLOCK = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
 
