@@ -112,12 +112,14 @@ def test_bidsignore_hides_only_what_the_validator_cannot_know(demo_outputs: Path
 
 
 def test_descriptions_tsv_lists_every_desc_label(demo_outputs: Path) -> None:
-    """descriptions.tsv has one row per ``desc-`` label of the BIDS files (the report's figures,
-    hidden by ``.bidsignore``, are not BIDS files)."""
+    """descriptions.tsv has one row per ``desc-`` label bids_dnn writes (those of other analyses or
+    designs than the demo's too), so every label of the BIDS files is described (the report's
+    figures, hidden by ``.bidsignore``, are not BIDS files)."""
     table = pd.read_csv(demo_outputs / "descriptions.tsv", sep="\t")
     used = {match for path in demo_outputs.rglob("*_*") if "figures" not in path.relative_to(demo_outputs).parts
             for match in re.findall(r"_(desc-[A-Za-z0-9]+)", path.name)}
-    assert set(table["desc_id"]) == used
+    assert used <= set(table["desc_id"])
+    assert set(table["desc_id"]) == {f"desc-{label}" for label in drv.DESCRIPTIONS}
     assert table["description"].str.len().min() > 10
 
 
