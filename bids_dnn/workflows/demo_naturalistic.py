@@ -437,14 +437,18 @@ def _principal_scores(features: np.ndarray, n_components: int) -> np.ndarray:
     (each sample's units to mean 0, SD 1; then centred over samples), as in ``true_patterns``.
 
     From the eigenvectors of the samples' Gram matrix (``z z^T = U S^2 U^T``, so the scores
-    ``U S`` are those of the SVD up to sign): far faster than the SVD of a wide matrix."""
+    ``U S`` are those of the SVD up to sign): far faster than the SVD of a wide matrix. Each
+    component's sign is fixed so that its largest absolute score is positive (as scikit-learn's
+    ``svd_flip``), not left to the eigensolver."""
     z = features - features.mean(axis=1, keepdims=True)
     z /= z.std(axis=1, keepdims=True) + 1e-12
     z -= z.mean(axis=0, keepdims=True)
     values, vectors = np.linalg.eigh(z @ z.T)
     k = min(int(n_components), z.shape[0] - 1)
     top = np.argsort(values)[::-1][:k]
-    return vectors[:, top] * np.sqrt(np.clip(values[top], 0.0, None))
+    scores = vectors[:, top] * np.sqrt(np.clip(values[top], 0.0, None))
+    signs = np.sign(scores[np.argmax(np.abs(scores), axis=0), np.arange(scores.shape[1])])
+    return scores * np.where(signs == 0, 1.0, signs)
 
 
 def _tr_components(timelines: list[_Timeline], layers: list[str], runs: list[int], n_vols: int,

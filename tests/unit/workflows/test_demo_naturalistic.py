@@ -244,7 +244,7 @@ def test_planted_signal_is_in_the_signal_rois(kind: str, movie: Path, story: Pat
             assert r_signal.mean() > 0.3 and abs(r_null.mean()) < 0.1, (kind, r_signal.mean(), r_null.mean())
         # the repeated presentation: the two runs agree in the signal ROIs only (a noise ceiling exists)
         repeat = _columnwise_r(cleaned[0], cleaned[1])
-        assert repeat[rois["early"]].mean() > 0.25 and repeat[rois["late"]].mean() > 0.25
+        assert repeat[rois["early"]].mean() > 0.15 and repeat[rois["late"]].mean() > 0.15
         assert abs(repeat[rois["control"]].mean()) < 0.1
 
 
