@@ -134,7 +134,13 @@ def test_story_files_and_spec(story: Path) -> None:
     pd.testing.assert_frame_equal(first, _events(story, "story", "02", 1))  # everyone hears the same
     assert first["onset"].max() < STORY_SECONDS - 1
     assert _bold(story, "story", "02", 2).shape == SHAPE + (STORY_VOLS,)
-    assert (story / "code" / "models" / "textnet" / "config.json").is_file()
+    from transformers import AutoTokenizer
+
+    folder = story / "code" / "models" / "textnet"
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    words = sorted(set(first["word"]))
+    assert all(len(tokenizer.tokenize(word)) == 1 for word in words)  # every word of the grammar is one token
+    assert json.loads((folder / "config.json").read_text())["vocab_size"] == len(tokenizer)
     spec = load_spec(story / "code" / "spec.yaml")
     assert spec.design == "naturalistic" and spec.analyses.naturalistic.word_column == "word"
     model = spec.models[0]
@@ -266,3 +272,18 @@ def test_story_signal_lies_in_its_layers_components(story: Path, planted: dict[s
             residual = y - x @ np.linalg.lstsq(x, y, rcond=None)[0]
             fraction = (residual**2).sum() / (y**2).sum()
             assert low <= fraction <= high, (roi, layer, fraction)
+
+
+def test_refuses_a_non_empty_folder_and_odd_run_lengths(tmp_path: Path) -> None:
+    from bids_dnn.errors import UsageError
+
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "data.txt").write_text("keep me")
+    with pytest.raises(UsageError, match="not empty"):
+        nat.make_movie_dataset(tmp_path / "full")
+    with pytest.raises(UsageError, match="not a bids_dnn demo"):
+        nat.make_story_dataset(tmp_path / "full", overwrite=True)
+    assert (tmp_path / "full" / "data.txt").read_text() == "keep me"
+    for seconds in (41.0, 10.0):  # not a multiple of the TR; fewer than 8 volumes
+        with pytest.raises(UsageError, match="multiple of the TR"):
+            nat.make_movie_dataset(tmp_path / "new", seconds_per_run=seconds)
