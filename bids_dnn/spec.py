@@ -624,6 +624,69 @@ class NaturalisticSpec(_Strict):
         return value
 
 
+class MeegSpec(_Strict):
+    """EEG and MEG (``modality: eeg`` or ``meg``): epochs around every stimulus event, time-resolved
+    brain RDMs per participant (one per time point, or per sliding window), RSA time courses per model
+    layer, temporal generalisation, time-resolved encoding (``analyses.encoding``: ridge from each
+    layer's features to every channel x time point of the stimulus-averaged epochs), and group statistics over time (cluster-based
+    sign-flip permutations, Maris & Oostenveld 2007). Preprocessing is optional: data from
+    ``-d epochs=PATH`` (``*_epo.fif``) are used as they are."""
+
+    tmin: float = Field(-0.1, ge=-5, le=0, description="Epoch start relative to each event's onset (s).")
+    tmax: float = Field(0.6, gt=0, le=10, description="Epoch end relative to each event's onset (s).")
+    baseline: tuple[float | None, float | None] | None = Field(
+        (None, 0.0), description="Baseline interval (s) subtracted per epoch and channel; null ends mean the "
+        "epoch's start / end; null: no baseline correction.")
+    l_freq: float | None = Field(None, gt=0, description="High-pass cut-off (Hz) before epoching; null: none.")
+    h_freq: float | None = Field(40.0, gt=0, description="Low-pass cut-off (Hz) before epoching; null: none.")
+    resample_hz: float | None = Field(None, gt=0, le=10000, description="Resample the epochs to this rate (Hz); "
+                                      "null: keep the recording's.")
+    reject: dict[Literal["eeg", "mag", "grad"], float] | None = Field(
+        None, description="Peak-to-peak rejection per channel type (V for eeg, T for mag, T/m for grad), e.g. "
+        "{eeg: 150e-6}; epochs above it are dropped and counted.")
+    picks: list[Literal["eeg", "mag", "grad", "meg"]] | None = Field(
+        None, description="Channel types to analyse; null: the recording's EEG and MEG channels. Channels marked "
+        "bad in channels.tsv are left out.")
+    window_ms: float = Field(0.0, ge=0, le=1000, description="Average the samples of a sliding window of this "
+                             "width (ms) before each RDM; 0: one RDM per sample.")
+    step_ms: float | None = Field(None, gt=0, le=1000, description="Step between windows (ms); null: one sample.")
+    rdm: Literal["correlation", "euclidean_cv", "crossnobis", "decoding"] = Field(
+        "crossnobis", description="Brain RDM per time point: 1 - Pearson r of the trial-averaged patterns; "
+        "cross-validated Euclidean or crossnobis distance across folds of trials; or pairwise decoding accuracy "
+        "(shrinkage LDA, cross-validated over trials; chance 0.5).")
+    noise_normalization: Literal["multivariate", "univariate", "none"] = Field(
+        "multivariate", description="Noise normalisation (Guggenmos et al. 2018) of crossnobis (the precision of "
+        "each fold's training trials' residuals, shrinkage covariance averaged over time: unbiased distances) and "
+        "correlation (patterns whitened by the precision of all trials' residuals): multivariate, by each "
+        "channel's residual variance, or none. euclidean_cv is crossnobis without it; decoding uses the LDA's own "
+        "shrinkage covariance.")
+    folds: int = Field(5, ge=2, le=MAX_FOLDS, description="Folds of trials (stratified by stimulus) for the "
+                       "cross-validated distances and decoding.")
+    temporal_generalization: bool = Field(True, description="Also correlate the brain RDMs of every pair of "
+                                          "time points (time x time) and write the matrix.")
+    cluster_p: float = Field(0.05, gt=0, lt=1, description="Cluster-forming threshold: the one-sample t at this "
+                             "p (one- or two-sided as statistics.alternative).")
+    correction: Literal["cluster", "maxt", "fdr"] = Field(
+        "cluster", description="Correction over time points of the group tests: cluster-based sign-flip "
+        "permutations, max-t sign-flip permutations, or Benjamini-Hochberg FDR.")
+    permutations: int = Field(1024, ge=0, le=MAX_PERMUTATIONS, description="Sign flips of the group tests over "
+                              "time (all 2^n flips when fewer participants allow).")
+
+    @model_validator(mode="after")
+    def _window(self) -> "MeegSpec":
+        if self.tmax <= self.tmin:
+            raise ValueError(f"meeg: tmax ({self.tmax}) must be after tmin ({self.tmin})")
+        if self.baseline is not None:
+            start, stop = self.baseline
+            if start is not None and stop is not None and stop <= start:
+                raise ValueError(f"meeg.baseline: the end ({stop}) must be after the start ({start})")
+            if (start is not None and start < self.tmin) or (stop is not None and stop > self.tmax):
+                raise ValueError("meeg.baseline must lie within the epoch (tmin to tmax)")
+        if self.l_freq is not None and self.h_freq is not None and self.l_freq >= self.h_freq:
+            raise ValueError("meeg: l_freq must be below h_freq")
+        return self
+
+
 class AnalysesSpec(_Strict):
     rsa: RsaSpec = Field(default_factory=RsaSpec)
     weighted_rsa: WeightedRsaSpec = Field(default_factory=WeightedRsaSpec)
@@ -671,6 +734,10 @@ class AnalysisSpec(_Strict):
         "'naturalistic': continuous stimuli (films, stories), voxelwise encoding of the BOLD time series "
         "(analyses.naturalistic); the event-related analyses are not run."
     )
+    modality: Literal["fmri", "eeg", "meg"] = Field(
+        "fmri", description="'fmri': BOLD with fMRIPrep derivatives or betas; 'eeg' / 'meg': BIDS EEG / MEG "
+        "recordings (any format MNE-BIDS reads) or epochs from -d epochs=PATH, analysed over time (section meeg)."
+    )
     stimuli: StimuliSpec = Field(default_factory=StimuliSpec)
     models: list[ModelSpec] = Field(
         default_factory=lambda: [ModelSpec(name="alexnet")], min_length=1
@@ -681,6 +748,7 @@ class AnalysisSpec(_Strict):
     analyses: AnalysesSpec = Field(default_factory=AnalysesSpec)
     statistics: StatisticsSpec = Field(default_factory=StatisticsSpec)
     outputs: OutputsSpec = Field(default_factory=OutputsSpec)
+    meeg: MeegSpec = Field(default_factory=MeegSpec)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "AnalysisSpec":
@@ -691,6 +759,15 @@ class AnalysisSpec(_Strict):
                 f"models: labels must be unique (duplicate: {', '.join(duplicates)}); "
                 "give each model a distinct 'label'"
             )
+        if self.modality != "fmri":
+            if self.design != "events":
+                raise ValueError(f"modality: {self.modality} needs design: events (one epoch per stimulus event)")
+            fmri_only = [name for name in ("weighted_rsa", "searchlight", "cka", "decoding", "probing", "drivers")
+                         if getattr(self.analyses, name).enabled]
+            if fmri_only:
+                raise ValueError(f"modality: {self.modality} runs the time-resolved analyses of section meeg; "
+                                 f"disable analyses.{', analyses.'.join(fmri_only)} (fMRI only)")
+            return self
         if self.design == "naturalistic":
             event_related = [name for name in ("weighted_rsa", "variance_partitioning", "encoding", "searchlight",
                                                "cka", "decoding", "probing", "drivers")

@@ -88,22 +88,24 @@ def _cmd_demo(argv: Sequence[str]) -> int:
     parser = Parser(prog="bids_dnn demo",
                      description="Write the synthetic demo BIDS dataset with planted ground truth.")
     parser.add_argument("directory", type=Path)
-    parser.add_argument("--subjects", type=positive_int, default=DEMO_SUBJECTS,
-                        help=f"participants (default {DEMO_SUBJECTS}: enough for a sign-flip group map to reach "
-                             "p_FWE < 0.05)")
-    parser.add_argument("--runs", type=positive_int, default=3)
+    parser.add_argument("--subjects", type=positive_int, default=None,
+                        help=f"participants (default: the kind's own; {DEMO_SUBJECTS} for images, enough for a "
+                             "sign-flip group map to reach p_FWE < 0.05)")
+    parser.add_argument("--runs", type=positive_int, default=None, help="runs per participant (default: the kind's "
+                        "own)")
     parser.add_argument("--seed", type=seed_value, default=0)
     parser.add_argument("--force", action="store_true", help="overwrite an existing demo dataset")
     parser.add_argument("--kind", choices=list(DEMO_KINDS), default="images",
-                        help="stimuli: drawn images and a random-init AlexNet (default), sentences and a tiny "
-                             "BERT-style model, or sounds and a tiny wav2vec 2.0-style model (text and audio need "
-                             "the hf extra)")
+                        help="images: drawn images and a random-init AlexNet, fMRI (default); text / audio: "
+                             "sentences or sounds and a tiny BERT- / wav2vec 2.0-style model (need the hf extra); "
+                             "movie / story: naturalistic fMRI; eeg: BIDS EEG (BrainVision) of the drawn images, "
+                             "planted layers at 100 and 200 ms")
     args = parser.parse_args(list(argv))
     from bids_dnn.console import logger, setup_logging
 
     setup_logging(0, show_progress=False)
-    path = DEMO_KINDS[args.kind](args.directory, n_subjects=args.subjects, n_runs=args.runs, seed=args.seed,
-                                 overwrite=args.force)
+    sizes = {name: value for name, value in (("n_subjects", args.subjects), ("n_runs", args.runs)) if value}
+    path = DEMO_KINDS[args.kind](args.directory, seed=args.seed, overwrite=args.force, **sizes)
     logger.info("demo dataset written to %s (spec: %s)", path, path / "code" / "spec.yaml")
     return EXIT_OK
 

@@ -184,6 +184,12 @@ def _folder_owner(folder: Path) -> str | None:
     return None
 
 
+#: BIDS datatype folder -> the suffix of its recordings
+RECORDING_SUFFIX = {"func": "bold", "eeg": "eeg", "meg": "meg"}
+#: BIDS datatype folder -> how messages name its data
+DATATYPE_WORDS = {"func": "functional", "eeg": "EEG", "meg": "MEG"}
+
+
 @dataclass(frozen=True)
 class RunInputs:
     """The files of one functional run."""
@@ -225,12 +231,15 @@ class DatasetIndex:
         ``--bids-filter-file`` content: per query type (``bold``, ``events``) a dict of entities.
     database_dir : Path, optional
         pybids database folder, so large datasets are indexed once.
+    datatype : {"func", "eeg", "meg"}
+        The folder whose events and recordings are analysed (``modality``: fMRI, EEG or MEG).
     """
 
     bids_dir: Path
     derivatives: dict[str, Path] = field(default_factory=dict)
     filters: dict[str, dict[str, Any]] = field(default_factory=dict)
     database_dir: Path | None = None
+    datatype: str = "func"
 
     def __post_init__(self) -> None:
         from bids import BIDSLayout
@@ -409,7 +418,8 @@ class DatasetIndex:
             found.update(self._betas_subjects(task, sessions, betas_derivatives))
         rest = [s for s in available if s not in found]
         if rest:  # BOLD without events: kept, so that the missing events are reported
-            query: dict[str, Any] = {"subject": rest, "suffix": "bold", "task": task, "datatype": "func",
+            query: dict[str, Any] = {"subject": rest, "suffix": RECORDING_SUFFIX[self.datatype], "task": task,
+                                     "datatype": self.datatype,
                                      "target": "subject", "return_type": "id"}
             if sessions:
                 query["session"] = sessions
@@ -443,7 +453,7 @@ class DatasetIndex:
         for subject in subjects:
             if task in tasks[subject]:
                 where = f" in ses-{', ses-'.join(sessions)}" if sessions else ""
-                reasons[subject] = f"no functional task-{task} data{where}"
+                reasons[subject] = f"no {DATATYPE_WORDS[self.datatype]} task-{task} data{where}"
             elif tasks[subject]:
                 reasons[subject] = "only " + ", ".join(f"task-{t}" for t in sorted(tasks[subject]))
             else:
@@ -458,7 +468,7 @@ class DatasetIndex:
                sessions: list[str] | None = None) -> list[RunInputs]:
         """Events files of ``task`` (all subjects when ``subjects`` is None), sorted."""
         query: dict[str, Any] = {"suffix": "events", "extension": ".tsv", "task": task,
-                                 "datatype": "func", **self._filter("events")}
+                                 "datatype": self.datatype, **self._filter("events")}
         if subjects:
             query["subject"] = subjects
         if sessions:

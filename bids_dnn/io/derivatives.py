@@ -300,7 +300,7 @@ def write_nifti(path: Path, image: Any, sidecar: dict[str, Any] | None = None) -
 def sidecar_path(path: Path) -> Path:
     """``x_stat-r_relmat.tsv`` -> ``x_stat-r_relmat.json`` (also for ``.nii.gz``)."""
     name = Path(path).name
-    for ext in (".nii.gz", ".tsv", ".nii", ".h5"):
+    for ext in (".nii.gz", ".tsv", ".nii", ".h5", ".npz"):
         if name.endswith(ext):
             return Path(path).with_name(name[: -len(ext)] + ".json")
     return Path(path).with_suffix(".json")
@@ -326,12 +326,15 @@ class OutputLayout:
     task : str
         Task label shared by all outputs of a run.
     space : str
-        Space label of brain outputs.
+        Space label of brain outputs ("" for EEG / MEG: no space entity).
+    datatype : str
+        Folder of a participant's outputs: ``func`` (fMRI), ``eeg`` or ``meg``.
     """
 
     root: Path
     task: str
     space: str
+    datatype: str = "func"
 
     # root-level ----------------------------------------------------------------------
     @property
@@ -373,7 +376,7 @@ class OutputLayout:
 
     def _func(self, subject: str, session: str | None = None) -> Path:
         base = self.subject_dir(subject)
-        return (base / f"ses-{session}" / "func") if session else base / "func"
+        return (base / f"ses-{session}" / self.datatype) if session else base / self.datatype
 
     def _prefix(self, subject: str, session: str | None = None) -> str:
         return _entities(sub=subject, ses=session, task=self.task, space=self.space)
@@ -444,6 +447,28 @@ class OutputLayout:
     def naturalistic_table(self, subject: str, model: str) -> Path:
         """ROI x layer summary of the time-series encoding."""
         return self._func(subject) / f"{self._prefix(subject)}_model-{sanitize_label(model)}_naturalistic.tsv"
+
+    def timeresolved_rdms(self, subject: str, measure: str) -> Path:
+        """Brain RDMs of every time point (or window) of an EEG / MEG participant (``modality: eeg|meg``)."""
+        return self._func(subject) / (f"{self._prefix(subject)}_stat-{sanitize_label(measure)}_desc-timeresolved_"
+                                      "relmat.npz")
+
+    def temporal_generalization(self, subject: str) -> Path:
+        """Time x time similarity of a participant's brain RDMs (``meeg.temporal_generalization``)."""
+        return self._func(subject) / f"{self._prefix(subject)}_desc-generalization_relmat.npz"
+
+    def timecourse_table(self, subject: str, model: str, analysis: str) -> Path:
+        """Per layer and time point scores of ``analysis`` (``rsa`` or ``encoding``) of one model (EEG / MEG)."""
+        name = _entities(model=sanitize_label(model), desc=analysis)
+        return self._func(subject) / f"{self._prefix(subject)}_{name}_timecourse.tsv"
+
+    def encoding_channels(self, subject: str, model: str) -> Path:
+        """Held-out r of every channel x time point and layer of the time-resolved encoding (EEG / MEG)."""
+        return self._func(subject) / f"{self._prefix(subject)}_model-{sanitize_label(model)}_desc-encoding_stats.npz"
+
+    def epochs_quality(self, subject: str) -> Path:
+        """Events, kept and rejected epochs per run and the channels used (EEG / MEG)."""
+        return self._func(subject) / f"{self._prefix(subject)}_desc-epochs_qc.tsv"
 
     def roi_summary(self, subject: str) -> Path:
         return self._func(subject) / f"{self._prefix(subject)}_desc-rois_summary.tsv"

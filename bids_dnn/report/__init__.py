@@ -124,6 +124,10 @@ def build_group_report(layout: drv.OutputLayout, spec: AnalysisSpec | None = Non
     ``run_id`` selects ``group/log/<run_id>/``; when it does not exist (``--reports-only``)
     the latest group log is used.
     """
+    if spec is not None and spec.modality != "fmri":
+        from bids_dnn.report.meeg_report import build_meeg_group_report
+
+        return build_meeg_group_report(layout, spec, subjects, run_id)
     from bids_dnn.report.group_report import build
 
     return build(layout, spec, subjects, run_id, excluded)

@@ -37,6 +37,14 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "group_one_sample_map",
         "tfce_map",
     ),
+    "clusters": (
+        "TAILS",
+        "CLUSTER_ADJACENCIES",
+        "ClusterTestResult",
+        "one_sample_sign_flips",
+        "cluster_test_1samp",
+        "max_t_1samp",
+    ),
 }
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

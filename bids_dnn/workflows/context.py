@@ -24,7 +24,10 @@ from bids_dnn.spec import AnalysisSpec, check_code_permission, load_spec, spec_h
 from bids_dnn.workflows.options import RunOptions
 from bids_dnn.workflows.resources import Resources, current_resources
 
-__all__ = ["Context", "betas_derivatives_name", "prepare", "stream_seed_entropy", "subject_seed"]
+#: spec ``modality`` -> the BIDS datatype folder it reads
+MODALITY_DATATYPES = {"fmri": "func", "eeg": "eeg", "meg": "meg"}
+
+__all__ = ["MODALITY_DATATYPES", "Context", "betas_derivatives_name", "prepare", "stream_seed_entropy", "subject_seed"]
 
 
 @dataclass
@@ -74,12 +77,15 @@ def prepare(options: RunOptions) -> Context:
     resources = current_resources(options)
     _limit_threads(resources)
     index = DatasetIndex(Path(options.bids_dir), derivatives=options.derivatives,
-                         filters=load_filter_file(options.bids_filter_file), database_dir=resources.database_dir)
+                         filters=load_filter_file(options.bids_filter_file), database_dir=resources.database_dir,
+                         datatype=MODALITY_DATATYPES[spec.modality])
     task = index.choose_task(options.task)
     betas = betas_derivatives_name(spec.brain) if spec.brain.input == "betas" else None
     subjects = index.select_subjects(options.participant_labels, task, options.session_labels, betas)
     run_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S") + f"-{spec_hash(spec)[:6]}"
-    layout = drv.OutputLayout(Path(options.output_dir), task=task, space=spec.brain.space)
+    fmri = spec.modality == "fmri"
+    layout = drv.OutputLayout(Path(options.output_dir), task=task, space=spec.brain.space if fmri else "",
+                              datatype=MODALITY_DATATYPES[spec.modality])
     return Context(options, spec, index, task, subjects, layout, run_id, resources=resources)
 
 

@@ -360,6 +360,11 @@ def run_group_level(options: RunOptions) -> None:
     rng = np.random.default_rng(np.random.SeedSequence([stats_spec.seed, 0x6770]))
     layout = ctx.layout
     written: list[Path] = []
+    if ctx.spec.modality != "fmri":
+        from bids_dnn.workflows.group_meeg import group_meeg
+
+        _finish_group_level(ctx, subjects, group_meeg(ctx, subjects))
+        return
     if ctx.spec.design == "naturalistic":
         from bids_dnn.workflows.group_naturalistic import group_naturalistic
 

@@ -384,6 +384,11 @@ def rsa_table(ctx: Context, subject: str, stimuli: StimulusSet, brain_measure: s
 def run_participant_level(options: RunOptions) -> None:
     """Entry point of ``bids_dnn BIDS_DIR OUT_DIR participant``."""
     ctx = prepare(options)
+    if ctx.spec.modality != "fmri":
+        from bids_dnn.workflows.meeg import run_meeg_participants
+
+        run_meeg_participants(ctx)
+        return
     if ctx.spec.design == "naturalistic":
         from bids_dnn.workflows.naturalistic import run_naturalistic_participants
 

@@ -27,7 +27,8 @@ API_DOC = REPO_ROOT / "docs" / "python_api.md"
 README = REPO_ROOT / "README.md"
 README_SECTION = "Python API"
 
-LIBRARY_PACKAGES = ("rsa", "searchlight", "encoding", "stats", "brain", "cka", "decoding", "probing", "timeseries")
+LIBRARY_PACKAGES = ("rsa", "searchlight", "encoding", "stats", "brain", "cka", "decoding", "probing", "timeseries",
+                    "temporal")
 FORBIDDEN_IN_LIBRARY = (
     "bids",  # pybids
     "rich",
