@@ -767,6 +767,7 @@ class AnalysisSpec(_Strict):
             if fmri_only:
                 raise ValueError(f"modality: {self.modality} runs the time-resolved analyses of section meeg; "
                                  f"disable analyses.{', analyses.'.join(fmri_only)} (fMRI only)")
+            self._check_partition_groups(labels)
             return self
         if self.design == "naturalistic":
             event_related = [name for name in ("weighted_rsa", "variance_partitioning", "encoding", "searchlight",
@@ -796,6 +797,11 @@ class AnalysisSpec(_Strict):
         if (ana.weighted_rsa.enabled or ana.variance_partitioning.enabled) and not ana.rsa.enabled:
             raise ValueError("analyses.weighted_rsa and analyses.variance_partitioning build on the ROI RSA; "
                              "set analyses.rsa.enabled: true")
+        self._check_partition_groups(labels)
+        return self
+
+    def _check_partition_groups(self, labels: list[str]) -> None:
+        """Every reference of ``analyses.variance_partitioning.groups`` names a model."""
         if self.analyses.variance_partitioning.enabled:
             for group, refs in self.analyses.variance_partitioning.groups.items():
                 for ref in refs:
@@ -804,7 +810,6 @@ class AnalysisSpec(_Strict):
                             f"analyses.variance_partitioning.groups.{group}: '{ref}' names no model "
                             f"(models: {', '.join(labels)}); use 'model:layer' or 'model'"
                         )
-        return self
 
     def with_seed(self, seed: int | None) -> "AnalysisSpec":
         """Return a copy whose statistics seed is ``seed`` (if given)."""

@@ -62,6 +62,13 @@ BIDSIGNORE_LINES = [
     "*_naturalistic.json",
     "*_summary.tsv",
     "*_summary.json",
+    "*_relmat.npz",
+    "*_timecourse.tsv",
+    "*_timecourse.json",
+    "*_qc.tsv",
+    "*_qc.json",
+    "*_stats.npz",
+    "*_stats.json",
     "/task-*_stimuli.tsv",
     "/task-*_stimuli.json",
     "# folders BIDS does not define: features and model RDMs, group level, logs, figures, reports",
@@ -91,6 +98,13 @@ DESCRIPTIONS = {
     "encoding": "Cross-validated ridge encoding from layer features to voxel responses.",
     "naturalistic": "Voxelwise encoding of the BOLD time series of a naturalistic design (leave-one-run-out ridge).",
     "topvoxel": "Measured and held-out predicted BOLD time series of the best-predicted voxel.",
+    "timeresolved": "EEG / MEG: one brain RDM per time point (or window) of the epochs.",
+    "generalization": "EEG / MEG: similarity of the brain RDMs of every pair of time points.",
+    "epochs": "EEG / MEG: events, kept and rejected epochs per run.",
+    "rsa": "EEG / MEG: RSA of every layer at every time point.",
+    "rsasubjects": "EEG / MEG: the RSA time courses of all participants.",
+    "encodingsubjects": "EEG / MEG: the encoding time courses of all participants.",
+    "variancepartitionsubjects": "EEG / MEG: the variance-partitioning time courses of all participants.",
 }
 
 #: entity names of pybids' ``bids`` and ``derivatives`` configurations and of
@@ -457,9 +471,10 @@ class OutputLayout:
         """Time x time similarity of a participant's brain RDMs (``meeg.temporal_generalization``)."""
         return self._func(subject) / f"{self._prefix(subject)}_desc-generalization_relmat.npz"
 
-    def timecourse_table(self, subject: str, model: str, analysis: str) -> Path:
-        """Per layer and time point scores of ``analysis`` (``rsa`` or ``encoding``) of one model (EEG / MEG)."""
-        name = _entities(model=sanitize_label(model), desc=analysis)
+    def timecourse_table(self, subject: str, model: str | None, analysis: str) -> Path:
+        """Per layer and time point scores of ``analysis`` (``rsa`` or ``encoding``) of one model, or across
+        models (``variancepartition``) (EEG / MEG)."""
+        name = _entities(model=sanitize_label(model) if model else None, desc=analysis)
         return self._func(subject) / f"{self._prefix(subject)}_{name}_timecourse.tsv"
 
     def encoding_channels(self, subject: str, model: str) -> Path:
@@ -637,9 +652,9 @@ def readme_text() -> str:
     the same for every run of one bids_dnn version)."""
     return f"""# {TOOL_NAME} derivatives
 
-Made by {TOOL_NAME} {__version__}, a BIDS App that compares deep neural networks with fMRI, from
-the BIDS dataset named in `dataset_description.json` (`DatasetLinks.raw`) and its fMRIPrep
-derivatives: stimulus set, DNN features and model RDMs, GLM estimates per stimulus, ROI masks and
+Made by {TOOL_NAME} {__version__}, a BIDS App that compares deep neural networks with fMRI, EEG and
+MEG, from the BIDS dataset named in `dataset_description.json` (`DatasetLinks.raw`) and its fMRIPrep
+derivatives (or its EEG / MEG recordings): stimulus set, DNN features and model RDMs, GLM estimates per stimulus, ROI masks and
 brain RDMs, ROI RSA, searchlight and encoding maps, group statistics and reports.
 
 ## How it was made
@@ -671,9 +686,17 @@ recomputes only what changed.
   `*_model-<model>_drivers.tsv` with saliency maps `*_model-<model>_label-<roi>_saliency.npz`
   (NumPy arrays: the stimuli, the images as the network saw them, one map per method) and voxel
   counts `*_desc-rois_summary.tsv`; `figures/` holds the report's pictures.
+- `sub-<label>/eeg/` or `meg/` (`modality: eeg|meg`): brain RDMs of every time point
+  `*_stat-<measure>_desc-timeresolved_relmat.npz` (NumPy arrays `rdms` (time x stimulus pair),
+  `times` in s, `stim_ids`; the sidecar describes the time axis), temporal generalisation
+  `*_desc-generalization_relmat.npz`, RSA and encoding time courses
+  `*_model-<model>_desc-<rsa|encoding>_timecourse.tsv`, encoding r per channel and time
+  `*_model-<model>_desc-encoding_stats.npz`, and epochs kept and rejected per run `*_desc-epochs_qc.tsv`.
 - `group/`: tables across participants (`*_rsa.tsv`, `*_encoding.tsv`, `*_cka.tsv`, `*_decoding.tsv`,
   `*_probing.tsv`, `*_drivers.tsv`; `desc-` labels in
-  `descriptions.tsv`) and group maps `*_stat-<t|p|pfwe|pfdr>_desc-<analysis>_statmap.nii.gz`.
+  `descriptions.tsv`) and group maps `*_stat-<t|p|pfwe|pfdr>_desc-<analysis>_statmap.nii.gz`; for EEG / MEG
+  the group time courses, clusters and latencies `*_desc-<rsa|encoding>_<timecourse|clusters|latency|
+  latencycomparisons>.tsv` and the group temporal generalisation `*_desc-generalization_relmat.npz`.
 - `sub-<label>.html`, `group.html`: self-contained reports.
 
 Every table and image has a JSON sidecar: the data dictionary of a table's columns (the

@@ -298,7 +298,20 @@ def build_meeg_group_report(layout: drv.OutputLayout, spec: AnalysisSpec, subjec
                                    "group temporal generalisation", "Mean over participants; contour: significant "
                                    f"({spec.meeg.correction})."))
 
-    sections += [guarded_section("generalization", "Temporal generalisation", generalization),
+    def partition(section: Section) -> None:
+        summary = read_table(layout.group_roi_table("variancepartition", suffix="timecourse"))
+        if summary is None or summary.empty:
+            section.note("not computed (analyses.variance_partitioning.enabled: false).")
+            return
+        curves = summary.rename(columns={"component": "layer"}).assign(noise_ceiling_lower=np.nan,
+                                                                       noise_ceiling_upper=np.nan)
+        section.add(figures.figure("group_variancepartition", lambda fig: _draw_group_courses(
+            fig, curves, "share of the brain RDM's variance"), (7.0, 3.6), "variance partitioning over time",
+            "Unique and shared variance of the brain RDMs from the spec's groups of model RDMs; bars below zero: "
+            f"significant time points ({spec.meeg.correction})."))
+
+    sections += [guarded_section("variancepartition", "Variance partitioning over time", partition),
+                 guarded_section("generalization", "Temporal generalisation", generalization),
                  guarded_section("methods", "Methods", lambda s: _methods(s, spec, group=True)),
                  guarded_section("provenance", "Provenance", lambda s: provenance_section(
                      s, layout, log_dir, provenance, spec, "log" if log_dir else "argument"))]

@@ -21,7 +21,8 @@ from bids_dnn.errors import AnalysisError
 from bids_dnn.io import derivatives as drv
 from bids_dnn.workflows.context import Context
 from bids_dnn.workflows.group_scores import collect_subject_tables
-from bids_dnn.workflows.meeg import TIMECOURSE_ENCODING_COLUMNS, TIMECOURSE_RSA_COLUMNS
+from bids_dnn.workflows.meeg import (TIMECOURSE_ENCODING_COLUMNS, TIMECOURSE_PARTITION_COLUMNS,
+                                    TIMECOURSE_RSA_COLUMNS)
 from bids_dnn.workflows.tables import SUBJECT_COLUMN, column_sidecar
 
 __all__ = ["GROUP_TIMECOURSE_COLUMNS", "CLUSTER_COLUMNS", "LATENCY_COLUMNS", "LATENCY_COMPARISON_COLUMNS",
@@ -224,6 +225,34 @@ def _group_generalization(ctx: Context, subjects: list[str], rng: np.random.Gene
     return path
 
 
+def _group_partition(ctx: Context, subjects: list[str], rng: np.random.Generator, common: dict[str, Any]
+                     ) -> list[Path]:
+    """Every variance component's group time course and clusters (tested against 0 over time)."""
+    layout = ctx.layout
+    table = collect_subject_tables(subjects, lambda s: layout.timecourse_table(s, None, "variancepartition"))
+    paths = [layout.group_roi_table("variancepartitionsubjects", suffix="timecourse"),
+             layout.group_roi_table("variancepartition", suffix="timecourse"),
+             layout.group_roi_table("variancepartition", suffix="clusters")]
+    drv.write_tsv(paths[0], table, column_sidecar({**TIMECOURSE_PARTITION_COLUMNS, **SUBJECT_COLUMN},
+                                                  Description="Variance partitioning of all participants.",
+                                                  Subjects=subjects))
+    if table.empty:
+        return paths[:1]
+    summary, clusters, _ = _summarise(ctx, table.rename(columns={"component": "layer"}), subjects, "", "r2", rng,
+                                      None)
+    columns = {("component" if k == "layer" else k): v for k, v in GROUP_TIMECOURSE_COLUMNS.items()
+               if k not in ("model", "noise_ceiling_lower", "noise_ceiling_upper")}
+    columns["component"] = TIMECOURSE_PARTITION_COLUMNS["component"]
+    summary = summary.rename(columns={"layer": "component"})[list(columns)]
+    cluster_columns = {("component" if k == "layer" else k): v for k, v in CLUSTER_COLUMNS.items() if k != "model"}
+    clusters = clusters.rename(columns={"layer": "component"})[list(cluster_columns)]
+    drv.write_tsv(paths[1], summary, column_sidecar(columns, Description="Group time course of every variance "
+                                                    "component.", **common))
+    drv.write_tsv(paths[2], clusters, column_sidecar(cluster_columns, Description="Clusters of supra-threshold "
+                                                     "time points of every variance component.", **common))
+    return paths
+
+
 def group_meeg(ctx: Context, subjects: list[str]) -> list[Path]:
     """Group tables of every model and the temporal generalisation; returns the paths written."""
     stats_spec, meeg = ctx.spec.statistics, ctx.spec.meeg
@@ -263,6 +292,8 @@ def group_meeg(ctx: Context, subjects: list[str]) -> list[Path]:
                 LATENCY_COMPARISON_COLUMNS, Description="Latency differences between consecutive layers.",
                 **common))
             written += [paths["timecourse"], paths["clusters"], paths["latency"], paths["latencycomparisons"]]
+    if ctx.spec.analyses.variance_partitioning.enabled:
+        written += _group_partition(ctx, subjects, rng, common)
     if meeg.temporal_generalization:
         path = _group_generalization(ctx, subjects, rng)
         if path is not None:

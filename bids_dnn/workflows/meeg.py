@@ -27,7 +27,7 @@ from bids_dnn.workflows.meeg_epochs import (QUALITY_COLUMNS, SubjectEpochs, meeg
                                             unreadable_recordings)
 from bids_dnn.workflows.tables import column_sidecar
 
-__all__ = ["TIMECOURSE_RSA_COLUMNS", "TIMECOURSE_ENCODING_COLUMNS", "MEEG_SEED_STREAMS", "brain_rdm_stack",
+__all__ = ["TIMECOURSE_RSA_COLUMNS", "TIMECOURSE_ENCODING_COLUMNS", "TIMECOURSE_PARTITION_COLUMNS", "MEEG_SEED_STREAMS", "brain_rdm_stack",
            "fit_meeg_subject", "meeg_stage_key", "process_meeg_subject", "run_meeg_participants"]
 
 TIMECOURSE_RSA_COLUMNS = {
@@ -50,6 +50,13 @@ TIMECOURSE_ENCODING_COLUMNS = {
     "mean_r": "Mean over channels of the held-out r of the stimulus-averaged response (cross-validated over "
               "stimuli).",
     "max_r": "Largest held-out r over channels at this time.",
+}
+
+TIMECOURSE_PARTITION_COLUMNS = {
+    "subject": "Participant label.",
+    "component": "unique:<group> (variance only that group of model RDMs explains) or shared:<groups>.",
+    "time": "Time from the stimulus onset (s).",
+    "r2": "Share of the variance of the brain RDM at this time (analyses.variance_partitioning).",
 }
 
 #: SeedSequence words of a participant's random steps (folds, permutations, encoding folds)
@@ -165,6 +172,36 @@ def _encoding(ctx: Context, subject: str, model: str, layers: list[str], epochs:
     return pd.concat(rows, ignore_index=True)[list(TIMECOURSE_ENCODING_COLUMNS)], maps, times
 
 
+def _partition_rows(ctx: Context, subject: str, models: dict[str, dict[str, np.ndarray]], rdms: np.ndarray,
+                    times: np.ndarray) -> pd.DataFrame:
+    """Unique and shared variance of the brain RDM of every time point from the spec's groups of model
+    RDMs (``analyses.variance_partitioning``; ``model:layer`` or every layer of ``model``)."""
+    import scipy.stats
+
+    from bids_dnn.temporal import variance_partitioning_over_time
+
+    spec = ctx.spec.analyses.variance_partitioning
+
+    def prepare(vectors: np.ndarray) -> np.ndarray:
+        return scipy.stats.rankdata(vectors, axis=-1) if spec.rank_transform else vectors
+
+    groups = {}
+    for name, refs in spec.groups.items():
+        vectors = []
+        for ref in refs:
+            model, _, layer = ref.partition(":")
+            if layer and layer not in models[model]:
+                raise AnalysisError(f"analyses.variance_partitioning.groups.{name}: '{ref}' names no layer of "
+                                    f"{model}", f"layers: {', '.join(models[model])}")
+            vectors += [models[model][lay] for lay in ([layer] if layer else list(models[model]))]
+        groups[name] = prepare(np.stack(vectors))
+    result = variance_partitioning_over_time(prepare(rdms), groups, method=spec.method)
+    frames = [pd.DataFrame({"subject": subject, "component": component, "time": np.round(times, 6),
+                            "r2": np.asarray(values, dtype=np.float64)})
+              for component, values in result.components.items()]
+    return pd.concat(frames, ignore_index=True)[list(TIMECOURSE_PARTITION_COLUMNS)]
+
+
 def fit_meeg_subject(ctx: Context, subject: str, stimuli: StimulusSet,
                      models: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
     """Every time-resolved analysis of one participant; returns the outputs and a summary."""
@@ -224,6 +261,12 @@ def fit_meeg_subject(ctx: Context, subject: str, stimuli: StimulusSet,
                 "Description": "Held-out r of every layer (axis 0, as layers), channel (axis 1, as channels) and "
                 "time point (axis 2, as times, s).", "ModelLabel": model})
             outputs += [path, arrays]
+    if spec.analyses.variance_partitioning.enabled:
+        path = layout.timecourse_table(subject, None, "variancepartition")
+        drv.write_tsv(path, _partition_rows(ctx, subject, models, rdms, times), column_sidecar(
+            TIMECOURSE_PARTITION_COLUMNS, **base, Method=spec.analyses.variance_partitioning.method,
+            Groups=spec.analyses.variance_partitioning.groups))
+        outputs.append(path)
     return {"outputs": outputs, **summary}
 
 
@@ -238,7 +281,7 @@ def meeg_stage_key(ctx: Context, subject: str, stimuli: StimulusSet) -> str:
                        dict(sorted(ctx.feature_keys.items())), spec.rdm.model,
                        spec.meeg.model_dump(mode="json"), spec.stimuli.model_dump(mode="json"),
                        spec.analyses.rsa.model_dump(mode="json"), spec.analyses.encoding.model_dump(mode="json"),
-                       spec.statistics.seed)
+                       spec.analyses.variance_partitioning.model_dump(mode="json"), spec.statistics.seed)
 
 
 def process_meeg_subject(ctx: Context, subject: str, stimuli: StimulusSet,

@@ -170,7 +170,9 @@ def test_ready_made_epochs_give_the_same_rdms_as_the_recordings(small_eeg: Path,
 def test_time_resolved_encoding_follows_the_planted_windows(small_eeg: Path, tmp_path: Path) -> None:
     spec = _variant(small_eeg, tmp_path, "{tmin: -0.1, tmax: 0.4, resample_hz: 100, rdm: correlation, "
                     "temporal_generalization: false}",
-                    "analyses: {rsa: {enabled: false}, encoding: {enabled: true, n_folds: 6}}\n")
+                    "analyses: {rsa: {enabled: false}, encoding: {enabled: true, n_folds: 6},\n"
+                    "  variance_partitioning: {enabled: true, groups: {early: ['alexnet:features.2'], "
+                    "late: ['alexnet:classifier.4']}}}\n")
     out = tmp_path / "out"
     for level in ("participant", "group"):
         assert main([str(small_eeg), str(out), level, "--spec", str(spec), "--no-progress"]) == 0
@@ -182,3 +184,14 @@ def test_time_resolved_encoding_follows_the_planted_windows(small_eeg: Path, tmp
     assert arrays["r"].shape == (5, arrays["channels"].size, arrays["times"].size)
     group = read(out / "group" / f"task-{TASK}_model-alexnet_desc-encoding_timecourse.tsv")
     assert {"mean", "ci_low", "ci_high", "p_corrected"} <= set(group.columns)
+    partition = read(out / "group" / f"task-{TASK}_desc-variancepartition_timecourse.tsv")
+    peaks = {component: rows.set_index("time")["mean"].idxmax() for component, rows in partition.groupby("component")}
+    assert 0.07 <= peaks["unique:early"] <= 0.13 and 0.17 <= peaks["unique:late"] <= 0.23, peaks
+    assert "Variance partitioning over time" in (out / "group.html").read_text()
+
+
+def test_eeg_outputs_pass_the_bids_validator(eeg_run: dict) -> None:
+    from tests.integration.test_bids_outputs import _errors, _validate
+
+    errors = _errors(_validate(eeg_run["out"]))
+    assert errors == [], json.dumps(errors, indent=1)[:4000]
