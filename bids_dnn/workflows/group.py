@@ -280,30 +280,22 @@ def variance_partitioning(ctx: Context, subjects: list[str], rsa_tables: dict[st
 
     Returns the per-subject components and their summary (mean, SEM, one-sample t) per ROI.
     """
-    import scipy.stats
-
     from bids_dnn.stats.group_tests import one_sample_tests
     from bids_dnn.rsa.weighted import rdm_variance_partitioning
+    from bids_dnn.workflows.partition import partition_groups, partition_transform
 
     spec = ctx.spec.analyses.variance_partitioning
     measure = ctx.spec.rdm.model
 
-    def prepare(vectors: np.ndarray) -> np.ndarray:
-        return scipy.stats.rankdata(vectors, axis=-1) if spec.rank_transform else vectors
+    def rdm_of(group: str, model: str, layer: str) -> np.ndarray:
+        path = ctx.layout.model_rdm(model, layer, measure)
+        if not path.is_file():
+            raise InputMissingError(f"analyses.variance_partitioning.groups.{group}: no model RDM for "
+                                    f"'{model}:{layer}' ({path.name})", "check the layer name")
+        return relmat_vector(path)
 
-    groups = {}
-    for name, refs in spec.groups.items():
-        vectors = []
-        for ref in refs:
-            model, _, layer = ref.partition(":")
-            layers = [layer] if layer else list(dict.fromkeys(rsa_tables[model]["layer"]))
-            for lay in layers:
-                path = ctx.layout.model_rdm(model, lay, measure)
-                if not path.is_file():
-                    raise InputMissingError(f"analyses.variance_partitioning.groups.{name}: no model RDM for "
-                                            f"'{model}:{lay}' ({path.name})", "check the layer name")
-                vectors.append(relmat_vector(path))
-        groups[name] = prepare(np.stack(vectors))
+    groups = partition_groups(spec, lambda model: list(dict.fromkeys(rsa_tables[model]["layer"])), rdm_of)
+    prepare = partition_transform(spec)
     rows = []
     for roi, data in brain.items():
         result = rdm_variance_partitioning(groups, prepare(data), method=spec.method)

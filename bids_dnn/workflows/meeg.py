@@ -11,7 +11,6 @@ permutations -> temporal generalisation -> time-resolved encoding -> derivatives
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from bids_dnn.console import logger
-from bids_dnn.errors import AnalysisError, BidsDnnError, InputMissingError
+from bids_dnn.errors import AnalysisError, InputMissingError
 from bids_dnn.io import derivatives as drv
 from bids_dnn.io.stimuli import StimulusSet
 from bids_dnn.workflows.context import Context, subject_seed
@@ -176,25 +175,19 @@ def _partition_rows(ctx: Context, subject: str, models: dict[str, dict[str, np.n
                     times: np.ndarray) -> pd.DataFrame:
     """Unique and shared variance of the brain RDM of every time point from the spec's groups of model
     RDMs (``analyses.variance_partitioning``; ``model:layer`` or every layer of ``model``)."""
-    import scipy.stats
-
     from bids_dnn.temporal import variance_partitioning_over_time
+    from bids_dnn.workflows.partition import partition_groups, partition_transform
 
     spec = ctx.spec.analyses.variance_partitioning
 
-    def prepare(vectors: np.ndarray) -> np.ndarray:
-        return scipy.stats.rankdata(vectors, axis=-1) if spec.rank_transform else vectors
+    def rdm_of(group: str, model: str, layer: str) -> np.ndarray:
+        if layer not in models[model]:
+            raise AnalysisError(f"analyses.variance_partitioning.groups.{group}: '{model}:{layer}' names no layer "
+                                f"of {model}", f"layers: {', '.join(models[model])}")
+        return models[model][layer]
 
-    groups = {}
-    for name, refs in spec.groups.items():
-        vectors = []
-        for ref in refs:
-            model, _, layer = ref.partition(":")
-            if layer and layer not in models[model]:
-                raise AnalysisError(f"analyses.variance_partitioning.groups.{name}: '{ref}' names no layer of "
-                                    f"{model}", f"layers: {', '.join(models[model])}")
-            vectors += [models[model][lay] for lay in ([layer] if layer else list(models[model]))]
-        groups[name] = prepare(np.stack(vectors))
+    groups = partition_groups(spec, lambda model: list(models[model]), rdm_of)
+    prepare = partition_transform(spec)
     result = variance_partitioning_over_time(prepare(rdms), groups, method=spec.method)
     frames = [pd.DataFrame({"subject": subject, "component": component, "time": np.round(times, 6),
                             "r2": np.asarray(values, dtype=np.float64)})
@@ -287,43 +280,13 @@ def meeg_stage_key(ctx: Context, subject: str, stimuli: StimulusSet) -> str:
 def process_meeg_subject(ctx: Context, subject: str, stimuli: StimulusSet,
                          models: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
     """Run one participant's M/EEG stage unless its outputs are current (``--force`` redoes it)."""
-    from bids_dnn.workflows.provenance import read_status, write_provenance, write_status
-    from bids_dnn.workflows.stages import StageLedger, recorded_stages, removable_stages
+    from bids_dnn.report.meeg_report import build_meeg_participant_report
+    from bids_dnn.workflows.single_stage import SingleStage, process_single_stage
 
-    started = time.time()
-    key = meeg_stage_key(ctx, subject, stimuli)
-    previous = read_status(ctx.layout, subject)
-    ledger = StageLedger(ctx.layout.root, {} if ctx.options.force else recorded_stages(previous),
-                         recorded=removable_stages(previous))
-    ledger.remove_obsolete([name for name in removable_stages(previous) if name != "meeg"])
-    if ledger.is_current("meeg", key):
-        ledger.keep("meeg")
-        write_status(ctx, subject, {k: v for k, v in previous.items()
-                                    if k in ("subject", "n_epochs", "n_channels", "n_times", "models")},
-                     ledger, complete=True, run_id=previous.get("run_id"))
-        logger.info("sub-%s: time-resolved analyses up to date; nothing to do (--force recomputes)", subject)
-        return {"subject": subject, "skipped": True}
-    write_provenance(ctx, ctx.layout.log_dir(subject, ctx.run_id), {"subject": subject, "stages_computed": ["meeg"]})
-    result = fit_meeg_subject(ctx, subject, stimuli, models)
-    outputs = result.pop("outputs")
-    sidecars = [drv.sidecar_path(p) for p in outputs if drv.sidecar_path(p).is_file()]
-    ledger.record("meeg", key, [*outputs, *sidecars])
-    ledger.remove_obsolete(["meeg"])
-    summary = {"subject": subject, **result, "seconds": round(time.time() - started, 1)}
-    write_status(ctx, subject, summary, ledger, complete=True)
-    if ctx.spec.outputs.report:
-        try:
-            from bids_dnn.report.meeg_report import build_meeg_participant_report
-
-            build_meeg_participant_report(ctx.layout, subject, ctx.spec, ctx.run_id)
-        except Exception as exc:  # noqa: BLE001 - a figure must not lose the results
-            from bids_dnn.errors import output_space_error
-
-            if output_space_error(exc):
-                raise
-            logger.warning("sub-%s: report failed (%s); results are kept", subject, exc)
-    logger.info("sub-%s done in %.1f s", subject, summary["seconds"])
-    return summary
+    stage = SingleStage("meeg", "time-resolved analyses", ("n_epochs", "n_channels", "n_times", "models"),
+                        fit=lambda s: fit_meeg_subject(ctx, s, stimuli, models),
+                        report=lambda s: build_meeg_participant_report(ctx.layout, s, ctx.spec, ctx.run_id))
+    return process_single_stage(ctx, subject, stage, meeg_stage_key(ctx, subject, stimuli))
 
 
 def run_meeg_participants(ctx: Context) -> None:
@@ -332,7 +295,8 @@ def run_meeg_participants(ctx: Context) -> None:
     from bids_dnn.io.input_dataset import check_output_dataset, dataset_identity, record_output_dataset
     from bids_dnn.workflows.inputs import resolve_stimuli, write_stimulus_table
     from bids_dnn.workflows.model_features import model_rdms
-    from bids_dnn.workflows.provenance import CONTAINER_ENV, record_failure
+    from bids_dnn.workflows.provenance import CONTAINER_ENV
+    from bids_dnn.workflows.single_stage import run_participants_in_turn
 
     if not ctx.options.reports_only:  # empty or broken recordings stop their participants before any work
         unreadable = unreadable_recordings(ctx)
@@ -362,24 +326,5 @@ def run_meeg_participants(ctx: Context) -> None:
     logger.info("task %s (%s): %d stimuli, %d participant(s): %s", ctx.task, ctx.spec.modality.upper(),
                 stimuli.n_stimuli, len(ctx.subjects), ", ".join(ctx.subjects))
     models = model_rdms(ctx, stimuli)
-    failures: list[BidsDnnError] = []
-    for subject, exc in unreadable.items():
-        record_failure(ctx, subject, exc)
-        logger.error("sub-%s failed: %s", subject, exc)
-        failures.append(exc)
-    for subject in [s for s in ctx.subjects if s not in unreadable]:
-        try:
-            process_meeg_subject(ctx, subject, stimuli, models)
-        except BidsDnnError as exc:
-            record_failure(ctx, subject, exc)
-            if len(ctx.subjects) == 1:
-                raise
-            logger.error("sub-%s failed: %s", subject, exc)
-            failures.append(exc)
-    if failures:
-        error = AnalysisError(f"{len(failures)} of {len(ctx.subjects)} participants failed (each one's error is "
-                              "shown above)")
-        codes = {exc.exit_code for exc in failures}
-        if len(codes) == 1:
-            error.exit_code = codes.pop()
-        raise error
+    run_participants_in_turn(ctx, [s for s in ctx.subjects if s not in unreadable],
+                             lambda subject: process_meeg_subject(ctx, subject, stimuli, models), unreadable)

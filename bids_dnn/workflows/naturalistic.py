@@ -16,7 +16,6 @@ training and test); the penalty is chosen per voxel by inner cross-validation ov
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -520,53 +519,21 @@ def naturalistic_stage_key(ctx: Context, subject: str, models: dict[str, LoadedT
 
 def process_naturalistic_subject(ctx: Context, subject: str, models: dict[str, LoadedTimelineModel]) -> dict[str, Any]:
     """Run one participant's naturalistic stage unless its outputs are current (``--force`` redoes it)."""
-    from bids_dnn.workflows.provenance import read_status, write_provenance, write_status
-    from bids_dnn.workflows.stages import StageLedger, recorded_stages, removable_stages
+    from bids_dnn.report import build_naturalistic_participant_report
+    from bids_dnn.workflows.single_stage import SingleStage, process_single_stage
 
-    started = time.time()
-    key = naturalistic_stage_key(ctx, subject, models)
-    previous = read_status(ctx.layout, subject)
-    ledger = StageLedger(ctx.layout.root, {} if ctx.options.force else recorded_stages(previous),
-                         recorded=removable_stages(previous))
-    dropped = [name for name in removable_stages(previous) if name != "naturalistic"]
-    ledger.remove_obsolete(dropped)
-    if ledger.is_current("naturalistic", key):
-        ledger.keep("naturalistic")
-        write_status(ctx, subject, {k: v for k, v in previous.items() if k in ("subject", "n_runs", "n_voxels",
-                                                                                "noise_ceiling", "models")},
-                     ledger, complete=True, run_id=previous.get("run_id"))
-        logger.info("sub-%s: time-series encoding up to date; nothing to do (--force recomputes)", subject)
-        return {"subject": subject, "skipped": True}
+    stage = SingleStage("naturalistic", "time-series encoding", ("n_runs", "n_voxels", "noise_ceiling", "models"),
+                        fit=lambda s: fit_naturalistic_subject(ctx, s, models),
+                        report=lambda s: build_naturalistic_participant_report(ctx.layout, s, ctx.spec, ctx.run_id))
     logger.info("sub-%s: time-series encoding of %d model(s)", subject, len(models))
-    write_provenance(ctx, ctx.layout.log_dir(subject, ctx.run_id), {"subject": subject,
-                                                                    "stages_computed": ["naturalistic"]})
-    result = fit_naturalistic_subject(ctx, subject, models)
-    outputs = result.pop("outputs")
-    sidecars = [drv.sidecar_path(p) for p in outputs if drv.sidecar_path(p).is_file()]
-    ledger.record("naturalistic", key, [*outputs, *sidecars])
-    ledger.remove_obsolete(["naturalistic"])
-    summary = {"subject": subject, **result, "seconds": round(time.time() - started, 1)}
-    write_status(ctx, subject, summary, ledger, complete=True)
-    if ctx.spec.outputs.report:
-        try:
-            from bids_dnn.report import build_naturalistic_participant_report
-
-            build_naturalistic_participant_report(ctx.layout, subject, ctx.spec, ctx.run_id)
-        except Exception as exc:  # noqa: BLE001 - a figure must not lose the results
-            from bids_dnn.errors import output_space_error
-
-            if output_space_error(exc):
-                raise
-            logger.warning("sub-%s: report failed (%s); results are kept", subject, exc)
-    logger.info("sub-%s done in %.1f s", subject, summary["seconds"])
-    return summary
+    return process_single_stage(ctx, subject, stage, naturalistic_stage_key(ctx, subject, models))
 
 
 def run_naturalistic_participants(ctx: Context) -> None:
     """Participant level of ``design: naturalistic``: models loaded once, then every participant."""
-    from bids_dnn.errors import BidsDnnError
     from bids_dnn.io.input_dataset import check_output_dataset, dataset_identity, record_output_dataset
-    from bids_dnn.workflows.provenance import CONTAINER_ENV, record_failure
+    from bids_dnn.workflows.provenance import CONTAINER_ENV
+    from bids_dnn.workflows.single_stage import run_participants_in_turn
 
     if ctx.options.reports_only:
         from bids_dnn.report import rebuild_participant_reports
@@ -581,20 +548,4 @@ def run_naturalistic_participants(ctx: Context) -> None:
     ctx.dataset = record_output_dataset(out_dir, identity, record, ctx.options.force)
     drv.remove_stale_temporaries(out_dir)
     logger.info("task %s (naturalistic): %d participant(s): %s", ctx.task, len(ctx.subjects), ", ".join(ctx.subjects))
-    failures = []
-    for subject in ctx.subjects:
-        try:
-            process_naturalistic_subject(ctx, subject, models)
-        except BidsDnnError as exc:
-            record_failure(ctx, subject, exc)
-            if len(ctx.subjects) == 1:
-                raise
-            logger.error("sub-%s failed: %s", subject, exc)
-            failures.append(exc)
-    if failures:
-        error = AnalysisError(f"{len(failures)} of {len(ctx.subjects)} participants failed (each one's error is "
-                              "shown above)")
-        codes = {exc.exit_code for exc in failures}
-        if len(codes) == 1:
-            error.exit_code = codes.pop()
-        raise error
+    run_participants_in_turn(ctx, ctx.subjects, lambda subject: process_naturalistic_subject(ctx, subject, models))
