@@ -42,33 +42,49 @@ def _optional_transformers():  # noqa: ANN202 - the module
 
 
 def write_text_model(folder: Path, corpus: Sequence[str], vocab_size: int = 400) -> Path:
-    """A BERT-style encoder configuration and a WordPiece tokenizer trained on ``corpus``.
+    """A BERT-style encoder configuration and a WordPiece tokenizer whose vocabulary is the corpus's.
+
+    The vocabulary depends on the corpus only (a trained WordPiece vocabulary does not: the
+    ``tokenizers`` trainer breaks ties between equally frequent merges in hash-map order, so two
+    trainings on one corpus gave 285 or 286 entries and other token ids, hence other embeddings of
+    a word under one ``init_seed``): the special tokens (ids 0-4), then the corpus's characters,
+    their ``##`` continuations and its whole words (lower-cased, split on whitespace and
+    punctuation), each sorted, so every word of the corpus is one token.
 
     Parameters
     ----------
     folder : Path
         Created; receives ``config.json`` and the tokenizer files (``save_pretrained``).
     corpus : sequence of str
-        Texts the tokenizer's vocabulary is learnt from (lower-cased, split on whitespace and
-        punctuation).
+        Texts the vocabulary is taken from.
     vocab_size : int
-        Largest vocabulary (the corpus may give fewer entries).
+        Largest vocabulary.
 
     Returns
     -------
     Path
         ``folder``.
+
+    Raises
+    ------
+    ValueError
+        The corpus needs more than ``vocab_size`` entries.
     """
+    import re
+
     transformers = _optional_transformers()
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    words = sorted({w for text in corpus for w in re.findall(r"\w+|[^\w\s]", text.lower())})
+    chars = sorted({c for w in words for c in w})
+    tokens = special + chars + ["##" + c for c in chars] + [w for w in words if len(w) > 1]
+    if len(tokens) > vocab_size:
+        raise ValueError(f"the corpus needs {len(tokens)} vocabulary entries, more than vocab_size {vocab_size}")
+    tokenizer = Tokenizer(models.WordPiece({token: i for i, token in enumerate(tokens)}, unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tokenizer.decoder = decoders.WordPiece()
-    tokenizer.train_from_iterator(list(corpus), trainers.WordPieceTrainer(vocab_size=vocab_size,
-                                                                            special_tokens=special))
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id),

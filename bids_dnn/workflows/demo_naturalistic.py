@@ -352,38 +352,8 @@ def _write_stories(directory: Path, n_distinct: int, seconds: float,
     """The tiny text model's folder (``code/models/textnet``) and the distinct stories' events."""
     from bids_dnn.dnn.demo_models import write_text_model
 
-    folder = write_text_model(directory / "code" / TEXT_MODEL_FOLDER, _corpus())
-    _fix_vocabulary(folder, _corpus())
+    write_text_model(directory / "code" / TEXT_MODEL_FOLDER, _corpus())
     return [story_events(seconds, rng) for _ in range(n_distinct)]
-
-
-def _fix_vocabulary(folder: Path, corpus: list[str]) -> None:
-    """Replace the trained WordPiece vocabulary by one that depends on the corpus only.
-
-    The ``tokenizers`` trainer breaks ties between equally frequent merges in hash-map order, so
-    two trainings on one corpus give different intermediate sub-words and token ids (285 or 286
-    entries on the demo corpus), hence different embeddings of a word under one ``init_seed``,
-    and the same seed would not give the same dataset. The vocabulary here: the special tokens
-    at their trained ids (0-4, which the post-processor names), then the corpus's characters,
-    their ``##`` continuations and its whole words, each sorted; every word of the grammar is
-    one token.
-    """
-    import json
-
-    tokenizer_file = folder / "tokenizer.json"
-    data = json.loads(tokenizer_file.read_text(encoding="utf-8"))
-    specials = [t["content"] for t in sorted(data["added_tokens"], key=lambda t: t["id"])]
-    if [t["id"] for t in data["added_tokens"]] != list(range(len(specials))):
-        raise RuntimeError("the text model's special tokens are not its first ids")  # pragma: no cover
-    words = sorted({w for text in corpus for w in re.findall(r"\w+|[^\w\s]", text.lower())})
-    chars = sorted({c for w in words for c in w})
-    tokens = specials + chars + ["##" + c for c in chars] + [w for w in words if len(w) > 1]
-    data["model"]["vocab"] = {token: index for index, token in enumerate(tokens)}
-    tokenizer_file.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    config_file = folder / "config.json"
-    config = json.loads(config_file.read_text(encoding="utf-8"))
-    config["vocab_size"] = len(tokens)
-    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 # ---------------------------------------------------------------------------------------
