@@ -17,11 +17,12 @@ Pipeline of :func:`timeseries_encoding`
        chosen on whole held-out runs; with a single training run (2 runs in all) they fall back
        to shuffled K-fold over its samples, with a warning.
     4. One feature space: :func:`bids_dnn.encoding.cross_validated_ridge`; several:
-       :func:`bids_dnn.encoding.banded_ridge` (himalaya's ``MultipleKernelRidgeCV``, random
-       search over the spaces' kernel weights; per voxel weights, alpha and the split of R2
-       over spaces). Both re-centre (and, with ``standardize_features``, re-scale) the
-       delayed features and apply the optional PCA with statistics of the outer *training*
-       samples only, and fit the intercept within every inner training fold.
+       :func:`bids_dnn.encoding.banded_ridge` (the random search of himalaya's
+       ``MultipleKernelRidgeCV`` over the spaces' kernel weights, batched over voxels, with the
+       same choices; per voxel weights, alpha and the split of R2 over spaces). Both
+       re-centre (and, with ``standardize_features``, re-scale) the delayed features and
+       apply the optional PCA with statistics of the outer *training* samples only, and fit
+       the intercept within every inner training fold.
 
 No leakage
     A held-out run enters its fold only as test data: its features are z-scored and delayed
@@ -42,11 +43,14 @@ Memory
     dtype) and the out-of-fold predictions (``n_samples x n_voxels`` in the compute dtype,
     kept in the result only with ``keep_predictions=True``) are held in full. The working set
     of the solver is bounded by ``memory_budget_bytes``: target batches of
-    :func:`cross_validated_ridge` (free: its decompositions are shared by all batches), or
-    voxel batches of :func:`banded_ridge`, each a separate himalaya fit that repeats the
-    target-independent work (a kernel eigendecomposition per weight candidate and inner fold),
-    so a larger budget is faster there; within a batch himalaya runs over sub-batches of
-    voxels (``n_targets_batch``) sized to a quarter of the budget.
+    :func:`cross_validated_ridge`, or of :func:`banded_ridge` (its random search and refit, see
+    :func:`banded_batches`). Neither repeats work per batch: each outer fold's decompositions
+    (ridge: of the training Gram matrix; banded: of every candidate's weighted kernel sum, per
+    inner split) are computed once and every batch of voxels streams through them, so the
+    budget changes neither the results nor, beyond a few hundred voxels per batch, the speed.
+    On top of the batches, a banded fold holds its kernels (about ``(3 n_spaces + 2)
+    n_train^2`` float64 values) and one inner split's per-alpha resolution matrices
+    (``n_alphas x n_validation x n_inner_train`` in the compute dtype).
 """
 
 from __future__ import annotations
@@ -58,14 +62,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from bids_dnn.backend import float_dtype
-from bids_dnn.encoding import banded_ridge, cross_validated_ridge, inner_folds_for, make_folds, pearson_columns
+from bids_dnn.encoding import banded_ridge, cross_validated_ridge, inner_folds_for, make_folds
 from bids_dnn.timeseries.delays import _check_delays, delay_features
 from bids_dnn.timeseries.scaling import zscore_by_run
 
 __all__ = ["DEFAULT_BANDED_MEMORY_BYTES", "TimeseriesEncodingResult", "timeseries_encoding", "banded_batches"]
 
-#: default working-memory budget of one voxel batch of the banded solver (4 GiB)
-DEFAULT_BANDED_MEMORY_BYTES = 4 * 2**30
+#: default working-memory budget of one voxel batch of the banded solver (512 MiB)
+DEFAULT_BANDED_MEMORY_BYTES = 512 * 2**20
+#: working set of one chunk of voxels of the banded random search
+_SEARCH_CHUNK_BYTES = 8 * 2**20
 
 
 @dataclass
@@ -133,18 +139,18 @@ def banded_batches(n_voxels: int, folds: Sequence[tuple[np.ndarray, np.ndarray]]
                    memory_budget_bytes: int | None = None) -> tuple[int, int]:
     """Voxel batch sizes of the banded solver that keep its working set within a budget.
 
-    The working set of one call of :func:`bids_dnn.encoding.banded_ridge` over ``b`` voxels
-    is modelled as ``b * per_voxel + min(b, b_inner) * per_inner`` bytes, with (``n``
-    samples, ``S`` spaces, ``n_tr`` / ``n_te`` / ``n_val`` the largest outer training / test
-    and inner validation sets, ``A`` alphas, ``K`` inner folds, ``i`` the compute itemsize)::
+    :func:`bids_dnn.encoding.banded_ridge` streams the voxels through each outer fold's
+    decompositions in batches; a batch of ``b`` voxels needs ``b * per_voxel`` bytes, with
+    (``n_tr`` / ``n_te`` the largest outer training / test set, ``n_in`` / ``n_val`` the
+    largest inner training / validation set, ``S`` spaces, ``i`` the compute itemsize)::
 
-        per_voxel = n (i + 8 (2 S + 4)) + 6 n_tr i + 8 (S + 2) n_te + (K A + n_iter) i
-        per_inner = A max(n_tr, n_val) i + 2 n_tr i
+        per_voxel = max((n_in + 3 n_val) i, (2 n_tr + (S + 3) n_te) 8)
 
-    (banded_ridge's float64 split / score arrays; himalaya's copies of the responses, refit
-    weights and score table; himalaya's per-sub-batch predictions for every alpha and refit
-    weights for every alpha in use). ``b_inner`` (himalaya's ``n_targets_batch``) gets a
-    quarter of the budget.
+    (the search: inner training and validation responses and a prediction buffer, plus a
+    temporary on a non-NumPy backend; the float64 refit: training responses and dual weights,
+    per-space test predictions, their sum, the test responses and a temporary). The number of
+    alphas and candidates only adds a per-voxel score table held for all voxels
+    (``n_inner x n_alphas`` values), not per batch.
 
     Parameters
     ----------
@@ -154,29 +160,31 @@ def banded_batches(n_voxels: int, folds: Sequence[tuple[np.ndarray, np.ndarray]]
     inner : sequence of sequence of (train, validation)
         Inner folds of each outer fold.
     n_spaces, n_alphas, n_iter, itemsize : int
+        ``n_alphas`` and ``n_iter`` are accepted for the callers' convenience; they do not
+        change the batch.
     memory_budget_bytes : int, optional
         Default :data:`DEFAULT_BANDED_MEMORY_BYTES`.
 
     Returns
     -------
-    batch, inner_batch : int
-        Voxels per banded_ridge call (at least 64, at most ``n_voxels``) and himalaya's
-        ``n_targets_batch`` (at most ``batch``).
+    batch : int
+        Voxels per batch (at least 64, at most ``n_voxels``).
+    inner_batch : int
+        Voxels per chunk of the search (at most ``batch``): as many as fit 8 MiB with their
+        inner training and validation responses and a prediction buffer (``(n_in + 2 n_val) i``
+        bytes each; at least 64; a few hundred voxels already run its per-alpha products at full
+        BLAS speed). Given to ``banded_ridge`` (and to himalaya, for the same batches) as
+        ``n_targets_batch``.
     """
     budget = DEFAULT_BANDED_MEMORY_BYTES if memory_budget_bytes is None else int(memory_budget_bytes)
-    n = sum(len(t) for t in folds[0])
     n_tr = max(len(t) for t, _ in folds)
     n_te = max(len(v) for _, v in folds)
+    n_in = max((len(t) for fold in inner for t, _ in fold if t is not None), default=n_tr)
     n_val = max((len(v) for fold in inner for _, v in fold), default=n_tr)
-    n_inner = max((len(fold) for fold in inner), default=1)
-    i, s, a = int(itemsize), int(n_spaces), int(n_alphas)
-    per_voxel = n * (i + 8 * (2 * s + 4)) + 6 * n_tr * i + 8 * (s + 2) * n_te + (n_inner * a + int(n_iter)) * i
-    per_inner = a * max(n_tr, n_val) * i + 2 * n_tr * i
-    n_voxels = max(int(n_voxels), 1)
-    inner_batch = max(16, (budget // 4) // per_inner)
-    batch = (budget - min(inner_batch, n_voxels) * per_inner) // per_voxel
-    batch = int(min(n_voxels, max(64, batch)))
-    return batch, int(min(batch, inner_batch))
+    per_voxel = max((n_in + 3 * n_val) * int(itemsize), (2 * n_tr + (int(n_spaces) + 3) * n_te) * 8)
+    batch = int(min(max(int(n_voxels), 1), max(64, budget // per_voxel)))
+    inner_batch = int(min(batch, max(64, _SEARCH_CHUNK_BYTES // ((n_in + 2 * n_val) * int(itemsize)))))
+    return batch, inner_batch
 
 
 def _check_runs(runs: np.ndarray, n_samples: int) -> np.ndarray:
@@ -302,25 +310,13 @@ def timeseries_encoding(feature_spaces: Mapping[str, np.ndarray], bold: np.ndarr
         batch, inner_batch = banded_batches(n_voxels, folds, inner, len(spaces), alphas_arr.size, n_iter, itemsize,
                                             memory_budget_bytes)
         res = banded_ridge(spaces, y, folds, alphas, target_batch=batch, solver="random_search", n_iter=int(n_iter),
-                           concentration=tuple(concentration),
-                           solver_params={"n_targets_batch": inner_batch, "n_targets_batch_refit": inner_batch},
+                           concentration=tuple(concentration), solver_params={"n_targets_batch": inner_batch},
                            **common)
         split, intercept, weights = res.r2_split, res.r2_intercept, res.space_weights
         model = "banded"
     return TimeseriesEncodingResult(
-        r=res.r, r2=res.r2, fold_r=res.fold_r if model == "ridge" else _fold_r(y, res.predictions, folds),
-        fold_r2=res.fold_r2,
+        r=res.r, r2=res.r2, fold_r=res.fold_r, fold_r2=res.fold_r2,
         alphas=res.alphas, r2_split=split, r2_intercept=intercept, space_weights=weights,
         predictions=res.predictions if keep_predictions else None, fold_ids=fold_ids, fold_runs=fold_runs,
         space_names=names, n_features=tuple(s.shape[1] for s in spaces), delays=delays, model=model)
 
-
-def _fold_r(y: np.ndarray, predictions: np.ndarray, folds: Sequence[tuple[np.ndarray, np.ndarray]],
-            chunk: int = 4096) -> np.ndarray:
-    """(n_folds, n_voxels) Pearson r within each test fold (``BandedResult`` keeps only its mean)."""
-    out = np.full((len(folds), y.shape[1]), np.nan)
-    for k, (_, test) in enumerate(folds):
-        for start in range(0, y.shape[1], chunk):
-            cols = slice(start, min(start + chunk, y.shape[1]))
-            out[k, cols] = pearson_columns(y[test, cols], predictions[test, cols])
-    return out

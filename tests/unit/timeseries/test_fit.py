@@ -158,17 +158,17 @@ def test_memory_budget_batches_do_not_change_results(rng):
 def test_banded_batches_respect_the_budget():
     runs = np.repeat(np.arange(4), 750)
     folds = [(np.flatnonzero(runs != r), np.flatnonzero(runs == r)) for r in range(4)]
-    inner = [[(None, np.arange(750))] * 3] * 4
+    inner = [[(np.arange(1500), np.arange(750))] * 3] * 4
     sizes = []
     for budget in (2**28, 2**30, 2**32):
         batch, inner_batch = banded_batches(10**6, folds, inner, 2, 13, 20, 4, budget)
-        per_voxel = 3000 * (4 + 8 * 8) + 6 * 2250 * 4 + 8 * 4 * 750 + (3 * 13 + 20) * 4
-        per_inner = 13 * 2250 * 4 + 2 * 2250 * 4
-        assert batch * per_voxel + inner_batch * per_inner <= budget
-        assert inner_batch <= batch
+        per_voxel = max((1500 + 3 * 750) * 4, (2 * 2250 + 5 * 750) * 8)   # search / float64 refit
+        assert batch * per_voxel <= budget < (batch + 1) * per_voxel
+        assert inner_batch == min(batch, 8 * 2**20 // ((1500 + 2 * 750) * 4))     # 8 MiB search chunks
         sizes.append(batch)
     assert sizes[0] < sizes[1] < sizes[2]
     assert banded_batches(100, folds, inner, 2, 13, 20, 4, 2**40) == (100, 100)
+    assert banded_batches(10**6, folds, inner, 2, 13, 20, 4, 1) == (64, 64)
 
 
 def test_bad_voxels_and_errors(rng):
