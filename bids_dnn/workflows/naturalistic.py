@@ -229,7 +229,8 @@ def timeline_features(ctx: Context, model_spec: Any, loaded: Any, layers: list[s
 def run_bold(ctx: Context, run: RunInputs, mask: np.ndarray) -> np.ndarray:
     """A run's BOLD in ``mask`` (n_volumes, n_voxels), cleaned of the spec's confounds, linear
     trends and cosine drifts below ``brain.glm.high_pass_hz`` (nilearn ``signal.clean``; no
-    standardisation: the fit z-scores per run)."""
+    standardisation: the fit z-scores per run). Cleaned in float64, returned as float32 (half
+    the memory of a participant's runs; the time-series fit works in float32)."""
     from nilearn import signal
 
     from bids_dnn.brain.confounds import select_confounds
@@ -248,8 +249,9 @@ def run_bold(ctx: Context, run: RunInputs, mask: np.ndarray) -> np.ndarray:
         values = values[:, np.nanstd(values, axis=0) > 0]
         confounds = np.nan_to_num(values) if values.size else None
     high_pass = glm.high_pass_hz if glm.drift_model == "cosine" and glm.high_pass_hz > 0 else None
-    return signal.clean(data, confounds=confounds, detrend=True, standardize=None, high_pass=high_pass,
-                        t_r=run.t_r)
+    cleaned = signal.clean(data, confounds=confounds, detrend=True, standardize=None, high_pass=high_pass,
+                           t_r=run.t_r)
+    return cleaned.astype(np.float32)
 
 
 def tr_features(times: np.ndarray, features: dict[str, np.ndarray], n_volumes: int, t_r: float, kind: str,
@@ -381,20 +383,22 @@ def fit_naturalistic_subject(ctx: Context, subject: str, models: dict[str, Loade
         columns = np.flatnonzero(np.logical_or.reduce(list(in_mask.values())))
     else:
         columns = np.arange(int(mask.sum()))
+    # one run cleaned at a time; the participant's series kept once, float32, z-scored per run
     bold_runs = [run_bold(ctx, run, mask)[:, columns] for run in runs]
-    run_index = np.concatenate([np.full(b.shape[0], i) for i, b in enumerate(bold_runs)])
+    lengths = [b.shape[0] for b in bold_runs]
+    run_index = np.repeat(np.arange(len(runs)), lengths)
     bold = zscore_by_run(np.concatenate(bold_runs), run_index)
+    del bold_runs
     groups_of = {identity: g for g, identity in enumerate(dict.fromkeys(t.identity for t in timelines))}
-    groups = np.concatenate([np.full(b.shape[0], groups_of[t.identity]) for t, b in zip(timelines, bold_runs)])
+    groups = np.repeat([groups_of[t.identity] for t in timelines], lengths)
     if len(groups_of) < 2:
         raise AnalysisError(f"sub-{subject}: leave-one-run-out needs at least 2 runs with different stimuli "
                             f"(found {len(groups_of)})")
     ceiling = np.full(columns.size, np.nan)
     repeated = [[i for i, t in enumerate(timelines) if t.identity == identity] for identity in groups_of]
-    repeated = [idx for idx in repeated if len(idx) >= 2 and len({bold_runs[i].shape[0] for i in idx}) == 1]
+    repeated = [idx for idx in repeated if len(idx) >= 2 and len({lengths[i] for i in idx}) == 1]
     if repeated:
-        ceilings = [repeat_noise_ceiling(np.stack([zscore_by_run(bold_runs[i], np.zeros(bold_runs[i].shape[0]))
-                                                   for i in idx])) for idx in repeated]
+        ceilings = [repeat_noise_ceiling(np.stack([bold[run_index == i] for i in idx])) for idx in repeated]
         ceiling = np.nanmean(np.stack(ceilings), axis=0)
     affine = reference.affine
     roi_columns = {roi: np.flatnonzero(m[columns]) for roi, m in in_mask.items()}
@@ -425,10 +429,10 @@ def fit_naturalistic_subject(ctx: Context, subject: str, models: dict[str, Loade
     for model, entry in models.items():
         spaces: dict[str, np.ndarray] = {}
         per_run: dict[str, list[np.ndarray]] = {layer: [] for layer in entry.layers}
-        for timeline, bold_run in zip(timelines, bold_runs):
+        for timeline, n_volumes in zip(timelines, lengths):
             times, features = timeline_features(ctx, entry.spec, entry.loaded, entry.layers, timeline, device,
                                                 entry.cache)
-            resampled = tr_features(times, features, bold_run.shape[0], t_r, timeline.kind, spec.lanczos_window)
+            resampled = tr_features(times, features, n_volumes, t_r, timeline.kind, spec.lanczos_window)
             for layer in entry.layers:
                 per_run[layer].append(resampled[layer])
         for layer in entry.layers:
