@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from bids_dnn.errors import InputMissingError
+from bids_dnn.io.pyav import import_av, short_error
 
 __all__ = ["AUDIO_HINT", "PYAV_AUDIO_HINT", "AudioClip", "audio_problem", "crop_length", "load_audio",
            "resample_audio"]
@@ -78,22 +79,6 @@ class AudioClip:
     original_rate: int
     n_channels: int
     cropped: bool
-
-
-def _import_av() -> Any:
-    """PyAV, or a clear error naming the extra to install."""
-    try:
-        import av
-    except ImportError:
-        raise InputMissingError("sound stimuli need PyAV (the Python package 'av'), which is not installed",
-                                PYAV_AUDIO_HINT) from None
-    return av
-
-
-def _short(exc: BaseException, path: Path) -> str:
-    detail = str(exc).replace(str(path), path.name)
-    detail = detail if len(detail) <= 100 else detail[:97] + "..."
-    return f"{exc.__class__.__name__}: {detail}"
 
 
 class _AudioProblem(Exception):
@@ -204,7 +189,7 @@ def load_audio(path: Path, sample_rate: int | None = None, max_seconds: float | 
     InputMissingError
         PyAV missing, or the file cannot be decoded, has no audio stream or no samples (exit 66).
     """
-    av = _import_av()
+    av = import_av("sound stimuli", PYAV_AUDIO_HINT)
     path = Path(path)
     try:
         with av.open(str(path)) as container:
@@ -230,7 +215,7 @@ def load_audio(path: Path, sample_rate: int | None = None, max_seconds: float | 
     except _AudioProblem as exc:
         raise InputMissingError(f"{path.name}: not a readable sound ({exc})", AUDIO_HINT) from None
     except Exception as exc:  # noqa: BLE001 - FFmpeg errors come in many types
-        raise InputMissingError(f"{path.name}: not a readable sound ({_short(exc, path)})", AUDIO_HINT) from None
+        raise InputMissingError(f"{path.name}: not a readable sound ({short_error(exc, path)})", AUDIO_HINT) from None
     if not total:
         raise InputMissingError(f"{path.name}: empty sound (0 samples)", AUDIO_HINT)
     target = int(sample_rate) if sample_rate else original_rate
@@ -264,7 +249,7 @@ def audio_problem(path: Path) -> str | None:
     InputMissingError
         PyAV is not installed.
     """
-    av = _import_av()
+    av = import_av("sound stimuli", PYAV_AUDIO_HINT)
     path = Path(path)
     total, audible = 0, False
     try:
@@ -275,7 +260,7 @@ def audio_problem(path: Path) -> str | None:
     except _AudioProblem as exc:
         return f"{path.name}: not a readable sound ({exc})"
     except Exception as exc:  # noqa: BLE001 - FFmpeg errors come in many types
-        return f"{path.name}: not a readable sound ({_short(exc, path)})"
+        return f"{path.name}: not a readable sound ({short_error(exc, path)})"
     if not total:
         return f"{path.name}: empty sound (0 samples)"
     if not audible:

@@ -18,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from bids_dnn.errors import InputMissingError
+from bids_dnn.io.pyav import import_av, short_error
 from bids_dnn.io.audio import audio_problem, load_audio
 from bids_dnn.io.text import load_text, text_problem
 
@@ -64,22 +65,6 @@ def is_video(path: Path | str) -> bool:
     return Path(path).suffix.lower() in VIDEO_EXTENSIONS
 
 
-def _import_av() -> Any:
-    """PyAV, or a clear error naming the extra to install."""
-    try:
-        import av
-    except ImportError:
-        raise InputMissingError("video stimuli need PyAV (the Python package 'av'), which is not installed",
-                                VIDEO_EXTRA_HINT) from None
-    return av
-
-
-def _short(exc: BaseException, path: Path) -> str:
-    detail = str(exc).replace(str(path), path.name)
-    detail = detail if len(detail) <= 100 else detail[:97] + "..."
-    return f"{exc.__class__.__name__}: {detail}"
-
-
 def check_stimulus_file(path: Path) -> str | None:
     """A reason why ``path`` is not a usable stimulus (``"<name>: <reason>"``), or None.
 
@@ -112,12 +97,12 @@ def _check_image(path: Path) -> str | None:
     try:  # decoded and converted as for extraction (a mode it refuses is listed here), at a reduced size
         load_image(path, CHECK_SHORTER_SIDE)
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for corrupt images
-        return f"{path.name}: not a readable image ({_short(exc, path)})"
+        return f"{path.name}: not a readable image ({short_error(exc, path)})"
     return None
 
 
 def _check_video(path: Path) -> str | None:
-    av = _import_av()
+    av = import_av("video stimuli", VIDEO_EXTRA_HINT)
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
@@ -132,7 +117,7 @@ def _check_video(path: Path) -> str | None:
                 return (f"{path.name}: not a readable video (frames end at {timing.duration:.2f} s of the "
                         f"declared {declared:.2f} s; truncated?)")
     except Exception as exc:  # noqa: BLE001 - FFmpeg errors come in many types
-        return f"{path.name}: not a readable video ({_short(exc, path)})"
+        return f"{path.name}: not a readable video ({short_error(exc, path)})"
     return None
 
 
@@ -235,7 +220,7 @@ def load_video(path: Path, fps: float = 2.0, n_frames: int | None = None) -> lis
     InputMissingError
         PyAV missing, or the file cannot be decoded.
     """
-    av = _import_av()
+    av = import_av("video stimuli", VIDEO_EXTRA_HINT)
     path = Path(path)
     try:
         with av.open(str(path)) as container:
@@ -264,7 +249,7 @@ def load_video(path: Path, fps: float = 2.0, n_frames: int | None = None) -> lis
     except InputMissingError:
         raise
     except Exception as exc:  # noqa: BLE001 - FFmpeg errors come in many types
-        raise InputMissingError(f"{path.name}: not a readable video ({_short(exc, path)})",
+        raise InputMissingError(f"{path.name}: not a readable video ({short_error(exc, path)})",
                                 "re-encode or replace the video") from None
 
 

@@ -275,6 +275,18 @@ def _montage(figures: Any, name: str, groups: list[tuple[str, list[tuple[str, An
                           (max(4.5, 1.4 * per_row + 2.0), 1.45 * rows + 0.3), alt, caption)
 
 
+def _extremes_montage(figures: Any, name: str, rows: pd.DataFrame, columns: tuple[str, str], shown: int,
+                      thumbnails: ThumbnailCache, alt: str, caption: str) -> Block:
+    """Four rows of thumbnails: the ``shown`` highest and lowest stimuli by the measured column,
+    then by the predicted column (``columns``: measured, predicted)."""
+    groups = []
+    for column, what in zip(columns, ("measured", "predicted")):
+        top, bottom = extreme_stimuli(rows, column, shown)
+        groups += [(f"highest\n{what}", _tiles(top, column, thumbnails)),
+                   (f"lowest\n{what}", _tiles(bottom, column, thumbnails))]
+    return _montage(figures, name, groups, alt, caption)
+
+
 def _tiles(rows: pd.DataFrame, column: str, thumbnails: ThumbnailCache) -> list[tuple[str, Any]]:
     return [(f"{row['stim_id']} ({fmt_sig(3)(row[column])})", thumbnails(str(row["stim_id"])))
             for _, row in rows.iterrows()]
@@ -346,15 +358,9 @@ def participant_drivers_section(ctx: ParticipantContext, section: Section) -> No
         section.kv([("layer", layer), ("held-out r of that layer (fold mean)", f"{r:.3f}"),
                     ("stimuli", len(rows))], id=f"drivers-{roi}-summary")
         shown = min(n_top, MONTAGE_MAX_PER_END)
-        top_m, bottom_m = extreme_stimuli(rows, "measured", shown)
-        top_p, bottom_p = extreme_stimuli(rows, "predicted", shown)
-        section.add(_montage(
-            ctx.figures, f"sub-{ctx.subject}_model-{model}_label-{roi}_desc-drivers_montage",
-            [("highest\nmeasured", _tiles(top_m, "measured", thumbnails)),
-             ("lowest\nmeasured", _tiles(bottom_m, "measured", thumbnails)),
-             ("highest\npredicted", _tiles(top_p, "predicted", thumbnails)),
-             ("lowest\npredicted", _tiles(bottom_p, "predicted", thumbnails))],
-            f"stimuli driving ROI {roi}",
+        section.add(_extremes_montage(
+            ctx.figures, f"sub-{ctx.subject}_model-{model}_label-{roi}_desc-drivers_montage", rows,
+            ("measured", "predicted"), shown, thumbnails, f"stimuli driving ROI {roi}",
             f"The {shown} stimuli with the highest and the lowest measured mean response of ROI {roi}, and those with "
             f"the highest and the lowest held-out predicted response (layer {layer}); in brackets the response. "
             "Lowest first in the 'lowest' rows."))
@@ -432,15 +438,9 @@ def group_drivers_section(ctx: GroupContext, section: Section) -> None:
                     ("participants", fmt_int(rows["n_subjects"].max()) if "n_subjects" in rows else "n/a"),
                     ("stimuli", len(rows))], id=f"group-drivers-{roi}-summary")
         shown = min(n_top, MONTAGE_MAX_PER_END)
-        top_m, bottom_m = extreme_stimuli(rows, "mean_z_measured", shown)
-        top_p, bottom_p = extreme_stimuli(rows, "mean_z_predicted", shown)
-        section.add(_montage(
-            ctx.figures, f"task-{ctx.layout.task}_model-{model}_label-{roi}_desc-drivers_montage",
-            [("highest\nmeasured", _tiles(top_m, "mean_z_measured", thumbnails)),
-             ("lowest\nmeasured", _tiles(bottom_m, "mean_z_measured", thumbnails)),
-             ("highest\npredicted", _tiles(top_p, "mean_z_predicted", thumbnails)),
-             ("lowest\npredicted", _tiles(bottom_p, "mean_z_predicted", thumbnails))],
-            f"stimuli driving ROI {roi} across participants",
+        section.add(_extremes_montage(
+            ctx.figures, f"task-{ctx.layout.task}_model-{model}_label-{roi}_desc-drivers_montage", rows,
+            ("mean_z_measured", "mean_z_predicted"), shown, thumbnails, f"stimuli driving ROI {roi} across participants",
             f"The {shown} stimuli with the highest and the lowest mean z-scored measured response of ROI {roi} across "
             f"{len(ctx.subjects)} participants, and those with the highest and lowest mean z-scored predicted "
             "response; in brackets the mean z. Lowest first in the 'lowest' rows."))

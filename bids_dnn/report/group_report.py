@@ -45,7 +45,6 @@ from bids_dnn.report.common import (
     fmt_share,
     parse_bool,
     provenance_section,
-    versions_text,
 )
 from bids_dnn.report.inputs import (
     MapFile,
@@ -69,6 +68,7 @@ from bids_dnn.report.naturalistic_sections import (
     group_naturalistic_summaries,
     group_naturalistic_summary,
 )
+from bids_dnn.report.group_summary import group_summary_section
 from bids_dnn.report.probing_sections import group_probing_section, has_probing_outputs
 from bids_dnn.report.methods import methods_blocks
 from bids_dnn.spec import AnalysisSpec, sanitize_label, spec_hash
@@ -129,43 +129,7 @@ class GroupContext:
 
 
 def _summary(ctx: GroupContext, section: Section) -> None:
-    stats = ctx.spec.statistics
-    test = GROUP_TESTS[stats.group_test].label
-    rows: list[tuple[str, Any]] = [
-        ("task / space", f"{ctx.layout.task} / {ctx.layout.space}"),
-        ("participants", f"{len(ctx.subjects)} included: " + ", ".join(f"sub-{s}" for s in ctx.subjects)),
-        ("excluded", ", ".join(f"sub-{s}" for s in ctx.excluded) or "none"),
-        ("models", ", ".join(m.output_label for m in ctx.spec.models)),
-        ("ROIs", ", ".join(ctx.rois) or "none"),
-        ("group test", f"{test}, alternative '{stats.alternative}'"),
-        ("correction", f"{stats.correction} across ROI x layer per model, alpha {stats.alpha:g}"),
-        ("confidence intervals", f"{stats.ci:.0%} participant bootstrap ({stats.bootstrap} resamples)"),
-        ("spec hash", spec_hash(ctx.spec)),
-        ("versions", versions_text(ctx.provenance)),
-        ("run id", ctx.run_id),
-    ]
-    section.kv(rows, id="summary-table")
-    for note in ctx.notes:
-        section.note(note)
-    best_rows = []
-    for model, summary in ctx.summaries.items():
-        for roi, rows_roi in summary.groupby("roi", sort=False):
-            best = rows_roi[rows_roi["best_layer_cv"].map(parse_bool)] if "best_layer_cv" in rows_roi else rows_roi.iloc[:0]
-            significant = int(rows_roi["significant"].map(parse_bool).sum()) if "significant" in rows_roi else 0
-            record = best.iloc[0] if len(best) else None
-            best_rows.append({"model": model, "roi": roi,
-                              "best_layer": record["layer"] if record is not None else "none (no significant layer)",
-                              "mean": record["mean"] if record is not None else np.nan,
-                              "p_corr": record[ctx.p_corrected] if record is not None and ctx.p_corrected in record
-                              else np.nan,
-                              "n_significant": f"{significant} of {len(rows_roi)}"})
-    if best_rows:
-        section.heading("Key results")
-        section.add(table_block(pd.DataFrame(best_rows), [
-            Col("model", "model"), Col("roi", "ROI"),
-            Col("best_layer", "best layer (cross-validated, among significant layers)"),
-            Col("mean", "mean score", fmt_score), Col("p_corr", f"{ctx.p_corrected} of best layer", fmt_p),
-            Col("n_significant", "significant layers")], id="summary-best"))
+    group_summary_section(ctx, section, ctx.summaries, list(ctx.rois), score_label="mean score")
 
 
 def _participant_warnings(ctx: GroupContext, subject: str) -> list[str]:

@@ -36,7 +36,6 @@ from bids_dnn.report.common import fmt_share, parse_bool, versions_text
 from bids_dnn.report.inputs import MapFile, find_maps, load_volume, read_json, read_table
 from bids_dnn.report.methods import naturalistic_methods_blocks
 from bids_dnn.spec import sanitize_label, spec_hash
-from bids_dnn.stats.group_tests import GROUP_TESTS
 
 if TYPE_CHECKING:
     from bids_dnn.report.group_report import GroupContext
@@ -612,46 +611,13 @@ def group_layer_order(ctx: GroupContext, model: str, summary: pd.DataFrame | Non
 
 def group_naturalistic_summary(ctx: GroupContext, section: Section) -> None:
     """The group report's summary of a naturalistic design, with each ROI's best layer."""
-    stats = ctx.spec.statistics
+    from bids_dnn.report.group_summary import group_summary_section
+
     summaries = group_naturalistic_summaries(ctx)
     rois = list(dict.fromkeys(str(r) for t in summaries.values() for r in t["roi"]))
-    rows: list[tuple[str, Any]] = [
-        ("task / space", f"{ctx.layout.task} / {ctx.layout.space}"),
-        ("design", "naturalistic (voxelwise encoding of the BOLD time series)"),
-        ("participants", f"{len(ctx.subjects)} included: " + ", ".join(f"sub-{s}" for s in ctx.subjects)),
-        ("excluded", ", ".join(f"sub-{s}" for s in ctx.excluded) or "none"),
-        ("models", ", ".join(m.output_label for m in ctx.spec.models)),
-        ("ROIs", ", ".join(rois) or "none"),
-        ("group test", f"{GROUP_TESTS[stats.group_test].label} of the ROI-mean held-out r against 0, alternative "
-                       f"'{stats.alternative}'"),
-        ("correction", f"{stats.correction} across ROI x layer per model, alpha {stats.alpha:g}"),
-        ("confidence intervals", f"{stats.ci:.0%} participant bootstrap ({stats.bootstrap} resamples)"),
-        ("spec hash", spec_hash(ctx.spec)),
-        ("versions", versions_text(ctx.provenance)),
-        ("run id", ctx.run_id),
-    ]
-    section.kv(rows, id="summary-table")
-    for note in ctx.notes:
-        section.note(note)
-    best_rows = []
-    for model, summary in summaries.items():
-        for roi, rows_roi in summary.groupby("roi", sort=False):
-            best = rows_roi[rows_roi["best_layer_cv"].map(parse_bool)] if "best_layer_cv" in rows_roi \
-                else rows_roi.iloc[:0]
-            significant = int(rows_roi["significant"].map(parse_bool).sum()) if "significant" in rows_roi else 0
-            record = best.iloc[0] if len(best) else None
-            best_rows.append({"model": model, "roi": roi,
-                              "best_layer": record["layer"] if record is not None else "none (no significant layer)",
-                              "mean": record["mean"] if record is not None else np.nan,
-                              "p_corr": record.get(ctx.p_corrected, np.nan) if record is not None else np.nan,
-                              "n_significant": f"{significant} of {len(rows_roi)}"})
-    if best_rows:
-        section.heading("Key results")
-        section.add(table_block(pd.DataFrame(best_rows), [
-            Col("model", "model"), Col("roi", "ROI"),
-            Col("best_layer", "best layer (cross-validated, among significant layers)"),
-            Col("mean", "mean held-out r", fmt_score), Col("p_corr", f"{ctx.p_corrected} of best layer", fmt_p),
-            Col("n_significant", "significant layers")], id="summary-best"))
+    group_summary_section(ctx, section, summaries, rois, score_label="mean held-out r",
+                          design="naturalistic (voxelwise encoding of the BOLD time series)",
+                          tested=" of the ROI-mean held-out r against 0")
 
 
 def group_naturalistic_section(ctx: GroupContext, section: Section) -> None:
