@@ -405,24 +405,12 @@ class VariancePartitioningSpec(_Strict):
         return self
 
 
-class CrossValidatedRidgeSpec(_Strict):
-    """Settings shared by every cross-validated ridge of the spec (encoding, decoding, probing, drivers)."""
+class RidgePenaltySpec(_Strict):
+    """The ridge penalties searched by a cross-validated ridge (a list, or 'logspace(start, stop, num)')."""
 
     alphas: list[float] = Field(
         default_factory=lambda: [10.0**e for e in range(-2, 9)],
         description="Ridge penalties; a list or 'logspace(start, stop, num)'.",
-    )
-    cv: Literal["auto", "leave_one_run_out", "kfold"] = Field(
-        "auto",
-        description="Outer folds. A stimulus is never in both the training and the test fold: "
-        "'leave_one_run_out' needs runs with disjoint stimulus sets; 'kfold' splits the stimuli "
-        "(seeded); 'auto' picks 'leave_one_run_out' when runs hold disjoint stimuli, else 'kfold'.",
-    )
-    n_folds: int = Field(5, ge=2, le=MAX_FOLDS, description="Outer folds for 'kfold'.")
-    inner_folds: int = Field(5, ge=2, le=MAX_FOLDS, description="Inner folds that choose the ridge penalty.")
-    standardize: bool = Field(
-        False, description="z-score each predictor with its training mean and SD (else centre only). Off by "
-        "default: sparse ReLU units with near-zero training SD explode on test stimuli."
     )
 
     @field_validator("alphas", mode="before")
@@ -450,6 +438,23 @@ class CrossValidatedRidgeSpec(_Strict):
             raise ValueError(f"every alpha must be a finite number in (0, {MAX_ALPHA:g}] (larger alphas "
                              "only shrink every weight to 0)")
         return value
+
+
+class CrossValidatedRidgeSpec(RidgePenaltySpec):
+    """Settings shared by every cross-validated ridge of the spec (encoding, decoding, probing, drivers)."""
+
+    cv: Literal["auto", "leave_one_run_out", "kfold"] = Field(
+        "auto",
+        description="Outer folds. A stimulus is never in both the training and the test fold: "
+        "'leave_one_run_out' needs runs with disjoint stimulus sets; 'kfold' splits the stimuli "
+        "(seeded); 'auto' picks 'leave_one_run_out' when runs hold disjoint stimuli, else 'kfold'.",
+    )
+    n_folds: int = Field(5, ge=2, le=MAX_FOLDS, description="Outer folds for 'kfold'.")
+    inner_folds: int = Field(5, ge=2, le=MAX_FOLDS, description="Inner folds that choose the ridge penalty.")
+    standardize: bool = Field(
+        False, description="z-score each predictor with its training mean and SD (else centre only). Off by "
+        "default: sparse ReLU units with near-zero training SD explode on test stimuli."
+    )
 
 
 class EncodingSpec(CrossValidatedRidgeSpec):
@@ -584,7 +589,7 @@ class DriversSpec(CrossValidatedRidgeSpec):
     saliency: SaliencySpec = Field(default_factory=SaliencySpec)
 
 
-class NaturalisticSpec(_Strict):
+class NaturalisticSpec(RidgePenaltySpec):
     """Voxelwise encoding of the BOLD time series of continuous designs (films, stories; ``design:
     naturalistic``): features on the stimulus timeline (video frames at ``stimuli.video.fps``, or
     one sample per word), resampled to the acquisition times by Lanczos interpolation, z-scored
@@ -602,9 +607,6 @@ class NaturalisticSpec(_Strict):
     )
     hrf: bool = Field(False, description="Convolve the features with the SPM HRF instead of FIR delays.")
     lanczos_window: int = Field(3, ge=1, le=10, description="Lobes of the Lanczos kernel (cutoff: the TR's Nyquist).")
-    alphas: list[float] = Field(
-        default_factory=lambda: [10.0**e for e in range(-2, 9)], description="Ridge penalties; a list or "
-        "'logspace(start, stop, num)'.")
     inner_folds: int = Field(5, ge=2, le=MAX_FOLDS, description="Inner folds (grouped by run) choosing each voxel's "
                              "penalty.")
     pca: int | None = Field(None, gt=0, le=MAX_COMPONENTS,
@@ -612,9 +614,6 @@ class NaturalisticSpec(_Strict):
     banded: bool = Field(False, description="Also fit banded ridge over all layers of each model and split R2 per "
                          "layer (feature space).")
     region: Literal["brain", "rois"] = Field("brain", description="Voxels to model: the brain mask, or the ROIs.")
-
-    _parse_logspace = field_validator("alphas", mode="before")(CrossValidatedRidgeSpec._parse_logspace.__func__)
-    _positive = field_validator("alphas")(CrossValidatedRidgeSpec._positive.__func__)
 
     @field_validator("delays")
     @classmethod
