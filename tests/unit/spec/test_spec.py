@@ -82,6 +82,18 @@ def test_logspace_alphas() -> None:
     assert len(alphas) == 21 and alphas[0] == pytest.approx(0.01) and alphas[-1] == pytest.approx(1e8)
 
 
+@pytest.mark.parametrize("section", ["encoding", "decoding", "probing", "drivers", "naturalistic"])
+def test_every_ridge_section_parses_and_checks_its_alphas(section: str) -> None:
+    """One set of alpha rules (RidgePenaltySpec) for every cross-validated ridge of the spec."""
+    for value, expected in (("logspace(a)", "must be a list of numbers or 'logspace(start, stop, num)'"),
+                            ([], "must contain at least one value"),
+                            ([0.0], "every alpha must be a finite number in (0, 1e+15]")):
+        found = problems({**MINIMAL, "analyses": {section: {"alphas": value}}})
+        assert any(f"analyses.{section}.alphas: {expected}" in p for p in found), found
+    spec = parse_spec({**MINIMAL, "analyses": {section: {"alphas": "logspace(-1, 1, 3)"}}})
+    assert getattr(spec.analyses, section).alphas == pytest.approx([0.1, 1.0, 10.0])
+
+
 def test_yaml_cannot_execute_code(tmp_path: Path) -> None:
     path = tmp_path / "evil.yaml"
     path.write_text("!!python/object/apply:os.system ['touch pwned']\n")
