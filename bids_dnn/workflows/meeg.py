@@ -296,7 +296,7 @@ def run_meeg_participants(ctx: Context) -> None:
     from bids_dnn.workflows.inputs import resolve_stimuli, write_stimulus_table
     from bids_dnn.workflows.model_features import model_rdms
     from bids_dnn.workflows.provenance import CONTAINER_ENV
-    from bids_dnn.workflows.single_stage import run_participants_in_turn
+    from bids_dnn.workflows.single_stage import run_participants
 
     if not ctx.options.reports_only:  # empty or broken recordings stop their participants before any work
         unreadable = unreadable_recordings(ctx)
@@ -326,5 +326,5 @@ def run_meeg_participants(ctx: Context) -> None:
     logger.info("task %s (%s): %d stimuli, %d participant(s): %s", ctx.task, ctx.spec.modality.upper(),
                 stimuli.n_stimuli, len(ctx.subjects), ", ".join(ctx.subjects))
     models = model_rdms(ctx, stimuli)
-    run_participants_in_turn(ctx, [s for s in ctx.subjects if s not in unreadable],
-                             lambda subject: process_meeg_subject(ctx, subject, stimuli, models), unreadable)
+    run_participants(ctx, [s for s in ctx.subjects if s not in unreadable], process_meeg_subject, (stimuli, models),
+                     unreadable)

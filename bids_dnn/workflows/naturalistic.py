@@ -537,7 +537,7 @@ def run_naturalistic_participants(ctx: Context) -> None:
     """Participant level of ``design: naturalistic``: models loaded once, then every participant."""
     from bids_dnn.io.input_dataset import check_output_dataset, dataset_identity, record_output_dataset
     from bids_dnn.workflows.provenance import CONTAINER_ENV
-    from bids_dnn.workflows.single_stage import run_participants_in_turn
+    from bids_dnn.workflows.single_stage import run_participants
 
     if ctx.options.reports_only:
         from bids_dnn.report import rebuild_participant_reports
@@ -552,4 +552,5 @@ def run_naturalistic_participants(ctx: Context) -> None:
     ctx.dataset = record_output_dataset(out_dir, identity, record, ctx.options.force)
     drv.remove_stale_temporaries(out_dir)
     logger.info("task %s (naturalistic): %d participant(s): %s", ctx.task, len(ctx.subjects), ", ".join(ctx.subjects))
-    run_participants_in_turn(ctx, ctx.subjects, lambda subject: process_naturalistic_subject(ctx, subject, models))
+    # the loaded networks stay in this process: one participant at a time
+    run_participants(ctx, ctx.subjects, process_naturalistic_subject, (models,), parallel=False)

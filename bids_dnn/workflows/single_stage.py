@@ -1,13 +1,15 @@
 """Participant levels made of one stage per participant (``design: naturalistic``, ``modality:
 eeg|meg``): skip a participant whose stage is current, else compute it, record its outputs and
-status, write its report; then run every participant, one failing participant not stopping the
-others."""
+status, write its report; then run every participant (``--nprocs``: several at once), one
+failing participant not stopping the others."""
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 from typing import Any
 
 from bids_dnn.console import logger
@@ -15,7 +17,7 @@ from bids_dnn.errors import AnalysisError, BidsDnnError
 from bids_dnn.io import derivatives as drv
 from bids_dnn.workflows.context import Context
 
-__all__ = ["SingleStage", "process_single_stage", "run_participants_in_turn"]
+__all__ = ["SingleStage", "process_single_stage", "run_logged", "run_participants"]
 
 
 @dataclass(frozen=True)
@@ -81,15 +83,53 @@ def process_single_stage(ctx: Context, subject: str, stage: SingleStage, key: st
     return summary
 
 
-def run_participants_in_turn(ctx: Context, subjects: Iterable[str], process: Callable[[str], Any],
-                             failed: dict[str, BidsDnnError] | None = None) -> None:
-    """``process(subject)`` for every participant in turn; a participant's error is recorded in its
-    status file and logged, the others go on.
+def run_logged(subject: str, ctx: Context, process: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """``process(ctx, subject, *args)`` with the participant's ``bids_dnn.log`` open next to its
+    provenance (an error is recorded in its status file and log, then raised); the process and
+    the time span it ran in are added to that provenance (``execution``) when the stage ran.
+
+    Module-level, with the participant first, for :func:`bids_dnn.workflows.resources.map_participants`
+    (``--nprocs``: participants in worker processes; ``process`` is pickled by name).
+    """
+    from bids_dnn.console import log_file
+    from bids_dnn.workflows.provenance import record_failure
+
+    started = datetime.now(timezone.utc)
+    log_dir = ctx.layout.log_dir(subject, ctx.run_id)
+    with log_file(log_dir, ctx.log_preamble):
+        try:
+            summary = process(ctx, subject, *args)
+        except Exception as exc:
+            record_failure(ctx, subject, exc)
+            raise
+        path = log_dir / "provenance.json"
+        provenance = drv.read_json_object(path) if not summary.get("skipped") else None
+        if provenance:
+            provenance["execution"] = {"process_id": os.getpid(), "worker": ctx.resources.n_workers > 1,
+                                       "started": started.isoformat(),
+                                       "finished": datetime.now(timezone.utc).isoformat()}
+            drv.write_json(path, provenance)
+    return summary
+
+
+def run_participants(ctx: Context, subjects: Sequence[str], process: Callable[..., dict[str, Any]],
+                     args: tuple[Any, ...] = (), failed: dict[str, BidsDnnError] | None = None,
+                     parallel: bool = True) -> None:
+    """``process(ctx, subject, *args)`` for every participant (:func:`run_logged`); with ``--nprocs``
+    and ``parallel``, several participants at once in worker processes. A participant's error is
+    recorded in its status file and logged, the others go on.
 
     Parameters
     ----------
+    process : callable
+        A module-level function (pickled by name for the worker processes).
+    args : tuple
+        Its further arguments, the same for every participant (pickled for each worker).
     failed : dict of str to BidsDnnError, optional
         Participants that already failed (an input check), recorded and counted like the others.
+    parallel : bool
+        False: one participant at a time in this process (``--nprocs`` then sets its threads),
+        e.g. when ``args`` hold loaded networks.
 
     Raises
     ------
@@ -97,28 +137,32 @@ def run_participants_in_turn(ctx: Context, subjects: Iterable[str], process: Cal
         The only participant's error; with several, an :class:`AnalysisError` naming how many
         failed (their common exit code when they share one).
     """
+    from bids_dnn.console import run_log_lines
     from bids_dnn.workflows.provenance import record_failure
+    from bids_dnn.workflows.resources import map_participants
 
-    failures = []
+    failures: list[tuple[str, BidsDnnError]] = []
     for subject, exc in (failed or {}).items():
         record_failure(ctx, subject, exc)
         logger.error("sub-%s failed: %s", subject, exc)
-        failures.append(exc)
-    for subject in subjects:
-        try:
-            process(subject)
-        except BidsDnnError as exc:
-            record_failure(ctx, subject, exc)
-            if len(ctx.subjects) == 1:
-                raise
-            logger.error("sub-%s failed: %s", subject, exc)
-            failures.append(exc)
+        failures.append((subject, exc))
+    resources = ctx.resources.for_participants(len(subjects) if parallel else 1)
+    if resources.n_workers > 1:
+        logger.info("%d participants at a time, %s thread(s) each", resources.n_workers, resources.omp_nthreads)
+    worker_ctx = replace(ctx, resources=resources, log_preamble=tuple(run_log_lines()))
+    for subject, outcome in map_participants(run_logged, subjects, (worker_ctx, process, *args), resources,
+                                             verbosity=ctx.options.verbosity):
+        if isinstance(outcome, BidsDnnError):
+            if len(ctx.subjects) > 1:  # a single participant's error is the run's error, shown once by cli.main
+                logger.error("sub-%s failed: %s", subject, outcome)
+            failures.append((subject, outcome))
     if failures:
         if len(failures) == 1 and len(ctx.subjects) == 1:
-            raise failures[0]
-        error = AnalysisError(f"{len(failures)} of {len(ctx.subjects)} participants failed (each one's error is "
-                              "shown above)")
-        codes = {exc.exit_code for exc in failures}
+            raise failures[0][1]
+        failures.sort(key=lambda failure: ctx.subjects.index(failure[0]) if failure[0] in ctx.subjects else 0)
+        error = AnalysisError(f"{len(failures)} of {len(ctx.subjects)} participants failed: "
+                              + ", ".join(f"sub-{s}" for s, _ in failures) + " (each one's error is shown above)")
+        codes = {exc.exit_code for _, exc in failures}
         if len(codes) == 1:
             error.exit_code = codes.pop()
         raise error

@@ -195,3 +195,27 @@ def test_eeg_outputs_pass_the_bids_validator(eeg_run: dict) -> None:
 
     errors = _errors(_validate(eeg_run["out"]))
     assert errors == [], json.dumps(errors, indent=1)[:4000]
+
+
+def test_participants_in_worker_processes_match_one_at_a_time(small_eeg: Path, tmp_path: Path) -> None:
+    """--nprocs 2: both participants in worker processes, each with its own log; the RDMs equal
+    those of a run of one participant at a time."""
+    spec = _variant(small_eeg, tmp_path, "{tmin: -0.1, tmax: 0.3, resample_hz: 100, rdm: correlation, "
+                    "temporal_generalization: false}", "analyses: {rsa: {permutations: 0}}\n")
+    parallel, in_turn = tmp_path / "parallel", tmp_path / "in_turn"
+    assert main([str(small_eeg), str(parallel), "participant", "--spec", str(spec), "--no-progress",
+                 "--nprocs", "2"]) == 0
+    assert main([str(small_eeg), str(in_turn), "participant", "--spec", str(spec), "--no-progress"]) == 0
+    name = "sub-{s}_task-" + TASK + "_stat-correlation_desc-timeresolved_relmat.npz"
+    for subject in ("01", "02"):
+        eeg = f"sub-{subject}/eeg/" + name.format(s=subject)
+        np.testing.assert_allclose(np.load(parallel / eeg)["rdms"], np.load(in_turn / eeg)["rdms"],
+                                   rtol=1e-6, atol=1e-9)
+        (log_dir,) = [d for d in (parallel / f"sub-{subject}" / "log").iterdir() if d.is_dir()]
+        provenance = json.loads((log_dir / "provenance.json").read_text())
+        assert provenance["execution"]["worker"] is True
+        log = (log_dir / "bids_dnn.log").read_text()
+        assert f"sub-{subject} done" in log and f"sub-{'02' if subject == '01' else '01'} done" not in log
+    workers = {json.loads(next((parallel / f"sub-{s}" / "log").glob("*/provenance.json")).read_text())
+               ["execution"]["process_id"] for s in ("01", "02")}
+    assert len(workers) == 2
