@@ -282,8 +282,29 @@ class IdentificationResult:
     n_defined: int
 
 
+def _permutations_within_groups(keys: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """(k, m) permutations of ``range(m)`` that map every candidate to one of its own group:
+    row ``r`` orders each group's candidates by ``keys[r]`` (uniform keys: uniform within-group
+    permutations).
+
+    Parameters
+    ----------
+    keys : numpy.ndarray, shape (k, m)
+        Random sort keys.
+    codes : numpy.ndarray of int, shape (m,)
+        Group of each candidate.
+    """
+    k, m = keys.shape
+    order = np.lexsort((keys, np.broadcast_to(codes, (k, m))), axis=-1)    # by group, then key
+    slots = np.argsort(codes, kind="stable")                               # the same group order
+    perms = np.empty((k, m), dtype=np.int64)
+    perms[:, slots] = order
+    return perms
+
+
 def identification_test(similarity: np.ndarray, *, n_permutations: int, rng: np.random.Generator | None,
-                        true_index: np.ndarray | None = None) -> IdentificationResult:
+                        true_index: np.ndarray | None = None, groups: np.ndarray | None = None
+                        ) -> IdentificationResult:
     """Pairwise and top-1 identification accuracy with candidate-label permutation p-values.
 
     Parameters
@@ -302,6 +323,13 @@ def identification_test(similarity: np.ndarray, *, n_permutations: int, rng: np.
         results whatever the block size.
     true_index : numpy.ndarray of int, shape (n_predicted,), optional
         The true candidate of each row; default ``arange(n_predicted)``.
+    groups : numpy.ndarray, shape (n_candidates,), optional
+        A group label per candidate (e.g. the cross-validation fold whose decoder never saw
+        it). A row is then compared only with the candidates of its true candidate's group
+        (the others are undefined in that row), and the permutations exchange labels only
+        within groups. They are then drawn, in blocks, from ``rng.random((block,
+        n_candidates))``: each row of keys orders every group's candidates at random, so
+        equal generators again give equal results whatever the block size.
 
     Returns
     -------
@@ -323,6 +351,13 @@ def identification_test(similarity: np.ndarray, *, n_permutations: int, rng: np.
     if n_permutations and rng is None:
         raise ValueError("rng is required to draw permutations")
     n, m = s.shape
+    codes = None
+    if groups is not None:
+        raw_groups = np.asarray(groups)
+        if raw_groups.shape != (m,):
+            raise ValueError(f"groups must have shape ({m},) (one label per candidate), got {raw_groups.shape}")
+        codes = np.unique(raw_groups, return_inverse=True)[1].reshape(m)
+        s = np.where(codes[truth][:, None] == codes[None, :], s, np.nan)
     pairwise_table, top1_table = _accuracy_tables(s)
     rows = np.arange(n)
     per_pairwise = pairwise_table[rows, truth]
@@ -339,7 +374,10 @@ def identification_test(similarity: np.ndarray, *, n_permutations: int, rng: np.
     block = max(1, _BLOCK_ELEMENTS // (8 * max(n, m)))
     for start in range(0, n_permutations, block):
         size = min(block, n_permutations - start)
-        perms = rng.permuted(np.tile(np.arange(m, dtype=np.int64), (size, 1)), axis=1)
+        if codes is None:
+            perms = rng.permuted(np.tile(np.arange(m, dtype=np.int64), (size, 1)), axis=1)
+        else:
+            perms = _permutations_within_groups(rng.random((size, m)), codes)
         chosen = perms[:, truth]                                   # (size, n)
         null_pairwise[start:start + size] = _gathered_means(pairwise_table, chosen)
         null_top1[start:start + size] = _gathered_means(top1_table, chosen)

@@ -30,12 +30,12 @@ __all__ = ["CHANCE_PAIRWISE", "BELOW_CHANCE_NOTE", "draw_identification_profile"
 #: chance level of the pairwise identification accuracy
 CHANCE_PAIRWISE = 0.5
 
-#: why an accuracy below 0.5 is not "worse than chance" (:mod:`bids_dnn.decoding.decoders`)
+#: how the identification is scored and tested (:mod:`bids_dnn.decoding.decoders`)
 BELOW_CHANCE_NOTE = (
-    "Without stimulus information the pairwise accuracy lies below 0.5 (about 0.3-0.4 with 5-10 folds), not at it: "
-    "a held-out stimulus's decoded features lean towards the mean of the training stimuli, away from its own fold. "
-    "An accuracy below 0.5 therefore means 'no evidence of stimulus information', not 'worse than chance', and the "
-    "permutation test (which keeps the decoder fixed) is conservative.")
+    "Each held-out stimulus is identified among the stimuli of its own test fold, none of which its decoder saw, so "
+    "without stimulus information the accuracies scatter around chance (0.5 pairwise). A participant's p-value merges "
+    "the folds' own permutation tests (2 x their mean p, valid whatever the dependence between folds, and "
+    "conservative); the group test of the accuracies against chance is the more powerful test.")
 
 
 def _flags(rows: pd.DataFrame, column: str | None) -> np.ndarray:
@@ -154,9 +154,10 @@ def participant_decoding_section(ctx: ParticipantContext, section: Section) -> N
         return
     alpha = ctx.spec.statistics.alpha
     section.paragraph("Each layer's activations were decoded from each ROI's response patterns by cross-validated "
-                      "ridge regression, and each held-out stimulus was identified among all stimuli from its decoded "
-                      "features. Pairwise accuracy: the share of the other stimuli its own features beat (chance "
-                      "0.5); top-1 accuracy: the share of stimuli identified exactly (chance 1 / number of stimuli).")
+                      "ridge regression, and each held-out stimulus was identified among the stimuli of its test fold from "
+                      "its decoded features. Pairwise accuracy: the share of the fold's other stimuli its own features "
+                      "beat (chance 0.5); top-1 accuracy: the share of stimuli identified exactly (chance 1 / stimuli "
+                      "in the fold).")
     section.note(BELOW_CHANCE_NOTE)
     for model, table in tables.items():
         section.heading(f"Model {model}")
@@ -172,8 +173,9 @@ def participant_decoding_section(ctx: ParticipantContext, section: Section) -> N
                 marked_label=f"permutation p < {alpha:g} (uncorrected)"),
             _figure_size(table), f"identification accuracy profile {model}",
             f"Pairwise identification accuracy per layer and ROI (cross-validation: {cv}, "
-            f"{fmt_int(n_folds)} folds); dashed: chance ({chance:g}); stars: candidate-label permutation p < {alpha:g} "
-            f"(one-sided, uncorrected, {fmt_int(n_perm)} permutations). Below 0.5 without signal (see the note)."))
+            f"{fmt_int(n_folds)} folds); dashed: chance ({chance:g}); stars: permutation p < {alpha:g} "
+            f"(one-sided, uncorrected; {fmt_int(n_perm)} candidate-label permutations per fold, the folds' p merged, "
+            "see the note)."))
         section.add(table_block(table, [
             Col("roi", "ROI"), Col("layer", "layer"),
             Col("pairwise_accuracy", "pairwise accuracy", fmt_score),
@@ -207,7 +209,7 @@ def group_decoding_section(ctx: GroupContext, section: Section) -> None:
         return
     stats = ctx.spec.statistics
     p_corr = ctx.p_corrected
-    section.note(BELOW_CHANCE_NOTE + " The group test is of the accuracy minus 0.5, so it is conservative as well.")
+    section.note(BELOW_CHANCE_NOTE)
     for model, summary in summaries.items():
         section.heading(f"Model {model}")
         chance = float(_first(summary, "chance", CHANCE_PAIRWISE))

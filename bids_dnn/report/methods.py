@@ -46,6 +46,8 @@ REFERENCES = {
                      "maximization. J Mach Learn Res 13:1393-1434",
     "u_centring": "Szekely GJ, Rizzo ML (2014). Partial distance correlation with methods for dissimilarities. "
                   "Ann Stat 42(6):2382-2412. doi:10.1214/14-AOS1255",
+    "vovk2020": "Vovk V, Wang R (2020). Combining p-values via averaging. Biometrika 107(4):791-808. "
+                "doi:10.1093/biomet/asaa027",
     "kay2008": "Kay KN, Naselaris T, Prenger RJ, Gallant JL (2008). Identifying natural images from human brain "
                "activity. Nature 452(7185):352-355. doi:10.1038/nature06713",
     "horikawa2017": "Horikawa T, Kamitani Y (2017). Generic decoding of seen and imagined objects using hierarchical "
@@ -193,22 +195,29 @@ def _scaling_text(section: Any) -> str:
 def _decoding_text(spec: AnalysisSpec, cite: Citer) -> str:
     """The methods paragraph of decoding and identification (``analyses.decoding``)."""
     dec = spec.analyses.decoding
-    permutations = (f"p-values come from {dec.permutations} permutations of the candidates' stimulus labels with the "
-                    "decoder (and so the decoded features) fixed, one-sided: p = (1 + #(null >= observed)) / (1 + n)"
-                    if dec.permutations else "no permutation test was run")
+
+    def permutations() -> str:  # called where it is cited, so that references are numbered in order
+        if not dec.permutations:
+            return "no permutation test was run"
+        return (f"p-values come from {dec.permutations} permutations of each test fold's candidate labels with the "
+                "decoders (and so the decoded features) fixed, one-sided: p = (1 + #(null >= observed)) / (1 + n) "
+                "per fold; the folds' p-values were merged as min(1, 2 x their mean), valid under any dependence "
+                f"between folds {cite('vovk2020')} (the folds' decoders share training stimuli, so one pooled null "
+                "would be too narrow); this test is conservative")
+
     return (f"Decoding and identification {cite('kay2008', 'horikawa2017')}: every unit of each layer's activations "
             f"(stimuli x units) was predicted from each ROI's run-mean response patterns (stimuli x voxels) by ridge "
             f"regression (himalaya {cite('himalaya')}): {_alphas_text(dec.alphas)}, a penalty per unit chosen by "
             f"{dec.inner_folds}-fold inner cross-validation on the training stimuli, {_scaling_text(dec)}; outer "
             f"cross-validation: {_cv_text(dec)}, so that no stimulus is in both a training and a test fold. Each "
-            "held-out stimulus was identified among all stimuli from its decoded feature vector by Pearson correlation "
-            "with every stimulus's actual features, after subtracting each unit's mean over the candidates: pairwise "
-            "accuracy is the share of the other stimuli whose features correlate less with the decoded vector than "
-            f"the stimulus's own (ties count half; chance 0.5) {cite('horikawa2017')}, top-1 accuracy the share of "
-            f"stimuli whose own features correlate best (chance 1 / number of stimuli) {cite('kay2008')}. Participant-"
-            f"level {permutations}. Held-out predictions lean towards the mean of the training stimuli, so without "
-            "stimulus information the pairwise accuracy lies below 0.5 and the test is conservative. The decoding of "
-            "the units is summarised by the held-out Pearson r of each unit (within test folds, averaged over folds).")
+            "held-out stimulus was identified among the stimuli of its own test fold (none of which its decoder saw) "
+            "from its decoded feature vector by Pearson correlation with each of their actual features, after "
+            "subtracting each unit's mean over the tested stimuli: pairwise accuracy is the share of the fold's other "
+            "stimuli whose features correlate less with the decoded vector than the stimulus's own (ties count half; "
+            f"chance 0.5) {cite('horikawa2017')}, top-1 accuracy the share of stimuli whose own features correlate "
+            f"best (chance 1 / stimuli in the fold) {cite('kay2008')}. Participant-level {permutations()}. The decoding "
+            "of the units is summarised by the held-out Pearson r of each unit (within test folds, averaged over "
+            "folds).")
 
 
 def _probing_text(spec: AnalysisSpec, cite: Citer) -> str:
@@ -538,8 +547,8 @@ def methods_blocks(spec: AnalysisSpec, level: str, facts: dict[str, Any]) -> lis
         if decoding_on:
             paragraphs.append(
                 f"Pairwise identification accuracies were summarised across participants in the same way, testing the "
-                f"accuracy minus its chance level 0.5 with a {test} (alternative '{stats.alternative}'; conservative, "
-                f"as the accuracy without information lies below 0.5), {stats.bootstrap} participant-bootstrap "
+                f"accuracy minus its chance level 0.5 with a {test} (alternative '{stats.alternative}'), "
+                f"{stats.bootstrap} participant-bootstrap "
                 f"resamples for {stats.ci:.0%} percentile intervals, {correction} across ROI x layer within each model "
                 f"at alpha {stats.alpha:g}, and the best layer per ROI chosen among the significant layers by "
                 "leave-one-participant-out cross-validation.")

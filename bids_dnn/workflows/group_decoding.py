@@ -29,7 +29,7 @@ DECODING_SUMMARY_COLUMNS = {
     "ci_low": "Lower participant-bootstrap percentile CI bound of the mean.",
     "ci_high": "Upper participant-bootstrap percentile CI bound of the mean.",
     **GROUP_DECISION_COLUMNS, **BEST_LAYER_COLUMN,
-    "mean_top1_accuracy": "Mean top-1 identification accuracy across subjects (chance 1 / n_stimuli).",
+    "mean_top1_accuracy": "Mean top-1 identification accuracy across subjects (chance: chance_top1 of the subject tables, 1 / stimuli per test fold).",
     "mean_unit_r": "Mean across subjects of the mean held-out r of the layer's decoded units.",
 }
 

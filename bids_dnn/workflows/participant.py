@@ -35,6 +35,7 @@ from bids_dnn.workflows.inputs import (check_subject_inputs, resolve_stimuli, ro
 from bids_dnn.workflows.model_features import model_rdms, read_checked_features
 from bids_dnn.workflows.options import RunOptions
 from bids_dnn.workflows.participant_cka import cka_stage_ingredients, write_cka_tables, write_layer_cka
+from bids_dnn.workflows.participant_decoding import IDENTIFICATION_SCHEME
 from bids_dnn.workflows.provenance import CONTAINER_ENV, read_status, record_failure, write_provenance, write_status
 from bids_dnn.workflows.resources import map_participants
 from bids_dnn.workflows.subject_patterns import (SubjectPatterns, brain_rdm_measure, brain_rdms, fit_subject_glms,
@@ -109,7 +110,7 @@ def subject_stage_keys(ctx: Context, subject: str, stimuli: StimulusSet,
             keys[f"cka:{model}"] = content_key("cka", patterns, rois, features, cka_stage_ingredients(ctx))
         if analyses.decoding.enabled and spec.rois is not None:
             keys[f"decoding:{model}"] = content_key("decoding", patterns, rois, features, dump(analyses.decoding),
-                                                    seed)
+                                                    seed, IDENTIFICATION_SCHEME)
         if analyses.searchlight.enabled:
             keys[f"searchlight:{model}"] = content_key("searchlight", patterns, features, spec.rdm.model,
                                                        spec.rdm.brain, dump(analyses.searchlight), seed)

@@ -3,8 +3,8 @@
 
 For every ROI and every layer of a model: cross-validated ridge from the ROI's run-mean response
 patterns (stimuli x voxels) to the layer's activations (stimuli x units), the held-out r of
-each unit, and identification of each held-out stimulus among all stimuli from its decoded
-feature vector (:mod:`bids_dnn.decoding`).
+each unit, and identification of each held-out stimulus among the stimuli of its own test fold
+(those its decoder never saw) from its decoded feature vector (:mod:`bids_dnn.decoding`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from bids_dnn.workflows.model_features import read_checked_features
 from bids_dnn.workflows.subject_patterns import SubjectPatterns, roi_patterns
 from bids_dnn.workflows.tables import column_sidecar
 
-__all__ = ["DECODING_COLUMNS", "DECODING_SEED_STREAM", "decoding_tables", "write_decoding_tables"]
+__all__ = ["DECODING_COLUMNS", "DECODING_SEED_STREAM", "IDENTIFICATION_SCHEME", "decoding_tables", "write_decoding_tables"]
 
 DECODING_COLUMNS = {
     "subject": "Participant label.",
@@ -32,37 +32,51 @@ DECODING_COLUMNS = {
     "model": "Model label.",
     "layer": "Layer (node) name as in the model.",
     "pairwise_accuracy": "Pairwise identification accuracy (Horikawa & Kamitani 2017): for each held-out stimulus, "
-                         "the fraction of the other stimuli whose actual features correlate less with its decoded "
-                         "features than its own (ties count half), averaged over stimuli; chance 0.5. Without signal it lies "
-                         "below 0.5 (about 0.3-0.4): a held-out stimulus's decoded features lean towards the mean of "
-                         "the training stimuli, away from its own fold; the permutation p is conservative.",
+                         "the fraction of the other stimuli of its test fold (none of which its decoder saw) whose "
+                         "actual features correlate less with its decoded features than its own (ties count half), "
+                         "averaged over stimuli; chance 0.5. A stimulus alone in its fold has none.",
     "top1_accuracy": "Top-1 identification accuracy (Kay et al. 2008): the fraction of held-out stimuli whose own "
-                     "features correlate best with their decoded features; chance 1 / n_stimuli.",
-    "p_pairwise": "One-sided stimulus-label permutation p-value of pairwise_accuracy: (1 + #(null >= observed)) / "
-                  "(1 + n); n/a without permutations.",
+                     "features correlate best with their decoded features among the stimuli of their test fold; "
+                     "chance in chance_top1.",
+    "p_pairwise": "One-sided permutation p-value of pairwise_accuracy: each test fold's candidate labels are "
+                  "permuted ((1 + #(null >= observed)) / (1 + n) per fold) and the folds' p-values are merged as "
+                  "min(1, 2 x mean), valid whatever the dependence between folds (Vovk & Wang 2020; conservative); "
+                  "n/a without permutations. The group test of the accuracies is the more powerful test.",
     "p_top1": "The same for top1_accuracy.",
     "chance_pairwise": "Chance level of pairwise_accuracy.",
-    "chance_top1": "Chance level of top1_accuracy.",
+    "chance_top1": "Chance level of top1_accuracy: the mean over held-out stimuli of 1 / (stimuli in the fold).",
     "mean_unit_r": "Mean over the layer's units of the held-out Pearson r between decoded and actual activation "
                    "(within test folds, averaged over folds); constant units left out.",
     "median_unit_r": "Median of the same.",
     "n_units_decoded": "Units with a defined r (not constant).",
-    "n_permutations": "Stimulus-label permutations of the identification.",
+    "n_permutations": "Stimulus-label permutations of each fold's identification.",
     "cv": "Outer cross-validation over stimuli (leave_one_run_out or kfold).",
     "n_folds": "Outer folds.",
     "n_voxels": "Voxels in the ROI (the decoder's predictors).",
     "n_units": "Units of the layer (the decoder's targets).",
-    "n_stimuli": "Stimuli (candidates of the identification).",
+    "n_stimuli": "Stimuli (each one a candidate in its test fold).",
 }
 
 #: the SeedSequence word that separates the decoding generators from the other random steps
 DECODING_SEED_STREAM = 0xDEC
 
+#: how held-out stimuli are identified (in the stage key: tables of an older scheme are recomputed)
+IDENTIFICATION_SCHEME = "within test folds; folds' permutation p merged as 2 x mean"
+
+
+def fold_chance_top1(folds: list[tuple[np.ndarray, np.ndarray]]) -> float:
+    """Chance of top-1 identification among each fold's stimuli: the mean over the stimuli of
+    folds with >= 2 stimuli of 1 / (stimuli in the fold); NaN when no fold has 2."""
+    sizes = [len(test) for _, test in folds if len(test) >= 2]
+    return float(len(sizes) / sum(sizes)) if sizes else float("nan")
+
+
 DESCRIPTION = ("Decoding of every layer's activations from every ROI's run-mean response patterns (cross-validated "
                "ridge, per-unit penalty by inner cross-validation; a stimulus is never in the training and test "
-               "fold) and identification of the held-out stimuli among all stimuli from the decoded features "
-               "(Pearson correlation after subtracting each unit's mean over the candidates). The permutation null "
-               "relabels the candidates and keeps the decoder fixed.")
+               "fold) and identification of each held-out stimulus among the stimuli of its test fold (which its "
+               "decoder never saw) from the decoded features (Pearson correlation after subtracting each unit's mean "
+               "over the tested stimuli). The permutation null relabels each fold's candidates and keeps the decoders "
+               "fixed; the folds' p-values are merged as min(1, 2 x mean).")
 
 
 def decoding_tables(ctx: Context, subject: str, stimuli: StimulusSet, patterns: SubjectPatterns,
@@ -115,7 +129,7 @@ def decoding_tables(ctx: Context, subject: str, stimuli: StimulusSet, patterns: 
             rows += [{"subject": subject, "roi": roi, "model": model, "layer": layer,
                       **{c: np.nan for c in ("pairwise_accuracy", "top1_accuracy", "p_pairwise", "p_top1",
                                              "mean_unit_r", "median_unit_r")},
-                      "chance_pairwise": 0.5, "chance_top1": 1.0 / stimuli.n_stimuli, "n_units_decoded": 0,
+                      "chance_pairwise": 0.5, "chance_top1": fold_chance_top1(folds), "n_units_decoded": 0,
                       "n_permutations": spec.permutations, "cv": scheme, "n_folds": len(folds),
                       "n_voxels": n_voxels, "n_units": int(features[layer].shape[1]),
                       "n_stimuli": stimuli.n_stimuli} for layer in layers]

@@ -3,7 +3,7 @@ dataset (``analyses.decoding``, ``analyses.probing``, ``analyses.drivers``), thr
 
 Planted truth (bids_dnn.workflows.demo): ``early`` carries ``features.2``, ``late`` carries
 ``classifier.4`` (whose activations for the 24 demo images are nearly those of ``features.12`` and
-``classifier.1``: layer x layer CKA 1.00, so there the planted layer only has to be within one SEM
+``classifier.1``: layer x layer CKA 1.00, so there the planted layer only has to be within two SEM
 of the best), ``control`` carries no stimulus signal. The four categories (disc, grating, checker,
 texture) differ strongly in low-level image statistics.
 """
@@ -61,8 +61,10 @@ def test_planted_layer_identifies_best_in_its_roi(outputs):
     assert early.loc[PLANTED["early"], "significant"] and early.loc[PLANTED["early"], "best_layer_cv"]
     late = summary[summary["roi"] == "late"].set_index("layer")
     best = late["mean"].idxmax()
-    # the late layers are nearly one representation on the demo (see the module docstring)
-    assert late.loc[PLANTED["late"], "mean"] >= late.loc[best, "mean"] - 0.02, late[["mean", "sem"]]
+    # the late layers are nearly one representation on the demo (see the module docstring): the
+    # planted one is within two standard errors of the best
+    margin = 2 * late.loc[[best, PLANTED["late"]], "sem"].max()
+    assert late.loc[PLANTED["late"], "mean"] >= late.loc[best, "mean"] - margin, late[["mean", "sem"]]
     assert late.loc[PLANTED["late"], "mean"] > late.loc["features.2", "mean"] + 0.05
     assert late.loc[PLANTED["late"], "significant"]
     control = summary[summary["roi"] == "control"]
@@ -76,8 +78,9 @@ def test_participant_decoding_tables(outputs):
     table = read(paths[0])
     assert len(table) == len(PLANTED) * len(DEMO_LAYERS)
     assert table["pairwise_accuracy"].between(0, 1).all() and table["top1_accuracy"].between(0, 1).all()
-    assert table["p_pairwise"].between(1 / 101 - 1e-12, 1).all()
-    assert np.allclose(table["chance_top1"], 1 / 24)
+    assert table["p_pairwise"].between(2 / 101 - 1e-12, 1).all()      # folds' p merged: 2 x their mean
+    # each stimulus among its own test fold's stimuli (every fold holds >= 2 of the 24)
+    assert np.allclose(table["chance_top1"], table["n_folds"] / table["n_stimuli"])
     sidecar = json.loads(paths[0].with_suffix(".json").read_text())
     assert sidecar["Permutations"] == 100 and "pairwise_accuracy" in sidecar and "roi" not in sidecar
 

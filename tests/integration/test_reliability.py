@@ -16,6 +16,7 @@ import gzip
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -367,9 +368,15 @@ def test_signal_ends_with_its_code_and_a_rerun_resumes(fault_runs: FaultRuns, sm
     bids, spec = small_demo
     out = tmp_path / "out"
     cmd = _command(bids, out, "participant", spec, ("01",))
-    start_ns = time.time_ns()
-    stopped = run_bids_dnn(cmd, tmp_path / "stopped.log", sig=sig,
-                           kill_when=lambda: _kill_points(out)["during_rdm_tables"](start_ns, set()))
+    for _attempt in range(3):
+        start_ns = time.time_ns()
+        stopped = run_bids_dnn(cmd, tmp_path / "stopped.log", sig=sig,
+                               kill_when=lambda: _kill_points(out)["during_rdm_tables"](start_ns, set()))
+        if stopped.returncode != 0:
+            break
+        # on a loaded machine this poller may be descheduled until the run has finished its work:
+        # the signal then lands during the interpreter's exit (exit 0). Start again from nothing.
+        shutil.rmtree(out)
     assert stopped.killed and stopped.returncode == code, stopped.stderr
     text = " ".join(stopped.stderr.split())
     assert text.count(message) == 1 and "rerun the same command" in text and "Traceback" not in text, text

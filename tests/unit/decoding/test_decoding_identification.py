@@ -197,6 +197,40 @@ def test_permutations_with_distractors_equal_loop(rng):
     assert result.chance_top1 == pytest.approx(1 / m) and result.n_candidates == m
 
 
+def test_groups_compare_and_permute_within_groups_like_a_loop(rng, monkeypatch):
+    """groups: each row only against its own group's candidates, permutations within groups
+    drawn from rng.random keys; equal to a loop that orders each group by the same keys,
+    whatever the block size."""
+    m, n_perm = 14, 120
+    groups = rng.permutation(np.repeat([3, 7, 9], [5, 4, 5]))              # interleaved labels
+    s = tied_similarity(rng, m, m, 0.0)
+    monkeypatch.setattr(ident_module, "_BLOCK_ELEMENTS", 8 * m * 11)    # blocks of 11 permutations
+    result = identification_test(s, n_permutations=n_perm, rng=np.random.default_rng(5), groups=groups)
+    masked = np.where(groups[:, None] == groups[None, :], s, np.nan)
+    per_p, per_t = brute_accuracies(masked, np.arange(m))
+    np.testing.assert_allclose(result.per_stimulus_pairwise, per_p, atol=1e-12)
+    keys = np.random.default_rng(5).random((n_perm, m))
+    for k in range(n_perm):
+        perm = np.arange(m)
+        for g in np.unique(groups):
+            members = np.flatnonzero(groups == g)
+            perm[members] = members[np.argsort(keys[k, members], kind="stable")]
+        assert (groups[perm] == groups).all()
+        pairwise, top1 = brute_accuracies(masked, perm)
+        assert result.null_pairwise[k] == pytest.approx(np.nanmean(pairwise), abs=1e-12)
+        assert result.null_top1[k] == pytest.approx(np.nanmean(top1), abs=1e-12)
+    assert result.chance_top1 == pytest.approx(np.mean([1 / np.sum(groups == g) for g in groups]))
+    with pytest.raises(ValueError, match="groups must have shape"):
+        identification_test(s, n_permutations=0, rng=None, groups=groups[:-1])
+
+
+def test_permutations_within_groups_are_uniform():
+    codes = np.array([0, 1, 0, 2, 1, 0, 2])
+    perms = ident_module._permutations_within_groups(np.random.default_rng(0).random((6000, 7)), codes)
+    assert (np.sort(perms, axis=1) == np.arange(7)).all() and (codes[perms] == codes).all()
+    np.testing.assert_allclose(np.bincount(perms[:, 0], minlength=7)[[0, 2, 5]] / 6000, 1 / 3, atol=0.025)
+
+
 def test_no_permutations_and_rng_checks(rng):
     s = rng.normal(size=(5, 5))
     result = identification_test(s, n_permutations=0, rng=None)

@@ -40,8 +40,8 @@ def test_methods_describe_the_three_analyses_with_the_spec_values() -> None:
     spec = analysis_spec(probing={"enabled": True, "permutations": 100, "annotations": ["category", "size"],
                                   "kinds": {"size": "continuous"}, "n_folds": 4, "inner_folds": 3})
     text, references = _methods(spec, "participant")
-    assert "Decoding and identification" in text and "200 permutations of the candidates' stimulus labels" in text
-    assert "pairwise accuracy lies below 0.5" in text
+    assert "Decoding and identification" in text and "200 permutations of each test fold's candidate labels" in text
+    assert "among the stimuli of its own test fold" in text and "2 x their mean" in text
     assert "Linear probes" in text and "'category', 'size' (continuous)" in text and "4-fold" in text
     assert "3-fold inner cross-validation" in text and "100 permutations of the annotation's labels" in text
     assert "What drives each region" in text and f"layer of {spec.models[0].output_label}" in text

@@ -90,7 +90,7 @@ def test_participant_section_table_figure_and_below_chance_note(tmp_path: Path, 
     figures = blocks_of(section, "figure")
     assert len(figures) == 1 and figures[0].src.startswith("data:image/png;base64,")
     assert (layout.figures_dir("01") / f"sub-01_model-{MODEL}_desc-decoding_profile.png").is_file()
-    assert "below 0.5" in texts(section) and "conservative" in texts(section)
+    assert "its own test fold" in texts(section) and "conservative" in texts(section)
     (block,) = blocks_of(section, "table")
     rows, css = table_rows(block), table_css(block)
     assert len(rows) == len(table)
