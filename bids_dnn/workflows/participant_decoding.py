@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bids_dnn.console import logger
 from bids_dnn.errors import AnalysisError
 from bids_dnn.io import derivatives as drv
 from bids_dnn.io.stimuli import StimulusSet
@@ -97,6 +98,12 @@ def decoding_tables(ctx: Context, subject: str, stimuli: StimulusSet, patterns: 
     spec = ctx.spec.analyses.decoding
     seed = ctx.spec.statistics.seed
     scheme, folds, _groups = stimulus_folds(spec, "analyses.decoding", patterns.run_betas, seed)
+    sizes = [len(test) for _, test in folds]
+    if min(sizes) < 3:
+        logger.warning("sub-%s: decoding: a held-out stimulus is identified among its own test fold's stimuli, and "
+                       "%d of %d folds hold fewer than 3 (%s); accuracies from so few candidates are coarse: fewer "
+                       "folds (analyses.decoding.n_folds, cv: kfold) give more", subject,
+                       sum(size < 3 for size in sizes), len(sizes), ", ".join(map(str, sizes)))
     rois = roi_patterns(patterns, masks)
     labels = [m.output_label for m in ctx.spec.models]
     backend = himalaya_backend_for_device(ctx.options.device)

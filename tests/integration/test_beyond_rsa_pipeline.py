@@ -167,3 +167,19 @@ def test_new_outputs_pass_the_bids_validator_and_name_no_entity(outputs):
                     *out.glob("sub-01/func/*_drivers.json"), *out.glob("model-*/*_probing.json")]:
         keys = set(json.loads(sidecar.read_text()))
         assert not keys & PYBIDS_ENTITY_NAMES, sidecar.name
+
+
+def test_small_test_folds_are_flagged(demo_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """12 folds of the 24 stimuli: each held-out stimulus has one other candidate (chance top-1 0.5),
+    and the log says that the accuracies are coarse and how to get more candidates."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC.replace(ANALYSES, "  decoding: {enabled: true, permutations: 20, cv: kfold, n_folds: 12}\n"))
+    out = tmp_path / "out"
+    assert main([str(demo_dataset), str(out), "participant", "--spec", str(spec), "--no-progress",
+                 "--participant-label", "01"]) == 0
+    text = " ".join(capsys.readouterr().err.split())
+    assert "12 of 12 folds hold fewer than 3 (2, 2, 2" in text and "analyses.decoding.n_folds" in text
+    table = read(out / "sub-01" / "func" / f"sub-01_{PREFIX}_model-alexnet_decoding.tsv")
+    assert np.allclose(table["chance_top1"], 0.5) and (table["n_folds"] == 12).all()
+    assert table["pairwise_accuracy"].between(0, 1).all()     # the mean of 24 stimuli's 0 / 0.5 / 1
+    assert np.allclose(table["pairwise_accuracy"] * 48, np.round(table["pairwise_accuracy"] * 48))
