@@ -533,7 +533,8 @@ class DecodingSpec(CrossValidatedRidgeSpec):
 
     enabled: bool = False
     permutations: int = Field(
-        1000, ge=0, le=MAX_PERMUTATIONS, description="Stimulus-label permutations of the identification (0: none)."
+        1000, ge=0, le=MAX_PERMUTATIONS,
+        description="Candidate-label permutations of each test fold's identification (0: none).",
     )
 
 
