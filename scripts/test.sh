@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up the environment and run the test suite (extra pytest arguments are passed on).
-# Runs the import contracts (lint-imports), then every test (~25-30 min on 2 cores); BIDS_DNN_TEST_FAST=1 leaves out the ones marked slow.
+# Runs the import contracts (lint-imports), then every test (~20 min on 2 cores); BIDS_DNN_TEST_FAST=1 leaves out the ones marked slow.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/bootstrap.sh
