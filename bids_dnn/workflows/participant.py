@@ -16,7 +16,6 @@ import os
 import time
 import zlib
 from dataclasses import replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +23,8 @@ import numpy as np
 import pandas as pd
 
 from bids_dnn.brain.assembly import mean_betas_volume, split_small_rois
-from bids_dnn.console import FILE_ONLY, log_file, logger, run_log_lines
-from bids_dnn.errors import AnalysisError, BidsDnnError, NothingSelectedError, UsageError, output_space_error
+from bids_dnn.console import FILE_ONLY, logger, run_log_lines
+from bids_dnn.errors import BidsDnnError, NothingSelectedError, UsageError, output_space_error
 from bids_dnn.io import derivatives as drv
 from bids_dnn.io.stimuli import StimulusSet
 from bids_dnn.spec import spec_hash
@@ -37,41 +36,11 @@ from bids_dnn.workflows.options import RunOptions
 from bids_dnn.workflows.participant_cka import cka_stage_ingredients, write_cka_tables, write_layer_cka
 from bids_dnn.workflows.participant_decoding import IDENTIFICATION_SCHEME
 from bids_dnn.workflows.provenance import CONTAINER_ENV, read_status, record_failure, write_provenance, write_status
+from bids_dnn.workflows.participant_runs import raise_participant_failures, run_logged
 from bids_dnn.workflows.resources import map_participants
 from bids_dnn.workflows.subject_patterns import (SubjectPatterns, brain_rdm_measure, brain_rdms, fit_subject_glms,
                                                  reliability_summary)
 from bids_dnn.workflows.tables import RSA_COLUMNS, write_relmat
-
-
-def run_subject(subject: str, ctx: Context, stimuli: StimulusSet,
-                models: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
-    """:func:`process_subject`, then the process and the time span it ran in are added to the
-    participant's ``provenance.json`` of this run (``execution``; when stages were computed).
-
-    Module-level, with the participant first, for :func:`bids_dnn.workflows.resources.map_participants`
-    (``--nprocs``: participants in worker processes).
-    """
-    started = datetime.now(timezone.utc)
-    log_dir = ctx.layout.log_dir(subject, ctx.run_id)
-    with log_file(log_dir, ctx.log_preamble):  # bids_dnn.log next to the provenance (also records an error)
-        try:
-            summary = process_subject(ctx, subject, stimuli, models)
-        except BidsDnnError as exc:
-            record_failure(ctx, subject, exc)
-            raise
-        except Exception as exc:
-            record_failure(ctx, subject, exc)
-            raise
-        path = log_dir / "provenance.json"
-        provenance = drv.read_json_object(path)
-        if provenance:
-            provenance["execution"] = {"process_id": os.getpid(), "worker": ctx.resources.n_workers > 1,
-                                       "started": started.isoformat(),
-                                       "finished": datetime.now(timezone.utc).isoformat()}
-            drv.write_json(path, provenance)
-        if not summary.get("skipped"):
-            logger.info("sub-%s done in %.1f s", subject, summary["seconds"])
-    return summary
 
 
 def subject_stage_keys(ctx: Context, subject: str, stimuli: StimulusSet,
@@ -449,19 +418,10 @@ def run_participant_level(options: RunOptions) -> None:
     if resources.n_workers > 1:
         logger.info("%d participants at a time, %s thread(s) each", resources.n_workers, resources.omp_nthreads)
     worker_ctx = replace(ctx, resources=resources, log_preamble=tuple(run_log_lines()))
-    for subject, outcome in map_participants(run_subject, ready, (worker_ctx, stimuli, models), resources,
-                                             verbosity=options.verbosity):
+    for subject, outcome in map_participants(run_logged, ready, (worker_ctx, process_subject, stimuli, models),
+                                             resources, verbosity=options.verbosity):
         if isinstance(outcome, BidsDnnError):
             if len(ctx.subjects) > 1:  # a single participant's error is the run's error, shown once by cli.main
                 logger.error("sub-%s failed: %s", subject, outcome)
             failures.append((subject, outcome))
-    failures.sort(key=lambda failure: ctx.subjects.index(failure[0]))
-    if failures:
-        if len(failures) == 1 and len(ctx.subjects) == 1:
-            raise failures[0][1]
-        codes = {exc.exit_code for _, exc in failures if isinstance(exc, BidsDnnError)}
-        error = AnalysisError(f"{len(failures)} of {len(ctx.subjects)} participants failed: "
-                              + ", ".join(f"sub-{s}" for s, _ in failures) + " (each one's error is shown above)")
-        if len(codes) == 1:
-            error.exit_code = codes.pop()
-        raise error
+    raise_participant_failures(ctx, failures)

@@ -5,19 +5,17 @@ failing participant not stopping the others."""
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
 from typing import Any
 
 from bids_dnn.console import logger
-from bids_dnn.errors import AnalysisError, BidsDnnError
+from bids_dnn.errors import BidsDnnError
 from bids_dnn.io import derivatives as drv
 from bids_dnn.workflows.context import Context
 
-__all__ = ["SingleStage", "process_single_stage", "run_logged", "run_participants"]
+__all__ = ["SingleStage", "process_single_stage", "run_participants"]
 
 
 @dataclass(frozen=True)
@@ -79,43 +77,14 @@ def process_single_stage(ctx: Context, subject: str, stage: SingleStage, key: st
             if output_space_error(exc):
                 raise
             logger.warning("sub-%s: report failed (%s); results are kept", subject, exc)
-    logger.info("sub-%s done in %.1f s", subject, summary["seconds"])
-    return summary
-
-
-def run_logged(subject: str, ctx: Context, process: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
-    """``process(ctx, subject, *args)`` with the participant's ``bids_dnn.log`` open next to its
-    provenance (an error is recorded in its status file and log, then raised); the process and
-    the time span it ran in are added to that provenance (``execution``) when the stage ran.
-
-    Module-level, with the participant first, for :func:`bids_dnn.workflows.resources.map_participants`
-    (``--nprocs``: participants in worker processes; ``process`` is pickled by name).
-    """
-    from bids_dnn.console import log_file
-    from bids_dnn.workflows.provenance import record_failure
-
-    started = datetime.now(timezone.utc)
-    log_dir = ctx.layout.log_dir(subject, ctx.run_id)
-    with log_file(log_dir, ctx.log_preamble):
-        try:
-            summary = process(ctx, subject, *args)
-        except Exception as exc:
-            record_failure(ctx, subject, exc)
-            raise
-        path = log_dir / "provenance.json"
-        provenance = drv.read_json_object(path) if not summary.get("skipped") else None
-        if provenance:
-            provenance["execution"] = {"process_id": os.getpid(), "worker": ctx.resources.n_workers > 1,
-                                       "started": started.isoformat(),
-                                       "finished": datetime.now(timezone.utc).isoformat()}
-            drv.write_json(path, provenance)
     return summary
 
 
 def run_participants(ctx: Context, subjects: Sequence[str], process: Callable[..., dict[str, Any]],
                      args: tuple[Any, ...] = (), failed: dict[str, BidsDnnError] | None = None,
                      parallel: bool = True) -> None:
-    """``process(ctx, subject, *args)`` for every participant (:func:`run_logged`); with ``--nprocs``
+    """``process(ctx, subject, *args)`` for every participant
+    (:func:`bids_dnn.workflows.participant_runs.run_logged`); with ``--nprocs``
     and ``parallel``, several participants at once in worker processes. A participant's error is
     recorded in its status file and logged, the others go on.
 
@@ -138,6 +107,7 @@ def run_participants(ctx: Context, subjects: Sequence[str], process: Callable[..
         failed (their common exit code when they share one).
     """
     from bids_dnn.console import run_log_lines
+    from bids_dnn.workflows.participant_runs import raise_participant_failures, run_logged
     from bids_dnn.workflows.provenance import record_failure
     from bids_dnn.workflows.resources import map_participants
 
@@ -156,13 +126,4 @@ def run_participants(ctx: Context, subjects: Sequence[str], process: Callable[..
             if len(ctx.subjects) > 1:  # a single participant's error is the run's error, shown once by cli.main
                 logger.error("sub-%s failed: %s", subject, outcome)
             failures.append((subject, outcome))
-    if failures:
-        if len(failures) == 1 and len(ctx.subjects) == 1:
-            raise failures[0][1]
-        failures.sort(key=lambda failure: ctx.subjects.index(failure[0]) if failure[0] in ctx.subjects else 0)
-        error = AnalysisError(f"{len(failures)} of {len(ctx.subjects)} participants failed: "
-                              + ", ".join(f"sub-{s}" for s, _ in failures) + " (each one's error is shown above)")
-        codes = {exc.exit_code for _, exc in failures}
-        if len(codes) == 1:
-            error.exit_code = codes.pop()
-        raise error
+    raise_participant_failures(ctx, failures)
